@@ -1,0 +1,3 @@
+"""vswitch: a userspace virtual switch and overlay daemon built on Trio."""
+
+__version__ = "0.1.0"

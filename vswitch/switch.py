@@ -1,0 +1,243 @@
+"""The daemon shell: moves batches between ports and the pure core.
+
+One nursery holds, per port, an rx task (receive a batch, hand it to the core
+in one call, queue the resulting frames) and a tx task (drain that port's
+bounded queue in batches), plus one timer task driven by the core's
+``poll_at()``. Trio switches tasks only at ``await``, so every task calls the
+core directly, with no locks.
+"""
+
+import logging
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import attrs
+import trio
+
+from .actions import Action, Drop, DropReason, Transmit
+from .ports.base import DEFAULT_BATCH, Port, PortClosed, PortStatistics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TX_QUEUE = 1024  # frames per port
+SHUTDOWN_TIMEOUT = 2.0   # seconds to close devices once cancelled
+RECENT_DROPS = 64
+
+
+class Core(Protocol):
+    """What the shell needs of the core (the bridge now; bridge + router later)."""
+
+    def add_port(self, name: str) -> None: ...
+    def remove_port(self, name: str) -> None: ...
+    def set_port_up(self, name: str, up: bool) -> None: ...
+    def handle_frames(self, port: str, frames: Sequence[bytes], now: float) -> list[Action]: ...
+    def poll_at(self) -> float | None: ...
+    def handle_timer(self, now: float) -> list[Action]: ...
+
+
+@attrs.define(slots=True)
+class TxStatistics:
+    queued: int = 0      # frames in the queue now
+    sent_batches: int = 0
+    tail_dropped: int = 0
+
+
+class _PortRunner:
+    """A port with its bounded egress queue and the scope its tasks run in."""
+
+    def __init__(self, port: Port, queue_limit: int) -> None:
+        self.port = port
+        self.queue: deque[bytes] = deque()
+        self.queue_limit = queue_limit
+        self.wakeup = trio.Event()
+        self.scope = trio.CancelScope()
+        self.stats = TxStatistics()
+        self.closed = False
+
+    def enqueue(self, frames: list[bytes]) -> int:
+        """Queue what fits; tail-drop the rest. Returns how many were dropped."""
+        room = self.queue_limit - len(self.queue)
+        if len(frames) <= room:
+            self.queue.extend(frames)
+            dropped = 0
+        else:
+            self.queue.extend(frames[:room])
+            dropped = len(frames) - room
+            self.stats.tail_dropped += dropped
+        self.wakeup.set()
+        return dropped
+
+
+@attrs.frozen
+class PortStatus:
+    name: str
+    up: bool
+    closed: bool
+    device: PortStatistics
+    tx: TxStatistics
+
+
+class Switch:
+    def __init__(
+        self,
+        core: Core,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        tx_queue: int = DEFAULT_TX_QUEUE,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        if batch_size < 1 or tx_queue < 1:
+            raise ValueError("batch_size and tx_queue must be at least 1")
+        self.core = core
+        self.batch_size = batch_size
+        self.tx_queue = tx_queue
+        self._clock = clock
+        self._runners: dict[str, _PortRunner] = {}
+        self._nursery: trio.Nursery | None = None
+        self._timer_scope = trio.CancelScope()
+        self._drops: Counter[DropReason] = Counter()
+        self.recent_drops: deque[Drop] = deque(maxlen=RECENT_DROPS)
+
+    # -- ports ------------------------------------------------------------
+
+    def add_port(self, port: Port) -> None:
+        """Attach ``port`` to the core; its tasks start now if the switch runs."""
+        if port.name in self._runners:
+            raise ValueError(f"port {port.name!r} already exists")
+        self.core.add_port(port.name)
+        runner = self._runners[port.name] = _PortRunner(port, self.tx_queue)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_port, runner)
+
+    async def remove_port(self, name: str) -> Port:
+        """Detach a port: stop its tasks, forget its addresses, close it."""
+        runner = self._runners.pop(name)
+        runner.scope.cancel()
+        self.core.remove_port(name)
+        await self._close(runner)
+        return runner.port
+
+    def set_port_up(self, name: str, up: bool) -> None:
+        self._runners[name]  # KeyError for an unknown port
+        self.core.set_port_up(name, up)
+
+    @property
+    def ports(self) -> dict[str, Port]:
+        return {name: r.port for name, r in self._runners.items()}
+
+    # -- running ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled, then close every port within SHUTDOWN_TIMEOUT."""
+        if self._nursery is not None:
+            raise RuntimeError("switch is already running")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for runner in self._runners.values():
+                    nursery.start_soon(self._run_port, runner)
+                nursery.start_soon(self._run_timer)
+                task_status.started(self)
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
+                for runner in self._runners.values():
+                    await self._close(runner)
+
+    async def _run_port(self, runner: _PortRunner) -> None:
+        with runner.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._rx_loop, runner)
+                nursery.start_soon(self._tx_loop, runner)
+
+    async def _rx_loop(self, runner: _PortRunner) -> None:
+        port, name, core = runner.port, runner.port.name, self.core
+        while True:
+            try:
+                frames = await port.receive_batch(self.batch_size)
+            except PortClosed as exc:
+                self._port_failed(runner, exc)
+                return
+            self.dispatch(core.handle_frames(name, frames, self._clock()))
+            deadline = core.poll_at()
+            if deadline is not None and deadline < self._timer_scope.deadline:
+                self._timer_scope.deadline = deadline
+
+    async def _tx_loop(self, runner: _PortRunner) -> None:
+        port, queue, limit = runner.port, runner.queue, self.batch_size
+        while True:
+            while not queue:
+                runner.wakeup = trio.Event()
+                await runner.wakeup.wait()
+            if len(queue) <= limit:
+                batch = list(queue)
+                queue.clear()
+            else:
+                batch = [queue.popleft() for _ in range(limit)]
+            try:
+                await port.send_batch(batch)
+            except PortClosed as exc:
+                self._port_failed(runner, exc)
+                return
+            runner.stats.sent_batches += 1
+
+    async def _run_timer(self) -> None:
+        while True:
+            deadline = self.core.poll_at()
+            self._timer_scope = trio.CancelScope(deadline=math.inf if deadline is None else deadline)
+            with self._timer_scope:
+                await trio.sleep_forever()
+            self.dispatch(self.core.handle_timer(self._clock()))
+
+    def dispatch(self, actions: list[Action]) -> None:
+        """Queue the core's transmissions; count its drops."""
+        runners = self._runners
+        for action in actions:
+            if type(action) is Transmit:
+                runner = runners.get(action.port)
+                if runner is None or runner.closed:
+                    continue
+                dropped = runner.enqueue(action.frames)
+                if dropped:
+                    self._drops[DropReason.TX_QUEUE_FULL] += dropped
+            else:
+                self._drops[action.reason] += 1
+                self.recent_drops.append(action)
+
+    def _port_failed(self, runner: _PortRunner, exc: Exception) -> None:
+        if runner.closed:
+            return
+        runner.closed = True
+        runner.queue.clear()
+        log.warning("port %s failed, taking it down: %s", runner.port.name, exc)
+        if runner.port.name in self._runners:
+            self.core.set_port_up(runner.port.name, False)
+        runner.scope.cancel()
+
+    async def _close(self, runner: _PortRunner) -> None:
+        runner.closed = True
+        try:
+            await runner.port.aclose()
+        except OSError as exc:
+            log.warning("closing port %s: %s", runner.port.name, exc)
+
+    # -- introspection ------------------------------------------------------
+
+    def port_status(self) -> list[PortStatus]:
+        core_ports = getattr(self.core, "ports", {})
+        return [
+            PortStatus(
+                name,
+                getattr(core_ports.get(name), "up", not r.closed) and not r.closed,
+                r.closed,
+                r.port.statistics(),
+                attrs.evolve(r.stats, queued=len(r.queue)),
+            )
+            for name, r in self._runners.items()
+        ]
+
+    def drop_counts(self) -> dict[DropReason, int]:
+        """Drops seen by the shell: the core's reasons plus tail drops."""
+        return dict(self._drops)

@@ -1,0 +1,47 @@
+"""MAC and IPv4 address helpers.
+
+Addresses travel through the core as ``bytes`` (6 for a MAC, 4 for IPv4): they
+slice straight out of frames, hash fast as dict keys and need no conversion on
+the fast path. These helpers convert to and from text at the edges.
+"""
+
+import ipaddress
+
+BROADCAST_MAC = b"\xff" * 6
+ZERO_MAC = b"\x00" * 6
+
+
+def mac_from_str(text: str) -> bytes:
+    """Parse ``02:00:00:00:00:01`` (or with ``-``) into 6 bytes."""
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6:
+        raise ValueError(f"not a MAC address: {text!r}")
+    try:
+        raw = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"not a MAC address: {text!r}") from None
+    if any(len(p) not in (1, 2) for p in parts):
+        raise ValueError(f"not a MAC address: {text!r}")
+    return raw
+
+
+def mac_to_str(mac: bytes) -> str:
+    return mac.hex(":")
+
+
+def is_multicast_mac(mac: bytes) -> bool:
+    """True for group addresses (multicast and broadcast): I/G bit set."""
+    return bool(mac[0] & 1)
+
+
+def is_link_local_mac(mac: bytes) -> bool:
+    """01:80:C2:00:00:0X, the IEEE 802.1D reserved addresses a bridge never forwards."""
+    return mac[:5] == b"\x01\x80\xc2\x00\x00" and mac[5] <= 0x0F
+
+
+def ip_from_str(text: str) -> bytes:
+    return ipaddress.IPv4Address(text).packed
+
+
+def ip_to_str(ip: bytes) -> str:
+    return str(ipaddress.IPv4Address(ip))
