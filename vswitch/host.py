@@ -53,7 +53,7 @@ class Host:
         self.ip = self.interface.ip.packed
         self.gateway = ip_from_str(gateway) if gateway else None
         self.neighbours: dict[bytes, bytes] = {}
-        self.events: deque[str] = deque(maxlen=MAX_EVENTS)
+        self.events: deque[tuple[float, str]] = deque(maxlen=MAX_EVENTS)  # (time, text)
         self.stats = HostStatistics()
         self._pending: dict[bytes, deque[bytes]] = {}
         self._arp_sent: dict[bytes, float] = {}
@@ -81,16 +81,16 @@ class Host:
             self.stats.ignored += 1
             return []
         if eth.ethertype == ethernet.ETH_P_ARP:
-            return self._handle_arp(arp.Arp.parse(frame, eth.payload_offset))
+            return self._handle_arp(arp.Arp.parse(frame, eth.payload_offset), now)
         if eth.ethertype == ethernet.ETH_P_IP:
             return self._handle_ip(frame, eth.payload_offset, now)
         self.stats.ignored += 1
         return []
 
-    def _handle_arp(self, packet: arp.Arp) -> list[bytes]:
+    def _handle_arp(self, packet: arp.Arp, now: float) -> list[bytes]:
         for_us = packet.target_ip == self.ip
         if for_us or packet.sender_ip in self.neighbours:
-            self._learn(packet.sender_ip, packet.sender_mac)
+            self._learn(packet.sender_ip, packet.sender_mac, now)
         out = self._flush_pending(packet.sender_ip) if packet.sender_ip in self.neighbours else []
         if packet.op == arp.OP_REQUEST and for_us:
             reply = arp.Arp(arp.OP_REPLY, self.mac, self.ip, packet.sender_mac, packet.sender_ip)
@@ -136,7 +136,7 @@ class Host:
             next_hop = self.gateway
         else:
             self.stats.unreachable += 1
-            self.events.append(f"{self.name}: no route to {ip_to_str(dst)}")
+            self.events.append((now, f"{self.name}: no route to {ip_to_str(dst)}"))
             return []
         mac = self.neighbours.get(next_hop)
         if mac is not None:
@@ -151,14 +151,14 @@ class Host:
             return []
         self._arp_sent[next_hop] = now
         self.stats.arp_requests += 1
-        self.events.append(f"{self.name}: who has {ip_to_str(next_hop)}? tell {ip_to_str(self.ip)}")
+        self.events.append((now, f"{self.name}: who has {ip_to_str(next_hop)}? tell {ip_to_str(self.ip)}"))
         request = arp.Arp(arp.OP_REQUEST, self.mac, self.ip, ZERO_MAC, next_hop)
         return [ethernet.build_ethernet(BROADCAST_MAC, self.mac, ethernet.ETH_P_ARP, request.build())]
 
-    def _learn(self, ip: bytes, mac: bytes) -> None:
+    def _learn(self, ip: bytes, mac: bytes, now: float) -> None:
         if self.neighbours.get(ip) != mac:
             self.neighbours[ip] = mac
-            self.events.append(f"{self.name}: {ip_to_str(ip)} is at {mac_to_str(mac)}")
+            self.events.append((now, f"{self.name}: {ip_to_str(ip)} is at {mac_to_str(mac)}"))
 
     def _flush_pending(self, ip: bytes) -> list[bytes]:
         self._arp_sent.pop(ip, None)

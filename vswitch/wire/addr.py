@@ -9,20 +9,16 @@ import ipaddress
 
 BROADCAST_MAC = b"\xff" * 6
 ZERO_MAC = b"\x00" * 6
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def mac_from_str(text: str) -> bytes:
     """Parse ``02:00:00:00:00:01`` (or with ``-``) into 6 bytes."""
     parts = text.replace("-", ":").split(":")
-    if len(parts) != 6:
+    # int(p, 16) alone would accept "+1", " 1" and non-ASCII digits: check the text.
+    if len(parts) != 6 or any(len(p) not in (1, 2) or not set(p) <= _HEX_DIGITS for p in parts):
         raise ValueError(f"not a MAC address: {text!r}")
-    try:
-        raw = bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ValueError(f"not a MAC address: {text!r}") from None
-    if any(len(p) not in (1, 2) for p in parts):
-        raise ValueError(f"not a MAC address: {text!r}")
-    return raw
+    return bytes(int(p, 16) for p in parts)
 
 
 def mac_to_str(mac: bytes) -> str:

@@ -1,0 +1,104 @@
+"""The TOML loader: good configs load, every bad one names its key and reason."""
+
+import pytest
+
+from vswitch import config
+from vswitch.config import ConfigError
+
+GOOD = """
+[node]
+name = "node1"
+control = "/run/vswitch/node1.sock"
+
+[bridge]
+ageing = 120
+max_entries = 4096
+
+[[ports]]
+name = "p1"
+type = "memory"
+mtu = 1400
+pcap = "/tmp/p1.pcap"
+host = { address = "10.0.0.1/24", mac = "02:00:00:00:00:01", ping = ["10.0.0.2"], ping_interval = 0.5 }
+
+[[ports]]
+name = "p2"
+type = "memory"
+[ports.host]
+address = "10.0.0.2/24"
+gateway = "10.0.0.254"
+"""
+
+
+def test_good_config_loads_every_key():
+    cfg = config.loads(GOOD)
+    assert cfg.node == config.NodeConfig("node1", "/run/vswitch/node1.sock")
+    assert cfg.bridge == config.BridgeConfig(120.0, 4096)
+    p1, p2 = cfg.ports
+    assert (p1.name, p1.type, p1.mtu, p1.pcap) == ("p1", "memory", 1400, "/tmp/p1.pcap")
+    assert p1.host.mac == bytes.fromhex("020000000001")
+    assert p1.host.ping == ("10.0.0.2",) and p1.host.ping_interval == 0.5
+    assert p2.host.gateway == "10.0.0.254" and p2.host.mac is None
+
+
+def test_defaults():
+    cfg = config.loads("")
+    assert cfg.bridge.ageing == 300.0 and cfg.bridge.max_entries == 65536
+    assert cfg.ports == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("[bridge]\nageing = 0", "bridge.ageing", "positive"),
+        ("[bridge]\nageing = 'long'", "bridge.ageing", "must be a number"),
+        ("[bridge]\nmax_entries = 0", "bridge.max_entries", "at least 1"),
+        ("[bridge]\nmax_entries = true", "bridge.max_entries", "must be an integer"),
+        ("[bridge]\nagein = 3", "bridge.agein", "unknown key"),
+        ("colour = 'blue'", "colour", "unknown key"),
+        ("bridge = 3", "bridge", "must be a table"),
+        ("[[ports]]\ntype = 'memory'", "ports[0].name", "is required"),
+        ("[[ports]]\nname = 'p1'", "ports[0].type", "is required"),
+        ("[[ports]]\nname = 'p1'\ntype = 'bogus'", "ports[0].type", "not one of tap, tun, packet, memory"),
+        ("[[ports]]\nname = 'p1'\ntype = 'tap'", "ports[0].type", "not available in this version"),
+        ("[[ports]]\nname = 'p1'\ntype = 'memory'", "ports[0].host", "needs a simulated host"),
+        ("[[ports]]\nname = 'a-name-far-too-long'\ntype = 'memory'", "ports[0].name", "not a valid device name"),
+        ("[[ports]]\nname = 'p1'\ntype = 'memory'\nmtu = 20\nhost = {address = '10.0.0.1/24'}", "ports[0].mtu",
+         "between 68 and 65535"),
+        ("[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.1'}", "ports[0].host.address",
+         "needs a prefix length"),
+        ("[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.300/24'}", "ports[0].host.address",
+         "not an IPv4 address"),
+        ("[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.1/24', mac = '02:00'}",
+         "ports[0].host.mac", "not a MAC address"),
+        ("[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.1/24', mac = '01:00:5e:00:00:01'}",
+         "ports[0].host.mac", "multicast"),
+        ("[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.1/24', ping = ['nowhere']}",
+         "ports[0].host.ping[0]", "not an IPv4 address"),
+        ("[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.1/24'}\n"
+         "[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.2/24'}", "ports[1].name",
+         "already used by ports[0]"),
+        ("[overlay]\nbackend = 'udp'", "overlay", "does not implement"),
+        ("[node\nname = 'x'", "config", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_key_and_reason(text, key, reason):
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, source="node.toml")
+    assert info.value.key == key
+    assert reason in info.value.reason
+    assert str(info.value).startswith(f"node.toml: {key}: ")
+
+
+def test_missing_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[2] / "config").glob("*.toml"))
+    assert examples, "config/ should hold example configurations"
+    for path in examples:
+        config.load(path)
