@@ -79,6 +79,14 @@ class Bridge:
             self.fdb.flush(name)
         self._flood_cache.clear()
 
+    def add_static(self, mac: bytes, port: str, now: float = 0.0) -> None:
+        """Pin ``mac`` to ``port`` (which must be on the bridge); it never ages or moves."""
+        if port not in self._ports:
+            raise KeyError(f"port {port!r} is not on the bridge")
+        if len(mac) != 6 or mac[0] & 1:
+            raise ValueError("a static FDB entry needs a unicast MAC address")
+        self.fdb.add_static(mac, port, now)
+
     @property
     def ports(self) -> dict[str, BridgePort]:
         return dict(self._ports)

@@ -203,7 +203,10 @@ class HostRunner:
                     self._arrivals[key] = reply.at
                     waiter.set()
             if out:
-                await self.port.send_batch(out)
+                try:
+                    await self.port.send_batch(out)
+                except PortClosed:
+                    return
 
     async def ping(
         self, dst: str, *, count: int = 1, interval: float = 0.0, timeout: float = 1.0, size: int = 56

@@ -142,9 +142,11 @@ class Switch:
                 task_status.started(self)
         finally:
             self._nursery = None
+            # Close concurrently: one wedged device must not keep the others open.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
-                for runner in self._runners.values():
-                    await self._close(runner)
+                async with trio.open_nursery() as closing:
+                    for runner in self._runners.values():
+                        closing.start_soon(self._close, runner)
 
     async def _run_port(self, runner: _PortRunner) -> None:
         with runner.scope:

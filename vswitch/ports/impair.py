@@ -49,9 +49,11 @@ class ImpairedPort(PortWrapper):
 
     async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
         while True:
+            # Cancelled before taking frames, never after: a cancelled receive loses nothing.
+            await trio.lowlevel.checkpoint_if_cancelled()
             ready = self._release(trio.current_time(), max_frames)
             if ready:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return ready
             deadline = self._held[0][0] if self._held else float("inf")
             with trio.move_on_at(deadline):

@@ -33,7 +33,9 @@ class PcapWriter:
         return cls(open(path, "wb"), **kwargs)
 
     def write(self, frames: Sequence[bytes]) -> None:
-        ts = self._clock()
+        # Round to the file's microseconds first: dpkt would otherwise write
+        # ts_usec = 1000000 for a time just below a whole second.
+        ts = round(self._clock(), 6)
         for frame in frames:
             self._writer.writepkt(frame[:SNAPLEN], ts)
         self._file.flush()

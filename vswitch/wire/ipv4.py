@@ -87,6 +87,8 @@ def build_ipv4(
     if len(options) % 4:
         raise ValueError("ipv4 options must be padded to a multiple of 4 bytes")
     ihl = MIN_HEADER_LEN + len(options)
+    if ihl > 60 or ihl + len(payload) > 0xFFFF:
+        raise ValueError(f"ipv4 packet too large: header {ihl} + payload {len(payload)} bytes")
     header = bytearray(_HEADER.pack(
         (4 << 4) | (ihl // 4), tos, ihl + len(payload), ident, flags_offset, ttl, proto, 0, src, dst,
     ) + options)

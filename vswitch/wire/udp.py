@@ -34,6 +34,8 @@ class Udp:
 
 def build_udp(src_ip: bytes, dst_ip: bytes, src_port: int, dst_port: int, payload: bytes) -> bytes:
     length = HEADER_LEN + len(payload)
+    if length > 0xFFFF:
+        raise ValueError(f"udp datagram too large: {length} bytes")
     segment = bytearray(_HEADER.pack(src_port, dst_port, length, 0) + payload)
     csum = internet_checksum(segment, pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length))
     struct.pack_into("!H", segment, 6, csum or 0xFFFF)  # 0 means "no checksum" in UDP

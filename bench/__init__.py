@@ -1,0 +1,59 @@
+"""Benchmarks: ``python -m bench <suite>`` prints one JSON line per measurement.
+
+Each line is ``{"name": ..., "value": ..., "unit": ...}`` plus suite-specific
+keys (``target`` and ``meets_target`` where a target exists, per-round figures,
+...). To add a suite, write a module with ``run(options) -> Iterator[dict]``
+and register it in :data:`SUITES`.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TextIO
+
+from . import core, memory
+from .common import Options
+
+Suite = Callable[[Options], Iterable[dict[str, Any]]]
+
+# suite name -> run(options); future: "tap", "nat", "overlay"
+SUITES: dict[str, Suite] = {
+    "core": core.run,
+    "memory": memory.run,
+}
+
+
+def run_suites(names: Sequence[str], options: Options = Options(), out: TextIO | None = None) -> list[dict[str, Any]]:
+    """Run the named suites, writing each line as soon as it is measured."""
+    out = sys.stdout if out is None else out
+    lines = []
+    for name in names:
+        for line in SUITES[name](options):
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+            lines.append(line)
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="vswitch benchmarks; prints one JSON line per measurement: "
+        '{"name": ..., "value": ..., "unit": ..., ...}.',
+    )
+    parser.add_argument("suite", choices=[*SUITES, "all"], help="which suite to run ('all' runs every suite in turn)")
+    parser.add_argument("--duration", type=float, help="seconds per measured round (default: per suite; core 0.5, memory 0.7)")
+    parser.add_argument("--rounds", type=int, help="measured rounds, best reported (default: 3)")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up before measuring (default: core 0.2, memory 0.5)")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of each measured part to stderr")
+    args = parser.parse_args(argv)
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error("--warmup must not be negative")
+    names = list(SUITES) if args.suite == "all" else [args.suite]
+    run_suites(names, Options(duration=args.duration, rounds=args.rounds, warmup=args.warmup, profile=args.profile))
+    return 0

@@ -1,0 +1,78 @@
+"""Smoke test for the benchmarks: every suite runs briefly and prints well-formed lines.
+
+Speed targets live only in the benchmarks themselves (``python -m bench``);
+nothing here asserts a rate, only that each line is JSON with a name, a
+positive numeric value (non-negative for counts such as frames lost) and a unit.
+"""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench
+from bench.common import Options
+
+ROOT = Path(__file__).parents[2]
+TINY = ["--duration", "0.02", "--rounds", "1", "--warmup", "0.01"]
+
+
+def check_lines(text: str) -> list[dict]:
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert lines, "no output"
+    for line in lines:
+        assert isinstance(line["name"], str) and line["name"]
+        assert isinstance(line["unit"], str) and line["unit"]
+        value = line["value"]
+        assert isinstance(value, int | float) and not isinstance(value, bool), line
+        if line["unit"].endswith("/s"):
+            assert value > 0, line
+        else:
+            assert value >= 0, line
+    names = [line["name"] for line in lines]
+    assert len(names) == len(set(names)), f"duplicate names: {names}"
+    return lines
+
+
+@pytest.mark.parametrize("suite", sorted(bench.SUITES))
+def test_suite_prints_json_lines(suite: str) -> None:
+    out = io.StringIO()
+    returned = bench.run_suites([suite], Options(duration=0.02, rounds=1, warmup=0.01), out)
+    lines = check_lines(out.getvalue())
+    assert lines == returned
+    assert all(line["name"].startswith(f"{suite}.") for line in lines)
+    assert any(line["unit"] == "frames/s" for line in lines)
+
+
+def test_memory_suite_reports_losses() -> None:
+    out = io.StringIO()
+    bench.run_suites(["memory"], Options(duration=0.02, rounds=1, warmup=0.01), out)
+    lost = [line for line in check_lines(out.getvalue()) if line["name"].endswith(".lost")]
+    assert len(lost) == 2
+    for line in lost:
+        assert line["value"] == line["sent"] - line["received"]
+
+
+def test_command_line_all() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "all", *TINY], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    )
+    lines = check_lines(proc.stdout)
+    assert {line["name"].split(".")[0] for line in lines} == set(bench.SUITES)
+
+
+def test_command_line_help() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    )
+    for suite in [*bench.SUITES, "all"]:
+        assert suite in proc.stdout
+
+
+def test_command_line_rejects_unknown_suite() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench", "nope"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
