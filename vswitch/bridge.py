@@ -87,6 +87,9 @@ class Bridge:
             raise ValueError("a static FDB entry needs a unicast MAC address")
         self.fdb.add_static(mac, port, now)
 
+    def is_port_up(self, name: str) -> bool:
+        return self._ports[name].up
+
     @property
     def ports(self) -> dict[str, BridgePort]:
         return dict(self._ports)

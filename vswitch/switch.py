@@ -32,6 +32,7 @@ class Core(Protocol):
     def add_port(self, name: str) -> None: ...
     def remove_port(self, name: str) -> None: ...
     def set_port_up(self, name: str, up: bool) -> None: ...
+    def is_port_up(self, name: str) -> bool: ...
     def handle_frames(self, port: str, frames: Sequence[bytes], now: float) -> list[Action]: ...
     def poll_at(self) -> float | None: ...
     def handle_timer(self, now: float) -> list[Action]: ...
@@ -88,8 +89,10 @@ class Switch:
         tx_queue: int = DEFAULT_TX_QUEUE,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
-        if batch_size < 1 or tx_queue < 1:
-            raise ValueError("batch_size and tx_queue must be at least 1")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if tx_queue < batch_size:
+            raise ValueError(f"tx_queue ({tx_queue}) must hold at least one batch ({batch_size} frames)")
         self.core = core
         self.batch_size = batch_size
         self.tx_queue = tx_queue
@@ -120,7 +123,9 @@ class Switch:
         return runner.port
 
     def set_port_up(self, name: str, up: bool) -> None:
-        self._runners[name]  # KeyError for an unknown port
+        """Administratively enable or disable a port (down flushes its addresses)."""
+        if up and self._runners[name].closed:
+            raise ValueError(f"port {name!r} has failed and is closed; remove it and add it again")
         self.core.set_port_up(name, up)
 
     @property
@@ -200,6 +205,7 @@ class Switch:
             if type(action) is Transmit:
                 runner = runners.get(action.port)
                 if runner is None or runner.closed:
+                    self._drops[DropReason.PORT_DOWN] += len(action.frames)
                     continue
                 dropped = runner.enqueue(action.frames)
                 if dropped:
@@ -228,11 +234,10 @@ class Switch:
     # -- introspection ------------------------------------------------------
 
     def port_status(self) -> list[PortStatus]:
-        core_ports = getattr(self.core, "ports", {})
         return [
             PortStatus(
                 name,
-                getattr(core_ports.get(name), "up", not r.closed) and not r.closed,
+                not r.closed and self.core.is_port_up(name),
                 r.closed,
                 r.port.statistics(),
                 attrs.evolve(r.stats, queued=len(r.queue)),

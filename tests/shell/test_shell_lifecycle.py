@@ -183,3 +183,24 @@ async def test_shutdown_is_bounded_and_a_wedged_port_does_not_keep_others_open(n
         await peer.receive_batch()
     with pytest.raises(PortClosed):
         await peer.send_batch([eth(A, B)])
+
+
+def test_tx_queue_must_hold_a_batch():
+    with pytest.raises(ValueError, match="at least one batch"):
+        Switch(Bridge(), batch_size=64, tx_queue=32)
+
+
+async def test_failed_port_cannot_be_set_up_again():
+    switch = Switch(Bridge())
+    a, a_peer = MemoryPort.pair("a")
+    b, _b_peer = MemoryPort.pair("b")
+    switch.add_port(a)
+    switch.add_port(b)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(switch.run)
+        await a_peer.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ValueError, match="remove it and add it again"):
+            switch.set_port_up("a", True)
+        assert {s.name: s.up for s in switch.port_status()} == {"a": False, "b": True}
+        nursery.cancel_scope.cancel()
