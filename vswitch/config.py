@@ -16,7 +16,7 @@ from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from .wire.addr import mac_from_str
 
 PORT_TYPES = ("tap", "tun", "packet", "memory")
-SUPPORTED_PORT_TYPES = ("memory",)
+SUPPORTED_PORT_TYPES = ("tap", "packet", "memory")
 PLANNED_SECTIONS = ("router", "nat", "overlay")
 
 
@@ -154,7 +154,8 @@ def _parse_port(raw: Any, key: str) -> PortConfig:
         raise ConfigError(f"{key}.type", f"{type_!r} is not one of {', '.join(PORT_TYPES)}")
     if type_ not in SUPPORTED_PORT_TYPES:
         raise ConfigError(
-            f"{key}.type", f"{type_!r} ports are not available in this version yet (available: memory)"
+            f"{key}.type", f"{type_!r} ports carry IP packets, not Ethernet frames, and join the router;"
+            f" this version has no router yet (available: {', '.join(SUPPORTED_PORT_TYPES)})",
         )
     mtu = _get(raw, key, "mtu", int, 1500)
     if not 68 <= mtu <= 65535:
@@ -170,11 +171,27 @@ def _parse_port(raw: Any, key: str) -> PortConfig:
         if not isinstance(raw["host"], dict):
             raise ConfigError(f"{key}.host", "must be a table")
         host = _parse_host(raw["host"], f"{key}.host")
+    netns = _get(raw, key, "netns", str, None)
+    device = _get(raw, key, "device", str, None)
     if type_ == "memory" and host is None:
         raise ConfigError(f"{key}.host", "a memory port needs a simulated host on its other end ([ports.host])")
+    if type_ != "memory" and host is not None:
+        raise ConfigError(f"{key}.host", "only memory ports have a simulated host")
+    if type_ == "packet":
+        if device is None:
+            raise ConfigError(f"{key}.device", "a packet port binds an existing interface: name it here")
+        for name_ in ("netns", "address", "gateway"):
+            if name_ in raw:
+                raise ConfigError(f"{key}.{name_}", "applies to tap ports only (a packet port uses an existing interface)")
+    elif device is not None:
+        raise ConfigError(f"{key}.device", "applies to packet ports only")
+    if gateway is not None and address is None:
+        raise ConfigError(f"{key}.gateway", "needs an address on the same port")
+    if type_ == "memory" and (netns or address):
+        raise ConfigError(f"{key}.{'netns' if netns else 'address'}", "memory ports have no device to configure")
     return PortConfig(
-        name=name, type=type_, netns=_get(raw, key, "netns", str, None), address=address, gateway=gateway,
-        mtu=mtu, pcap=_get(raw, key, "pcap", str, None), device=_get(raw, key, "device", str, None), host=host,
+        name=name, type=type_, netns=netns, address=address, gateway=gateway,
+        mtu=mtu, pcap=_get(raw, key, "pcap", str, None), device=device, host=host,
     )
 
 

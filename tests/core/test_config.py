@@ -41,6 +41,25 @@ def test_good_config_loads_every_key():
     assert p2.host.gateway == "10.0.0.254" and p2.host.mac is None
 
 
+def test_tap_and_packet_ports_load():
+    cfg = config.loads("""
+[[ports]]
+name = "c1"
+type = "tap"
+netns = "c1"
+address = "10.244.1.2/24"
+gateway = "10.244.1.1"
+mtu = 1472
+[[ports]]
+name = "uplink"
+type = "packet"
+device = "eth1"
+""")
+    c1, uplink = cfg.ports
+    assert (c1.type, c1.netns, c1.address, c1.gateway, c1.mtu) == ("tap", "c1", "10.244.1.2/24", "10.244.1.1", 1472)
+    assert (uplink.type, uplink.device) == ("packet", "eth1")
+
+
 def test_defaults():
     cfg = config.loads("")
     assert cfg.bridge.ageing == 300.0 and cfg.bridge.max_entries == 65536
@@ -60,7 +79,15 @@ def test_defaults():
         ("[[ports]]\ntype = 'memory'", "ports[0].name", "is required"),
         ("[[ports]]\nname = 'p1'", "ports[0].type", "is required"),
         ("[[ports]]\nname = 'p1'\ntype = 'bogus'", "ports[0].type", "not one of tap, tun, packet, memory"),
-        ("[[ports]]\nname = 'p1'\ntype = 'tap'", "ports[0].type", "not available in this version"),
+        ("[[ports]]\nname = 'p1'\ntype = 'tun'", "ports[0].type", "no router yet"),
+        ("[[ports]]\nname = 'p1'\ntype = 'packet'", "ports[0].device", "binds an existing interface"),
+        ("[[ports]]\nname = 'p1'\ntype = 'packet'\ndevice = 'eth1'\nnetns = 'c1'", "ports[0].netns",
+         "tap ports only"),
+        ("[[ports]]\nname = 'p1'\ntype = 'tap'\ndevice = 'eth1'", "ports[0].device", "packet ports only"),
+        ("[[ports]]\nname = 'p1'\ntype = 'tap'\nhost = {address = '10.0.0.1/24'}", "ports[0].host",
+         "only memory ports"),
+        ("[[ports]]\nname = 'p1'\ntype = 'tap'\ngateway = '10.0.0.1'", "ports[0].gateway", "needs an address"),
+        ("[[ports]]\nname = 'p1'\ntype = 'tap'\naddress = '10.0.0.2'", "ports[0].address", "prefix length"),
         ("[[ports]]\nname = 'p1'\ntype = 'memory'", "ports[0].host", "needs a simulated host"),
         ("[[ports]]\nname = 'a-name-far-too-long'\ntype = 'memory'", "ports[0].name", "not a valid device name"),
         ("[[ports]]\nname = 'p1'\ntype = 'memory'\nmtu = 20\nhost = {address = '10.0.0.1/24'}", "ports[0].mtu",

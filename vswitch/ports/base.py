@@ -77,6 +77,10 @@ class PortWrapper:
     def mtu(self) -> int:
         return self.lower.mtu
 
+    @property
+    def kind(self) -> str:
+        return getattr(self.lower, "kind", "port")
+
     async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
         return await self.lower.receive_batch(max_frames)
 

@@ -17,6 +17,8 @@ class MemoryPort:
     the sender wait, like a real device's queue.
     """
 
+    kind = "memory"
+
     def __init__(
         self, name: str, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel, *, mtu: int = DEFAULT_MTU
     ) -> None:
