@@ -10,7 +10,10 @@ import trio
 from .bridge import Bridge
 from .config import Config, PortConfig
 from .host import Host, HostRunner
+from .netns import configure_link, netns_exists
 from .ports import MemoryPort, PcapPort, PcapWriter, Port
+from .ports.packet import PacketPort
+from .ports.tuntap import DeviceError, TunTapPort
 from .switch import Switch
 from .wire.addr import mac_to_str
 
@@ -25,15 +28,84 @@ def stable_mac(*parts: str) -> bytes:
 
 @attrs.define
 class Node:
+    """A configured daemon: its switch, simulated hosts, and the devices it opened."""
+
     config: Config
     switch: Switch
     hosts: list[tuple[HostRunner, tuple[str, ...], float]]
+    attached: dict[str, str] = attrs.Factory(dict)  # port -> netns, linked at run time
+
+    async def open_devices(self) -> None:
+        """Open the device ports of the config and link them into their namespaces."""
+        opened: list[Port] = []
+        try:
+            for pc in self.config.ports:
+                if pc.type == "memory":
+                    continue
+                port = await open_device_port(pc)
+                opened.append(port)
+                self.switch.add_port(_with_pcap(port, pc))
+        except BaseException:
+            for port in opened:
+                with trio.CancelScope(shield=True):
+                    await port.aclose()
+            raise
+
+    async def attach(
+        self, *, netns: str, name: str, address: str | None = None, gateway: str | None = None, mtu: int = 1500,
+    ) -> None:
+        """Link a container at run time: a new TAP in ``netns``, on the bridge."""
+        if name in self.switch.ports:
+            raise ValueError(f"port {name!r} already exists")
+        pc = PortConfig(name=name, type="tap", netns=netns, address=address, gateway=gateway, mtu=mtu)
+        port = await open_device_port(pc)
+        self.switch.add_port(port)
+        self.attached[name] = netns
+        log.info("attached %s in netns %s%s", name, netns, f" as {address}" if address else "")
+
+    async def detach(self, name: str) -> None:
+        """Remove a port; closing a TAP's fd deletes the device."""
+        if name not in self.switch.ports:
+            raise KeyError(f"no port named {name!r}")
+        await self.switch.remove_port(name)
+        self.attached.pop(name, None)
+        log.info("detached %s", name)
+
+
+async def open_device_port(pc: PortConfig) -> Port:
+    """Open a tap or packet port and configure its link; DeviceError says what went wrong."""
+    if pc.type == "packet":
+        assert pc.device is not None  # config validation guarantees it
+        return PacketPort.open(pc.device, name=pc.name, mtu=pc.mtu)
+    if pc.netns is not None and not await netns_exists(pc.netns):
+        raise DeviceError(2, f"network namespace {pc.netns!r} does not exist: create it with `ip netns add {pc.netns}`")
+    port = TunTapPort.open(pc.name, kind=pc.type, mtu=pc.mtu)
+    try:
+        await configure_link(pc.name, netns=pc.netns, address=pc.address, gateway=pc.gateway, mtu=pc.mtu)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await port.aclose()
+        raise
+    return port
+
+
+def _with_pcap(port: Port, pc: PortConfig) -> Port:
+    if not pc.pcap:
+        return port
+    try:
+        writer = PcapWriter.open(pc.pcap)
+    except OSError as exc:
+        raise DeviceError(exc.errno or 1, f"ports {pc.name}: cannot write pcap {pc.pcap}: {exc.strerror}") from None
+    return PcapPort(port, writer)
 
 
 def build(config: Config) -> Node:
+    """The node with its memory ports; device ports open in :meth:`Node.open_devices`."""
     switch = Switch(Bridge(ageing=config.bridge.ageing, max_entries=config.bridge.max_entries))
     hosts = []
     for pc in config.ports:
+        if pc.type != "memory":
+            continue
         port, runner = _build_memory_port(config, pc)
         switch.add_port(port)
         hosts.append((runner, pc.host.ping, pc.host.ping_interval))
@@ -43,12 +115,7 @@ def build(config: Config) -> Node:
 def _build_memory_port(config: Config, pc: PortConfig) -> tuple[Port, HostRunner]:
     assert pc.host is not None  # config validation guarantees it for memory ports
     port, far_end = MemoryPort.pair(pc.name, f"{pc.name}-host", mtu=pc.mtu)
-    if pc.pcap:
-        try:
-            writer = PcapWriter.open(pc.pcap)
-        except OSError as exc:
-            raise SystemExit(f"ports {pc.name}: cannot write pcap {pc.pcap}: {exc.strerror}") from None
-        port = PcapPort(port, writer)
+    port = _with_pcap(port, pc)
     mac = pc.host.mac or stable_mac(config.node.name, pc.name)
     host = Host(f"{pc.name}-host", mac, pc.host.address, gateway=pc.host.gateway)
     return port, HostRunner(host, far_end)
@@ -67,6 +134,7 @@ async def _pinger(runner: HostRunner, targets: tuple[str, ...], interval: float)
 
 async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Run the node until cancelled."""
+    await node.open_devices()
     async with trio.open_nursery() as nursery:
         await nursery.start(node.switch.run)
         for runner, targets, interval in node.hosts:
