@@ -38,6 +38,19 @@ class Core(Protocol):
     def handle_timer(self, now: float) -> list[Action]: ...
 
 
+@attrs.define(eq=False)
+class Monitor:
+    """A live tap on one port (see :meth:`Switch.add_monitor`).
+
+    ``ended`` is set when the port leaves the switch or fails, so a capture
+    waiting for frames knows none will come.
+    """
+
+    port: str
+    callback: Callable[[list[bytes]], None]
+    ended: trio.Event = attrs.Factory(trio.Event)
+
+
 @attrs.define(slots=True)
 class TxStatistics:
     queued: int = 0      # frames in the queue now
@@ -56,6 +69,11 @@ class _PortRunner:
         self.scope = trio.CancelScope()
         self.stats = TxStatistics()
         self.closed = False
+        self.monitors: list[Monitor] = []  # usually empty: one falsy check per batch
+
+    def end_monitors(self) -> None:
+        for monitor in self.monitors:
+            monitor.ended.set()
 
     def enqueue(self, frames: list[bytes]) -> int:
         """Queue what fits; tail-drop the rest. Returns how many were dropped."""
@@ -118,6 +136,7 @@ class Switch:
         """Detach a port: stop its tasks, forget its addresses, close it."""
         runner = self._runners.pop(name)
         runner.scope.cancel()
+        runner.end_monitors()
         self.core.remove_port(name)
         await self._close(runner)
         return runner.port
@@ -127,6 +146,26 @@ class Switch:
         if up and self._runners[name].closed:
             raise ValueError(f"port {name!r} has failed and is closed; remove it and add it again")
         self.core.set_port_up(name, up)
+
+    def add_monitor(self, port: str, callback: Callable[[list[bytes]], None]) -> Monitor:
+        """Call ``callback(frames)`` with every batch ``port`` receives or sends.
+
+        The callback runs inside the port's rx/tx task: it must neither block
+        nor raise, and must copy what it keeps. Remove it with
+        :meth:`remove_monitor`.
+        """
+        monitor = Monitor(port, callback)
+        runner = self._runners[port]  # an unknown port is misuse: KeyError
+        runner.monitors.append(monitor)
+        if runner.closed:
+            monitor.ended.set()
+        return monitor
+
+    def remove_monitor(self, monitor: Monitor) -> None:
+        """Stop calling ``monitor``; harmless if its port is already gone."""
+        runner = self._runners.get(monitor.port)
+        if runner is not None and monitor in runner.monitors:
+            runner.monitors.remove(monitor)
 
     @property
     def ports(self) -> dict[str, Port]:
@@ -160,20 +199,23 @@ class Switch:
                 nursery.start_soon(self._tx_loop, runner)
 
     async def _rx_loop(self, runner: _PortRunner) -> None:
-        port, name, core = runner.port, runner.port.name, self.core
+        port, name, core, monitors = runner.port, runner.port.name, self.core, runner.monitors
         while True:
             try:
                 frames = await port.receive_batch(self.batch_size)
             except PortClosed as exc:
                 self._port_failed(runner, exc)
                 return
+            if monitors:
+                for monitor in monitors:
+                    monitor.callback(frames)
             self.dispatch(core.handle_frames(name, frames, self._clock()))
             deadline = core.poll_at()
             if deadline is not None and deadline < self._timer_scope.deadline:
                 self._timer_scope.deadline = deadline
 
     async def _tx_loop(self, runner: _PortRunner) -> None:
-        port, queue, limit = runner.port, runner.queue, self.batch_size
+        port, queue, limit, monitors = runner.port, runner.queue, self.batch_size, runner.monitors
         while True:
             while not queue:
                 runner.wakeup = trio.Event()
@@ -189,6 +231,9 @@ class Switch:
                 self._port_failed(runner, exc)
                 return
             runner.stats.sent_batches += 1
+            if monitors:
+                for monitor in monitors:
+                    monitor.callback(batch)
 
     async def _run_timer(self) -> None:
         while True:
@@ -219,6 +264,7 @@ class Switch:
             return
         runner.closed = True
         runner.queue.clear()
+        runner.end_monitors()
         log.warning("port %s failed, taking it down: %s", runner.port.name, exc)
         if runner.port.name in self._runners:
             self.core.set_port_up(runner.port.name, False)

@@ -5,8 +5,10 @@ devices: one ``os.read`` returns one frame. Reading is the Trio way: the fd is
 non-blocking, a batch is drained until ``BlockingIOError`` (or the batch
 limit), and only then does the task wait in ``wait_readable``.
 
-When the device disappears (deleted, its namespace removed) reads fail with
-EBADFD/EIO and the port raises :class:`PortClosed`; the switch takes it down.
+When the device disappears (deleted, its namespace removed) reads and writes
+fail with EBADFD and the port raises :class:`PortClosed`; the switch takes it
+down. A write to a device whose link is down fails with EIO: that frame is a
+counted ``tx_dropped`` and the port stays.
 """
 
 import errno
@@ -28,8 +30,9 @@ IFF_NO_PI = 0x1000
 _IFREQ = struct.Struct("16sH")
 _READ_SIZE = 65536 + 64  # the largest frame a device can hand us, with room to spare
 
-# errno values that mean the device is gone, not a bad frame
-_GONE = frozenset({errno.EBADF, errno.EBADFD, errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENETDOWN})
+# errno values that mean the device is gone (deleted, or its namespace removed).
+# EIO is not among them: a write fails with EIO while the link is merely down.
+_GONE = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
 
 
 class DeviceError(OSError):
@@ -126,7 +129,10 @@ class TunTapPort:
                 except OSError as exc:
                     if exc.errno in _GONE:
                         raise PortClosed(f"{self.name}: device gone ({exc.strerror})") from None
-                    self._stats.tx_errors += 1  # e.g. EINVAL for a frame the device refuses
+                    if exc.errno == errno.EIO:
+                        self._stats.tx_dropped += 1  # the link is down on the far side
+                    else:
+                        self._stats.tx_errors += 1  # e.g. EINVAL for a frame the device refuses
                     break
         self._stats.tx_frames += sent
         self._stats.tx_bytes += sent_bytes
