@@ -34,9 +34,13 @@ class Node:
     switch: Switch
     hosts: list[tuple[HostRunner, tuple[str, ...], float]]
     attached: dict[str, str] = attrs.Factory(dict)  # port -> netns, linked at run time
+    devices_open: bool = False
 
     async def open_devices(self) -> None:
-        """Open the device ports of the config and link them into their namespaces."""
+        """Open the device ports of the config and link them into their namespaces (once)."""
+        if self.devices_open:
+            return
+        self.devices_open = True
         opened: list[Port] = []
         try:
             for pc in self.config.ports:
@@ -142,12 +146,18 @@ async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
             log.info("%s: %s %s", runner.host.name, mac_to_str(runner.host.mac), runner.host.interface)
             if targets:
                 nursery.start_soon(_pinger, runner, targets, interval)
+        if node.config.node.control:
+            from .control import ControlServer
+
+            path = await nursery.start(ControlServer(node, node.config.node.control).run)
+            log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
         task_status.started(node)
 
 
 async def run_until_signal(node: Node) -> None:
     """Serve until SIGINT or SIGTERM, then shut down within the switch's bounded timeout."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        await node.open_devices()  # before any nursery, so a DeviceError reaches the CLI as itself
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, node)
             log.info(

@@ -38,6 +38,9 @@ _GONE = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
 class DeviceError(OSError):
     """A device could not be opened or configured; the message says what to do."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 def open_tun_device(name: str, flags: int) -> int:
     """Create (or attach to) the TUN/TAP ``name``; returns a non-blocking fd."""
