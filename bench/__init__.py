@@ -12,16 +12,19 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
-from . import core, memory
+from . import core, memory, tap
 from .common import Options
 
 Suite = Callable[[Options], Iterable[dict[str, Any]]]
 
-# suite name -> run(options); future: "tap", "nat", "overlay"
+# suite name -> run(options); future: "nat", "overlay"
 SUITES: dict[str, Suite] = {
     "core": core.run,
     "memory": memory.run,
+    "tap": tap.run,  # needs root: real namespaces and iperf3
 }
+# suite name -> why it cannot run on this machine (None when it can)
+UNAVAILABLE: dict[str, Callable[[], str | None]] = {"tap": tap.unavailable}
 
 
 def run_suites(names: Sequence[str], options: Options = Options(), out: TextIO | None = None) -> list[dict[str, Any]]:
@@ -54,6 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     if args.warmup is not None and args.warmup < 0:
         parser.error("--warmup must not be negative")
-    names = list(SUITES) if args.suite == "all" else [args.suite]
+    if args.suite == "all":
+        names = []
+        for name in SUITES:
+            reason = UNAVAILABLE.get(name, lambda: None)()
+            if reason:
+                print(f"bench: skipping {name}: {reason}", file=sys.stderr)
+            else:
+                names.append(name)
+    else:
+        names = [args.suite]
     run_suites(names, Options(duration=args.duration, rounds=args.rounds, warmup=args.warmup, profile=args.profile))
     return 0

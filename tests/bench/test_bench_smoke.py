@@ -37,7 +37,10 @@ def check_lines(text: str) -> list[dict]:
     return lines
 
 
-@pytest.mark.parametrize("suite", sorted(bench.SUITES))
+IN_PROCESS = sorted(set(bench.SUITES) - set(bench.UNAVAILABLE))
+
+
+@pytest.mark.parametrize("suite", IN_PROCESS)
 def test_suite_prints_json_lines(suite: str) -> None:
     out = io.StringIO()
     returned = bench.run_suites([suite], Options(duration=0.02, rounds=1, warmup=0.01), out)
@@ -61,7 +64,21 @@ def test_command_line_all() -> None:
         [sys.executable, "-m", "bench", "all", *TINY], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
     )
     lines = check_lines(proc.stdout)
-    assert {line["name"].split(".")[0] for line in lines} == set(bench.SUITES)
+    runnable = {name for name in bench.SUITES if not bench.UNAVAILABLE.get(name, lambda: None)()}
+    assert {line["name"].split(".")[0] for line in lines} == runnable
+    for name in set(bench.SUITES) - runnable:
+        assert f"skipping {name}" in proc.stderr
+
+
+@pytest.mark.skipif(bool(bench.UNAVAILABLE["tap"]()), reason=str(bench.UNAVAILABLE["tap"]()))
+def test_tap_suite_measures_containers_and_kernel_bridge() -> None:
+    out = io.StringIO()
+    lines = check_lines(bench.run_suites(["tap"], Options(duration=1), out) and out.getvalue())
+    values = {line["name"]: line["value"] for line in lines}
+    assert set(values) == {
+        "tap.tcp", "tap.rtt", "tap.kernel_bridge.tcp", "tap.kernel_bridge.rtt", "tap.tcp_ratio", "tap.rtt_ratio",
+    }
+    assert values["tap.tcp"] > 0 and values["tap.kernel_bridge.tcp"] > 0
 
 
 def test_command_line_help() -> None:

@@ -1,0 +1,159 @@
+"""Helpers for tests and benchmarks with real devices: uniquely named network
+namespaces that are always removed, a daemon run as a subprocess, and
+commands run inside namespaces. Needs root and iproute2."""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+
+def can_run() -> str | None:
+    """None if namespaces and TAP devices can be used here, else the reason why not."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, TAP devices)"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (the `ip` command)"
+    return None
+
+
+def unique(prefix: str = "vt") -> str:
+    """A short unique name; device names must stay within 15 bytes."""
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+def sh(*command: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def in_ns(ns: str, *command: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *command, check=check, timeout=timeout)
+
+
+def ping(ns: str, address: str, *, count: int = 2, wait: float = 2) -> bool:
+    result = in_ns(ns, "ping", "-c", str(count), "-i", "0.2", "-W", str(wait), address, check=False,
+                   timeout=count * (wait + 1) + 5)
+    return result.returncode == 0
+
+
+def link_mac(ns: str, device: str) -> str:
+    info = json.loads(sh("ip", "-n", ns, "-j", "link", "show", "dev", device).stdout)
+    return info[0]["address"]
+
+
+def link_exists(ns: str | None, device: str) -> bool:
+    command = ["ip", *(("-n", ns) if ns else ()), "link", "show", "dev", device]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
+class Namespaces:
+    """Creates namespaces with unique names; ``cleanup`` kills what runs in them and deletes them."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def create(self, prefix: str = "vt") -> str:
+        name = unique(prefix)
+        sh("ip", "netns", "add", name)
+        self.created.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def cleanup(self) -> None:
+        for name in self.created:
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.created.clear()
+
+
+class Daemon:
+    """``vswitch run -c CONFIG`` as a subprocess; its log is collected by a thread."""
+
+    def __init__(self, config_path: Path, control: Path | None = None) -> None:
+        self.config_path = config_path
+        self.control = control
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *, ready: str = "running", timeout: float = 20) -> "Daemon":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vswitch", "run", "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        threading.Thread(target=self._collect, daemon=True).start()
+        self.wait_for(ready, timeout=timeout)
+        return self
+
+    def _collect(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, *, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if self.proc is not None and self.proc.poll() is not None and not self._reader_pending():
+                    raise AssertionError(f"daemon exited ({self.proc.returncode}) before {text!r}:\n{self.log}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log}")
+                self._changed.wait(min(remaining, 0.5))
+
+    def _reader_pending(self) -> bool:
+        return self.proc is not None and self.proc.stderr is not None and not self.proc.stderr.closed
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Run a `vswitch` command against this daemon's control socket."""
+        command = [sys.executable, "-m", "vswitch", *args, "-c", str(self.config_path)]
+        return subprocess.run(command, capture_output=True, text=True, check=check, timeout=timeout)
+
+    def show(self, what: str) -> object:
+        return json.loads(self.cli("show", what, "--json").stdout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tap_config(name: str, control: Path, ports: list[dict]) -> str:
+    """A node config with tap ports: dicts of name, netns and optional address/gateway/mtu/pcap."""
+    lines = ["[node]", f'name = "{name}"', f'control = "{control}"', ""]
+    for port in ports:
+        lines.append("[[ports]]")
+        lines.append('type = "tap"')
+        for key, value in port.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
