@@ -1,12 +1,17 @@
 """The ``vswitch`` command."""
 
 import argparse
+import json
 import logging
+import os
+import signal
 import sys
+from typing import Any
 
 import trio
 
 from . import __version__
+from .ports.tuntap import DeviceError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +27,32 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pcap", metavar="FILE", help="record every frame to this pcap file")
     demo.add_argument("--hosts", type=int, default=3, metavar="N", help="how many hosts (default 3)")
 
+    show = commands.add_parser("show", help="ask a running daemon: ports, fdb or stats")
+    show.add_argument("what", metavar="ports|fdb|stats", help="what to show")
+    show.add_argument("--json", action="store_true", help="print the daemon's answer as JSON (stable, for scripts)")
+    _daemon_options(show, config_flags=("-c", "--config"))
+
+    capture = commands.add_parser(
+        "capture", help="record a running daemon's port to pcap (-w - streams to stdout for `tshark -r -`)"
+    )
+    capture.add_argument("port", metavar="PORT", help="the port to record (both directions)")
+    capture.add_argument("-w", "--write", metavar="FILE",
+                         help="pcap file to write; - for stdout (default: stdout when it is not a terminal)")
+    capture.add_argument("-c", "--count", type=int, metavar="N", help="stop after N frames")
+    _daemon_options(capture, config_flags=("--config",))
+
+    attach = commands.add_parser("attach", help="link a container: a new TAP port in network namespace NETNS")
+    attach.add_argument("netns", metavar="NETNS", help="an existing network namespace")
+    attach.add_argument("--name", required=True, metavar="N", help="the port and device name")
+    attach.add_argument("--address", required=True, metavar="A/L", help="address/prefix inside the namespace")
+    attach.add_argument("--gateway", metavar="G", help="default route inside the namespace")
+    attach.add_argument("--mtu", type=int, metavar="M", help="device MTU")
+    _daemon_options(attach, config_flags=("-c", "--config"))
+
+    detach = commands.add_parser("detach", help="remove a port linked with attach (its device goes too)")
+    detach.add_argument("name", metavar="N", help="the port name")
+    _daemon_options(detach, config_flags=("-c", "--config"))
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -31,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args.config)
     if args.command == "demo":
         return _demo(args.pcap, args.hosts)
+    if args.command in ("show", "capture", "attach", "detach"):
+        return _talk(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -38,13 +71,148 @@ def main(argv: list[str] | None = None) -> int:
 def _run(path: str) -> int:
     from . import config as config_mod
     from . import daemon
+    from .control import ControlError
 
     try:
         cfg = config_mod.load(path)
     except config_mod.ConfigError as exc:
         print(f"vswitch: configuration error: {exc}", file=sys.stderr)
         return 2
-    trio.run(daemon.run_until_signal, daemon.build(cfg))
+    # Start-up failures surface from the daemon's nurseries inside exception groups.
+    status = 0
+    try:
+        trio.run(daemon.run_until_signal, daemon.build(cfg))
+    except* (DeviceError, ControlError) as group:
+        for exc in _leaves(group):
+            print(f"vswitch: {exc}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+# -- talking to a running daemon ----------------------------------------------
+
+
+def _daemon_options(parser: argparse.ArgumentParser, *, config_flags: tuple[str, ...]) -> None:
+    which = parser.add_argument_group("which daemon (one of)")
+    which.add_argument(*config_flags, dest="config", metavar="FILE",
+                       help="the daemon's TOML configuration; its [node] control names the socket")
+    which.add_argument("--control", metavar="PATH", help="the daemon's control socket")
+
+
+def _control_path(args: argparse.Namespace) -> str:
+    """The socket to talk to, from --control or the config's [node] control; ControlError if neither."""
+    from . import config as config_mod
+    from .control import ControlError
+
+    if args.control:
+        return args.control
+    if not args.config:
+        raise ControlError("which daemon? give its config with -c FILE (--config FILE for capture) "
+                           "or its socket with --control PATH")
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        raise ControlError(f"configuration error: {exc}") from None
+    if not cfg.node.control:
+        raise ControlError(f"{args.config} sets no control socket: add `control = \"/run/vswitch/NAME.sock\"` "
+                           "to its [node] section, or use --control PATH")
+    return cfg.node.control
+
+
+def _talk(args: argparse.Namespace) -> int:
+    from .control import ControlError
+
+    status = 1
+    try:
+        path = _control_path(args)
+        status = _capture(path, args) if args.command == "capture" else trio.run(_ask, path, args)
+    except* ControlError as group:  # a capture's error comes out of its nursery in a group
+        for exc in _leaves(group):
+            print(f"vswitch {args.command}: {exc}", file=sys.stderr)
+    return status
+
+
+async def _ask(path: str, args: argparse.Namespace) -> int:
+    from . import control
+
+    message: dict[str, Any]
+    if args.command == "show":
+        message = {"command": "show", "what": args.what}
+    elif args.command == "attach":
+        message = {"command": "attach", "netns": args.netns, "name": args.name, "address": args.address}
+        if args.gateway:
+            message["gateway"] = args.gateway
+        if args.mtu is not None:
+            message["mtu"] = args.mtu
+    else:
+        message = {"command": "detach", "name": args.name}
+    result = await control.request(path, message)
+    if args.command == "show":
+        formatter = control.FORMATTERS.get(args.what)
+        if args.json or formatter is None:
+            print(json.dumps(result, indent=2))
+        else:
+            print(formatter(result))
+    elif args.command == "attach":
+        print(f"attached {result['name']} in netns {result['netns']}"
+              + (f" as {result['address']}" if result.get("address") else ""))
+    else:
+        print(f"detached {result['name']}")
+    return 0
+
+
+def _capture(path: str, args: argparse.Namespace) -> int:
+    from . import control
+
+    if args.count is not None and args.count < 1:
+        print("vswitch capture: -c must be at least 1", file=sys.stderr)
+        return 2
+    target = args.write
+    if target is None:
+        if sys.stdout.isatty():
+            print("vswitch capture: refusing to write pcap to a terminal; use -w FILE, or -w - | tshark -r -",
+                  file=sys.stderr)
+            return 2
+        target = "-"
+    try:
+        out = sys.stdout.buffer if target == "-" else open(target, "wb")
+    except OSError as exc:
+        print(f"vswitch capture: cannot write {target}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+    records = control.PcapRecords()
+
+    async def record() -> None:
+        # Ctrl-C / SIGTERM end the capture between records: the file stays a valid pcap.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                await control.capture(path, args.port, out, count=args.count, records=records)
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(record)
+    except* BrokenPipeError:
+        # The reader (tshark, head) went away: the end of a capture, not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if out is not sys.stdout.buffer:
+            started = out.tell() > 0  # at least the pcap header came
+            out.close()
+            if not started:
+                os.unlink(target)  # the capture never began: leave no empty file behind
+    print(f"vswitch capture: {records.records} frames from {args.port}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,742 @@
+"""The control socket: a running daemon answers `vswitch show`, `capture`,
+`attach` and `detach` over a Unix stream socket.
+
+Protocol: the client sends one JSON object on one line, e.g.
+``{"command": "show", "what": "fdb"}``; the daemon answers one line,
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``, and
+closes the connection. ``capture`` is the one exception: after its
+``{"ok": true, ...}`` line the daemon streams a classic pcap file (global
+header, then records) until the client hangs up, ``count`` frames have been
+written, the port goes away, or the daemon stops.
+
+Everything is bounded: the request line (``MAX_REQUEST`` bytes), the time a
+client has to send it and get its answer, the number of concurrent clients,
+and each capture's buffer (a slow reader loses frames, counted, and never
+slows the switch).
+"""
+
+import errno
+import inspect
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import attrs
+import trio
+
+from .actions import DropReason
+from .ports.base import PortWrapper
+from .ports.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter
+from .wire.addr import mac_to_str
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 16 * 1024          # bytes in a request line
+MAX_RESPONSE = 64 * 1024 * 1024  # bytes in a response line (an FDB of 65536 entries is ~6 MB)
+CLIENT_TIMEOUT = 10.0            # seconds to send a request and receive the answer
+MAX_CLIENTS = 16                 # concurrent connections, captures included
+CAPTURE_FRAMES = 4096            # frames a capture buffers for a slow reader ...
+CAPTURE_BYTES = 8 * 1024 * 1024  # ... and bytes; beyond either, frames are dropped and counted
+_SUN_PATH_MAX = 107              # sockaddr_un.sun_path holds 108 bytes including the NUL
+
+
+class ControlError(Exception):
+    """A request the daemon refused, or a daemon that cannot be reached."""
+
+
+def not_listening(path: str) -> str:
+    return f"no daemon is listening on {path} (is `vswitch run` running? is [node] control set?)"
+
+
+# -- line I/O shared by both sides ---------------------------------------------
+
+
+async def _read_line(stream: trio.abc.ReceiveStream, limit: int, what: str) -> tuple[bytes, bytes]:
+    """One ``\\n``-terminated line (without it) and whatever followed it.
+
+    At end of stream the partial line is returned as is (``nc`` without a
+    final newline still works).
+    """
+    buffer = bytearray()
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return bytes(buffer), b""
+        start = len(buffer)
+        buffer += chunk
+        end = buffer.find(b"\n", start)
+        if end > limit or (end < 0 and len(buffer) > limit):
+            raise ControlError(f"{what} too long (more than {limit} bytes)")
+        if end >= 0:
+            return bytes(buffer[:end]), bytes(buffer[end + 1:])
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+# -- what `show` reports ----------------------------------------------------------
+
+
+def port_kind(node: Any, name: str, port: Any) -> str:
+    """The configured type of a port, else a name derived from its class."""
+    config = getattr(node, "config", None)
+    for pc in getattr(config, "ports", ()):
+        if pc.name == name:
+            return pc.type
+    while isinstance(port, PortWrapper):
+        port = port.lower
+    return type(port).__name__.removesuffix("Port").lower() or "unknown"
+
+
+def show_ports(node: Any) -> list[dict[str, Any]]:
+    switch = node.switch
+    bridge_ports = _bridge_statistics(switch.core).ports
+    ports = []
+    for status in switch.port_status():
+        dev = status.device
+        bridge = bridge_ports.get(status.name)
+        ports.append({
+            "name": status.name,
+            "type": port_kind(node, status.name, switch.ports[status.name]),
+            "up": status.up,
+            "closed": status.closed,
+            "rx": {"frames": dev.rx_frames, "bytes": dev.rx_bytes, "errors": dev.rx_errors,
+                   "dropped": dev.rx_dropped},
+            "tx": {"frames": dev.tx_frames, "bytes": dev.tx_bytes, "errors": dev.tx_errors,
+                   "dropped": dev.tx_dropped},
+            "tx_queue": {"depth": status.tx.queued, "limit": switch.tx_queue,
+                         "tail_dropped": status.tx.tail_dropped, "sent_batches": status.tx.sent_batches},
+            "bridge": attrs.asdict(bridge) if bridge is not None else None,
+        })
+    return ports
+
+
+def show_fdb(node: Any, now: float) -> list[dict[str, Any]]:
+    """Every FDB entry, by port then MAC; ``age`` is seconds since its address was last seen."""
+    entries = sorted(_fdb(node.switch.core), key=lambda e: (e.port, e.mac))
+    return [
+        {"mac": mac_to_str(e.mac), "port": e.port, "static": e.static, "age": round(max(0.0, now - e.updated), 3)}
+        for e in entries
+    ]
+
+
+def show_stats(node: Any, captures: Sequence["CaptureSession"] = ()) -> dict[str, Any]:
+    switch = node.switch
+    stats = _bridge_statistics(switch.core)
+    drops = switch.drop_counts()
+    tail = {s.name: s.tx.tail_dropped for s in switch.port_status()}
+    return {
+        "bridge": {"unicast": stats.unicast, "flooded": stats.flooded},
+        "drops": {str(reason): drops.get(reason, 0) for reason in DropReason},
+        "fdb": attrs.asdict(stats.fdb),
+        "ports": {
+            name: {**attrs.asdict(port), "tail_dropped": tail.get(name, 0)} for name, port in stats.ports.items()
+        },
+        "captures": [c.summary() for c in captures],
+    }
+
+
+def _bridge_statistics(core: Any) -> Any:
+    statistics = getattr(core, "statistics", None)
+    if statistics is None:
+        raise ControlError("this daemon's core keeps no statistics")
+    return statistics()
+
+
+def _fdb(core: Any) -> Any:
+    fdb = getattr(core, "fdb", None)
+    if fdb is None:
+        raise ControlError("this daemon's core has no forwarding database")
+    return fdb
+
+
+# -- human output: aligned tables -------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell; ``right`` lists right-aligned (numeric) columns."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def format_ports(result: list[dict[str, Any]]) -> str:
+    rows = []
+    for p in result:
+        state = "closed" if p["closed"] else ("up" if p["up"] else "down")
+        rx, tx, q = p["rx"], p["tx"], p["tx_queue"]
+        rows.append([
+            p["name"], p["type"], state, rx["frames"], rx["bytes"], tx["frames"], tx["bytes"],
+            f"{rx['errors']}/{tx['errors']}", f"{rx['dropped']}/{tx['dropped']}",
+            f"{q['depth']}/{q['limit']}", q["tail_dropped"],
+        ])
+    headers = ["port", "type", "state", "rx-frames", "rx-bytes", "tx-frames", "tx-bytes",
+               "errors(rx/tx)", "dropped(rx/tx)", "tx-queue", "tail-drops"]
+    return format_table(headers, rows, right=range(3, 11))
+
+
+def format_fdb(result: list[dict[str, Any]]) -> str:
+    rows = [
+        [e["port"], e["mac"], "static" if e["static"] else "learned", "-" if e["static"] else int(e["age"])]
+        for e in result
+    ]
+    table = format_table(["port", "mac", "type", "age"], rows, right=[3])
+    return f"{table}\n{len(rows)} {'entry' if len(rows) == 1 else 'entries'}"
+
+
+def format_stats(result: dict[str, Any]) -> str:
+    bridge, fdb = result["bridge"], result["fdb"]
+    lines = [f"bridge: {bridge['unicast']} unicast, {bridge['flooded']} flooded", "drops:"]
+    lines += ["  " + line for line in format_table(
+        ["reason", "frames"], sorted(result["drops"].items()), right=[1]).splitlines()]
+    lines.append(
+        "fdb: " + ", ".join(f"{value} {key.replace('_', ' ')}" for key, value in fdb.items())
+    )
+    rows = [
+        [name, p["rx_frames"], p["rx_bytes"], p["tx_frames"], p["tx_bytes"], p["rx_dropped"], p["tail_dropped"]]
+        for name, p in result["ports"].items()
+    ]
+    lines.append("ports:")
+    lines += ["  " + line for line in format_table(
+        ["port", "rx-frames", "rx-bytes", "tx-frames", "tx-bytes", "rx-dropped", "tail-drops"], rows,
+        right=range(1, 7)).splitlines()]
+    if result.get("captures"):
+        lines.append("captures:")
+        rows = [[c["port"], c["written"], c["dropped"]] for c in result["captures"]]
+        lines += ["  " + line for line in format_table(["port", "written", "dropped"], rows, right=[1, 2]).splitlines()]
+    return "\n".join(lines)
+
+
+FORMATTERS: dict[str, Callable[[Any], str]] = {
+    "ports": format_ports, "fdb": format_fdb, "stats": format_stats,
+}
+
+
+# -- capture ------------------------------------------------------------------------
+
+
+class _Chunk:
+    """The file PcapWriter writes into: bytes collected until the next send."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self.data = bytes(self.data), bytearray()
+        return data
+
+
+class CaptureSession:
+    """One client's live capture of a port: a bounded buffer between the
+    switch's tasks (:meth:`push`, sync, never blocks) and the client's socket
+    (:meth:`stream`)."""
+
+    def __init__(
+        self, port: str, *, count: int | None = None, max_frames: int = CAPTURE_FRAMES,
+        max_bytes: int = CAPTURE_BYTES, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.port = port
+        self.count = count
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._batches: deque[tuple[float, list[bytes]]] = deque()
+        self._frames = 0
+        self._bytes = 0
+        self._wakeup = trio.Event()
+        self.written = 0
+        self.dropped = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"port": self.port, "written": self.written, "dropped": self.dropped,
+                "buffered": self._frames, "count": self.count}
+
+    def push(self, frames: list[bytes]) -> None:
+        """The switch's monitor callback: keep what fits, count the rest."""
+        room = min(self.max_frames - self._frames, len(frames))
+        size = 0
+        for i in range(room):
+            length = min(len(frames[i]), SNAPLEN)
+            if self._bytes + size + length > self.max_bytes:
+                room = i
+                break
+            size += length
+        if room:
+            self._batches.append((self._clock(), frames[:room]))
+            self._frames += room
+            self._bytes += size
+            self._wakeup.set()
+        self.dropped += len(frames) - room
+
+    async def _next(self) -> list[tuple[float, list[bytes]]]:
+        while not self._batches:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        batches = list(self._batches)
+        self._batches.clear()
+        self._frames = self._bytes = 0
+        return batches
+
+    async def stream(self, out: trio.abc.SendStream) -> None:
+        """Write the pcap header, then records, until ``count`` frames are written (forever if None)."""
+        ts = 0.0
+        chunk = _Chunk()
+        writer = PcapWriter(chunk, linktype=LINKTYPE_ETHERNET, clock=lambda: ts)
+        await out.send_all(chunk.take())
+        while self.count is None or self.written < self.count:
+            for ts, frames in await self._next():
+                if self.count is not None:
+                    frames = frames[: self.count - self.written]
+                writer.write(frames)
+                self.written += len(frames)
+            await out.send_all(chunk.take())
+
+
+# -- the server ----------------------------------------------------------------------
+
+
+Handler = Callable[["ControlServer", dict[str, Any]], Awaitable[Any]]
+
+
+class ControlServer:
+    """Serves the control protocol for ``node`` on the Unix socket ``path``."""
+
+    def __init__(
+        self, node: Any, path: str, *, max_clients: int = MAX_CLIENTS, timeout: float = CLIENT_TIMEOUT,
+        max_request: int = MAX_REQUEST, capture_frames: int = CAPTURE_FRAMES, capture_bytes: int = CAPTURE_BYTES,
+    ) -> None:
+        self.node = node
+        self.path = str(path)
+        self.max_clients = max_clients
+        self.timeout = timeout
+        self.max_request = max_request
+        self.capture_frames = capture_frames
+        self.capture_bytes = capture_bytes
+        self.captures: list[CaptureSession] = []
+        self.clients = 0
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; the socket file is removed on the way out."""
+        sock, identity = await self._listen()
+        try:
+            listener = trio.SocketListener(sock)
+            async with listener, trio.open_nursery() as nursery:
+                log.debug("control socket listening on %s", self.path)
+                task_status.started(self.path)
+                await self._accept_loop(listener, nursery)
+        finally:
+            self._unlink_if_ours(identity)
+
+    async def _listen(self) -> tuple[trio.socket.SocketType, tuple[int, int]]:
+        path = self.path
+        size = len(os.fsencode(path))
+        if size > _SUN_PATH_MAX:
+            raise ControlError(f"control socket path is too long ({size} bytes, at most {_SUN_PATH_MAX}): {path}")
+        await self._remove_stale(path)
+        parent = Path(path).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ControlError(f"cannot create {parent} for the control socket: {exc.strerror}") from None
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.bind(path)
+            # Restrict before listen(): until then a connect() is refused anyway.
+            os.chmod(path, 0o600)
+            info = os.stat(path)
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise ControlError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+        return sock, (info.st_dev, info.st_ino)
+
+    async def _remove_stale(self, path: str) -> None:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise ControlError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with trio.fail_after(2.0):
+                await probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("removing stale control socket %s", path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return
+        except trio.TooSlowError:
+            pass  # a listener with a full backlog: still alive
+        except OSError as exc:
+            raise ControlError(f"cannot check the existing control socket {path}: {exc.strerror}") from None
+        finally:
+            probe.close()
+        raise ControlError(f"another daemon is already listening on {path}")
+
+    def _unlink_if_ours(self, identity: tuple[int, int]) -> None:
+        try:
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == identity:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove control socket %s: %s", self.path, exc.strerror)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                    raise
+                log.warning("control socket: %s; pausing accept for 100 ms", exc.strerror)
+                await trio.sleep(0.1)  # back off while descriptors are short (as trio.serve_listeners does)
+                continue
+            if self.clients >= self.max_clients:
+                with trio.move_on_after(0.1):
+                    try:
+                        await self._reply(stream, error=f"too many clients (at most {self.max_clients} at once)")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # it already hung up
+                await stream.aclose()
+                continue
+            self.clients += 1
+            nursery.start_soon(self._serve_client, stream)
+
+    # -- one connection ----------------------------------------------------------
+
+    async def _serve_client(self, stream: trio.SocketStream) -> None:
+        try:
+            async with stream:
+                await self._converse(stream)
+        finally:
+            self.clients -= 1
+
+    async def _converse(self, stream: trio.SocketStream) -> None:
+        try:
+            try:
+                with trio.fail_after(self.timeout):
+                    line, _ = await _read_line(stream, self.max_request, "request")
+                    request = parse_request(line)
+                    if request["command"] == "capture":
+                        session, monitor = await self._start_capture(stream, request)
+                    else:
+                        result = await self._dispatch(request)
+                        await self._reply(stream, result=result)
+                        return
+            except ControlError as exc:
+                with trio.move_on_after(1.0):
+                    await self._reply(stream, error=str(exc))
+                return
+            except trio.TooSlowError:
+                with trio.move_on_after(1.0):
+                    await self._reply(stream, error=f"timed out after {self.timeout:g} s")
+                return
+            # The capture streams for as long as the client wants: no timeout.
+            await self._run_capture(stream, session, monitor)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client hung up
+
+    async def _reply(self, stream: trio.abc.SendStream, *, result: Any = None, error: str | None = None) -> None:
+        message = {"ok": False, "error": error} if error is not None else {"ok": True, "result": result}
+        await stream.send_all(_encode(message))
+
+    async def _dispatch(self, request: dict[str, Any]) -> Any:
+        command = request["command"]
+        handler = COMMANDS.get(command)
+        if handler is None:
+            available = ", ".join(sorted([*COMMANDS, "capture"]))
+            raise ControlError(f"unknown command {command!r} (available: {available})")
+        try:
+            return await handler(self, request)
+        except ControlError:
+            raise
+        except Exception as exc:  # a bug in a handler must not take the data path down
+            log.exception("control command %r failed", command)
+            raise ControlError(f"internal error in {command}: {exc!r}") from exc
+
+    # -- capture -----------------------------------------------------------------
+
+    async def _start_capture(self, stream: trio.abc.SendStream, request: dict[str, Any]) -> tuple[CaptureSession, Any]:
+        port = _field(request, "port", str)
+        count = _field(request, "count", int, required=False)
+        if count is not None and count < 1:
+            raise ControlError(f"count must be at least 1, got {count}")
+        switch = self.node.switch
+        if port not in switch.ports:
+            raise ControlError(f"no port named {port!r} (ports: {', '.join(switch.ports) or 'none'})")
+        session = CaptureSession(port, count=count, max_frames=self.capture_frames, max_bytes=self.capture_bytes)
+        monitor = switch.add_monitor(port, session.push)
+        try:
+            await self._reply(stream, result={"port": port, "snaplen": SNAPLEN, "linktype": LINKTYPE_ETHERNET})
+        except BaseException:
+            switch.remove_monitor(monitor)
+            raise
+        self.captures.append(session)
+        log.info("capture of %s started", port)
+        return session, monitor
+
+    async def _run_capture(self, stream: trio.SocketStream, session: CaptureSession, monitor: Any) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                async def finish(fn: Callable[[], Awaitable[None]]) -> None:
+                    # Whichever ends first ends the capture: count reached,
+                    # client gone, port gone.
+                    try:
+                        await fn()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(finish, lambda: session.stream(stream))
+                nursery.start_soon(finish, lambda: _wait_for_hangup(stream))
+                nursery.start_soon(finish, monitor.ended.wait)
+        finally:
+            self.node.switch.remove_monitor(monitor)
+            self.captures.remove(session)
+            log.info("capture of %s ended: %d frames written, %d dropped for a slow reader",
+                     session.port, session.written, session.dropped)
+
+
+async def _wait_for_hangup(stream: trio.abc.ReceiveStream) -> None:
+    """Return when the client closes its end (anything it sends is ignored)."""
+    try:
+        while await stream.receive_some(4096):
+            pass
+    except trio.BrokenResourceError:
+        pass
+
+
+# -- requests and their handlers -------------------------------------------------------
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ControlError(f"malformed request: not a JSON line ({exc})") from None
+    if not isinstance(request, dict):
+        raise ControlError("malformed request: expected a JSON object like {\"command\": \"show\", \"what\": \"fdb\"}")
+    if not isinstance(request.get("command"), str):
+        raise ControlError("malformed request: \"command\" (a string) is required")
+    return request
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer"}
+
+
+def _field(request: dict[str, Any], key: str, type_: type, *, required: bool = True) -> Any:
+    if key not in request or request[key] is None:
+        if required:
+            raise ControlError(f"{request['command']}: {key!r} is required")
+        return None
+    value = request[key]
+    if not isinstance(value, type_) or isinstance(value, bool):
+        raise ControlError(f"{request['command']}: {key!r} must be {_TYPE_NAMES[type_]}, got {value!r}")
+    return value
+
+
+async def _cmd_show(server: ControlServer, request: dict[str, Any]) -> Any:
+    what = _field(request, "what", str)
+    node = server.node
+    if what == "ports":
+        return show_ports(node)
+    if what == "fdb":
+        return show_fdb(node, trio.current_time())  # the daemon's Switch runs on trio's clock
+    if what == "stats":
+        return show_stats(node, server.captures)
+    raise ControlError(f"cannot show {what!r} (available: {', '.join(FORMATTERS)})")
+
+
+async def _cmd_attach(server: ControlServer, request: dict[str, Any]) -> Any:
+    kwargs = {key: _field(request, key, str) for key in ("netns", "name", "address")}
+    gateway = _field(request, "gateway", str, required=False)
+    mtu = _field(request, "mtu", int, required=False)
+    if gateway is not None:
+        kwargs["gateway"] = gateway
+    if mtu is not None:
+        kwargs["mtu"] = mtu
+    try:
+        attach = server.node.attach
+    except AttributeError:
+        raise ControlError("attach is not available in this version of the daemon") from None
+    await _call(attach, kwargs, "attach")
+    return {"name": kwargs["name"], "netns": kwargs["netns"], "address": kwargs["address"]}
+
+
+async def _cmd_detach(server: ControlServer, request: dict[str, Any]) -> Any:
+    name = _field(request, "name", str)
+    try:
+        detach = server.node.detach
+    except AttributeError:
+        raise ControlError("detach is not available in this version of the daemon") from None
+    await _call(detach, {"name": name}, "detach")
+    return {"name": name}
+
+
+async def _call(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> Any:
+    """Call a Node method that may be sync or async; its refusals become errors for the client."""
+    try:
+        result = fn(**kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    except (ValueError, KeyError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise ControlError(f"{what}: {message}") from None
+    return result
+
+
+COMMANDS: dict[str, Handler] = {"show": _cmd_show, "attach": _cmd_attach, "detach": _cmd_detach}
+
+
+# -- the client -----------------------------------------------------------------------
+
+
+async def connect(path: str) -> trio.SocketStream:
+    try:
+        return await trio.open_unix_socket(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ControlError(not_listening(path)) from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path}: the control socket belongs to the daemon's user; "
+                           "run this as root (sudo)") from None
+    except OSError as exc:
+        raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+
+
+def _check_response(line: bytes, path: str) -> Any:
+    if not line:
+        raise ControlError(f"the daemon on {path} closed the connection without answering")
+    try:
+        response = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ControlError(f"the daemon on {path} sent a malformed answer: {line[:200]!r}") from None
+    if not isinstance(response, dict) or "ok" not in response:
+        raise ControlError(f"the daemon on {path} sent a malformed answer: {line[:200]!r}")
+    if not response["ok"]:
+        raise ControlError(str(response.get("error", "the daemon refused without saying why")))
+    return response.get("result")
+
+
+async def request(path: str, message: dict[str, Any], *, timeout: float = CLIENT_TIMEOUT) -> Any:
+    """Send one request to the daemon on ``path``; its result, or ControlError with its message."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await connect(path)
+            async with stream:
+                try:
+                    await stream.send_all(_encode(message))
+                    line, _ = await _read_line(stream, MAX_RESPONSE, "response")
+                except trio.BrokenResourceError as exc:
+                    raise ControlError(f"the daemon on {path} hung up: {exc}") from None
+    except trio.TooSlowError:
+        raise ControlError(f"the daemon on {path} did not answer within {timeout:g} s") from None
+    return _check_response(line, path)
+
+
+class PcapRecords:
+    """Splits a pcap byte stream at record boundaries, so a capture that is
+    cut short still leaves a file whose every record is whole."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._record_header: struct.Struct | None = None
+        self.records = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Append ``data``; return the complete part (header and whole records) not returned before."""
+        buffer = self._buffer
+        buffer += data
+        out = bytearray()
+        if self._record_header is None:
+            if len(buffer) < 24:
+                return b""
+            magic = buffer[:4]
+            if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+                self._record_header = struct.Struct("<IIII")
+            elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+                self._record_header = struct.Struct(">IIII")
+            else:
+                raise ControlError(f"the daemon sent something that is not a pcap stream: {bytes(magic)!r}")
+            out += buffer[:24]
+            del buffer[:24]
+        header = self._record_header
+        offset = 0
+        while len(buffer) - offset >= 16:
+            incl_len = header.unpack_from(buffer, offset)[2]
+            end = offset + 16 + incl_len
+            if end > len(buffer):
+                break
+            offset = end
+            self.records += 1
+        out += buffer[:offset]
+        del buffer[:offset]
+        return bytes(out)
+
+
+async def capture(
+    path: str, port: str, out: BinaryIO, *, count: int | None = None, records: PcapRecords | None = None,
+) -> int:
+    """Stream ``port``'s frames as pcap into ``out`` (flushed per chunk); returns the records written.
+
+    Ends when the daemon closes the stream (``count`` reached, port gone,
+    daemon stopped); cancel it to stop early. ``out`` only ever receives
+    whole records; ``records.records`` counts them, also after a cancel.
+    """
+    message: dict[str, Any] = {"command": "capture", "port": port}
+    if count is not None:
+        message["count"] = count
+    records = records if records is not None else PcapRecords()
+    try:
+        with trio.fail_after(CLIENT_TIMEOUT):
+            stream = await connect(path)
+    except trio.TooSlowError:
+        raise ControlError(f"the daemon on {path} did not accept within {CLIENT_TIMEOUT:g} s") from None
+    async with stream:
+        try:
+            try:
+                with trio.fail_after(CLIENT_TIMEOUT):
+                    await stream.send_all(_encode(message))
+                    line, rest = await _read_line(stream, MAX_REQUEST, "response")
+            except trio.TooSlowError:
+                raise ControlError(f"the daemon on {path} did not answer within {CLIENT_TIMEOUT:g} s") from None
+            _check_response(line, path)
+            data = rest
+            while True:
+                complete = records.feed(data)
+                if complete:
+                    out.write(complete)
+                    out.flush()
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+        except trio.BrokenResourceError:
+            pass  # the daemon went away: what was written is whole
+    return records.records
