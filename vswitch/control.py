@@ -136,6 +136,7 @@ def show_stats(node: Any, captures: Sequence["CaptureSession"] = ()) -> dict[str
     tail = {s.name: s.tx.tail_dropped for s in switch.port_status()}
     return {
         "bridge": {"unicast": stats.unicast, "flooded": stats.flooded},
+        "port_failures": switch.port_failures,
         "drops": {str(reason): drops.get(reason, 0) for reason in DropReason},
         "fdb": attrs.asdict(stats.fdb),
         "ports": {
@@ -199,7 +200,11 @@ def format_fdb(result: list[dict[str, Any]]) -> str:
 
 def format_stats(result: dict[str, Any]) -> str:
     bridge, fdb = result["bridge"], result["fdb"]
-    lines = [f"bridge: {bridge['unicast']} unicast, {bridge['flooded']} flooded", "drops:"]
+    lines = [
+        f"bridge: {bridge['unicast']} unicast, {bridge['flooded']} flooded",
+        f"ports failed: {result.get('port_failures', 0)}",
+        "drops:",
+    ]
     lines += ["  " + line for line in format_table(
         ["reason", "frames"], sorted(result["drops"].items()), right=[1]).splitlines()]
     lines.append(

@@ -119,6 +119,7 @@ class Switch:
         self._nursery: trio.Nursery | None = None
         self._timer_scope = trio.CancelScope()
         self._drops: Counter[DropReason] = Counter()
+        self.port_failures = 0  # ports taken down because their device or link failed
         self.recent_drops: deque[Drop] = deque(maxlen=RECENT_DROPS)
 
     # -- ports ------------------------------------------------------------
@@ -265,6 +266,7 @@ class Switch:
         runner.closed = True
         runner.queue.clear()
         runner.end_monitors()
+        self.port_failures += 1
         log.warning("port %s failed, taking it down: %s", runner.port.name, exc)
         if runner.port.name in self._runners:
             self.core.set_port_up(runner.port.name, False)

@@ -114,6 +114,8 @@ def test_deleting_a_container_device_leaves_the_others_working(tmp_path, namespa
     status = {p["name"]: p for p in daemon.show("ports")}
     assert status[ports[2]["name"]]["up"] is False
     assert status[ports[0]["name"]]["up"] is True
+    assert daemon.show("stats")["port_failures"] == 1
+    assert daemon.log.count(f"port {ports[2]['name']} failed") == 1  # logged once
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
