@@ -14,14 +14,11 @@ sees it, so every other port receives ordinary, valid frames.
 import errno
 import socket
 import struct
-from collections.abc import Sequence
 
-import attrs
-import trio
-
-from .base import DEFAULT_BATCH, DEFAULT_MTU, PortClosed, PortStatistics
 from ..wire.errors import WireError
-from ..wire.offload import VNET_HDR_NONE, from_vnet
+from ..wire.offload import VNET_HDR_LEN, VNET_HDR_NONE, from_vnet
+from .base import DEFAULT_MTU, PortClosed
+from .fd import READ_SIZE, FdPort
 from .tuntap import DeviceError
 
 ETH_P_ALL = 0x0003
@@ -30,20 +27,19 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
-_RECV_SIZE = 65536 + 64
 _SOCKET_BUFFER = 4 << 20
-_GONE = frozenset({errno.ENETDOWN, errno.ENXIO, errno.ENODEV, errno.EBADF})
 
 
-class PacketPort:
+class PacketPort(FdPort):
     kind = "packet"
+    gone_errnos = FdPort.gone_errnos | {errno.ENETDOWN}
 
     def __init__(self, name: str, sock: socket.socket, *, device: str, mtu: int = DEFAULT_MTU) -> None:
-        self.name = name
+        super().__init__(name, sock.fileno(), mtu=mtu)
         self.device = device
-        self.mtu = mtu
         self._sock = sock
-        self._stats = PortStatistics()
+        self._recv = sock.recv
+        self._send = sock.send
 
     @classmethod
     def open(cls, device: str, *, name: str | None = None, mtu: int = DEFAULT_MTU) -> "PacketPort":
@@ -69,61 +65,21 @@ class PacketPort:
             raise DeviceError(exc.errno or 1, f"cannot bind to {device}: {exc.strerror or exc}") from None
         return cls(name or device, sock, device=device, mtu=mtu)
 
-    async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
-        recv = self._sock.recv
-        while True:
-            frames: list[bytes] = []
-            try:
-                while len(frames) < max_frames:
-                    packet = recv(_RECV_SIZE)
-                    if packet[:2] == b"\0\0":  # no checksum to complete, no segmentation
-                        frames.append(packet[10:])
-                        continue
-                    try:
-                        frames += from_vnet(packet)
-                    except WireError:
-                        self._stats.rx_errors += 1
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                if exc.errno in _GONE or self._sock.fileno() < 0:
-                    raise PortClosed(f"{self.name}: {self.device} is gone ({exc.strerror})") from None
-                self._stats.rx_errors += 1
-            if frames:
-                self._stats.count_rx(frames)
-                await trio.lowlevel.checkpoint()
-                return frames
-            try:
-                await trio.lowlevel.wait_readable(self._sock)
-            except trio.ClosedResourceError:
-                raise PortClosed(f"{self.name}: closed") from None
+    def _read_one(self, frames: list[bytes]) -> None:
+        packet = self._recv(READ_SIZE)
+        if packet[:2] == b"\0\0":  # no checksum to complete, no segmentation
+            frames.append(packet[VNET_HDR_LEN:])
+            return
+        try:
+            frames += from_vnet(packet)
+        except WireError:
+            self._stats.rx_errors += 1
 
-    async def send_batch(self, frames: Sequence[bytes]) -> None:
-        send = self._sock.send
-        for frame in frames:
-            while True:
-                try:
-                    send(VNET_HDR_NONE + frame)
-                    self._stats.tx_frames += 1
-                    self._stats.tx_bytes += len(frame)
-                    break
-                except BlockingIOError:
-                    try:
-                        await trio.lowlevel.wait_writable(self._sock)
-                    except trio.ClosedResourceError:
-                        raise PortClosed(f"{self.name}: closed") from None
-                except OSError as exc:
-                    if exc.errno in _GONE or self._sock.fileno() < 0:
-                        raise PortClosed(f"{self.name}: {self.device} is gone ({exc.strerror})") from None
-                    self._stats.tx_errors += 1  # e.g. EMSGSIZE for a frame over the interface MTU
-                    break
-        await trio.lowlevel.checkpoint()
+    def _write_one(self, frame: bytes) -> None:
+        self._send(VNET_HDR_NONE + frame)
 
-    def statistics(self) -> PortStatistics:
-        return attrs.evolve(self._stats)
+    def _gone(self, exc: OSError) -> PortClosed:
+        return PortClosed(f"{self.name}: {self.device} is gone ({exc.strerror})")
 
-    async def aclose(self) -> None:
-        if self._sock.fileno() >= 0:
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
-        await trio.lowlevel.checkpoint()
+    def _close_device(self) -> None:
+        self._sock.close()

@@ -15,12 +15,9 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Sequence
 
-import attrs
-import trio
-
-from .base import DEFAULT_BATCH, DEFAULT_MTU, PortClosed, PortStatistics
+from .base import DEFAULT_MTU
+from .fd import READ_SIZE, FdPort
 
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -28,11 +25,6 @@ IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 _IFREQ = struct.Struct("16sH")
-_READ_SIZE = 65536 + 64  # the largest frame a device can hand us, with room to spare
-
-# errno values that mean the device is gone (deleted, or its namespace removed).
-# EIO is not among them: a write fails with EIO while the link is merely down.
-_GONE = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
 
 
 class DeviceError(OSError):
@@ -67,16 +59,12 @@ def open_tun_device(name: str, flags: int) -> int:
     return fd
 
 
-class TunTapPort:
+class TunTapPort(FdPort):
     """A TAP (``kind="tap"``, Ethernet frames) or TUN (``kind="tun"``, IP packets) device."""
 
     def __init__(self, name: str, fd: int, *, kind: str = "tap", mtu: int = DEFAULT_MTU) -> None:
-        self.name = name
+        super().__init__(name, fd, mtu=mtu)
         self.kind = kind
-        self.mtu = mtu
-        self._fd = fd
-        self._closed = False
-        self._stats = PortStatistics()
 
     @classmethod
     def open(cls, name: str, *, kind: str = "tap", mtu: int = DEFAULT_MTU) -> "TunTapPort":
@@ -85,68 +73,17 @@ class TunTapPort:
         flags = (IFF_TAP if kind == "tap" else IFF_TUN) | IFF_NO_PI
         return cls(name, open_tun_device(name, flags), kind=kind, mtu=mtu)
 
-    def fileno(self) -> int:
-        return self._fd
+    def _read_one(self, frames: list[bytes]) -> None:
+        frames.append(os.read(self._fd, READ_SIZE))
 
-    async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
-        fd, read = self._fd, os.read
-        while True:
-            if self._closed:
-                raise PortClosed(f"{self.name}: closed")
-            frames: list[bytes] = []
-            try:
-                while len(frames) < max_frames:
-                    frames.append(read(fd, _READ_SIZE))
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                if exc.errno in _GONE:
-                    raise PortClosed(f"{self.name}: device gone ({exc.strerror})") from None
-                self._stats.rx_errors += 1
-            if frames:
-                self._stats.count_rx(frames)
-                await trio.lowlevel.checkpoint()
-                return frames
-            try:
-                await trio.lowlevel.wait_readable(fd)
-            except trio.ClosedResourceError:
-                raise PortClosed(f"{self.name}: closed") from None
+    def _write_one(self, frame: bytes) -> None:
+        os.write(self._fd, frame)
 
-    async def send_batch(self, frames: Sequence[bytes]) -> None:
-        fd, write = self._fd, os.write
-        sent = sent_bytes = 0
-        for frame in frames:
-            while True:
-                if self._closed:
-                    raise PortClosed(f"{self.name}: closed")
-                try:
-                    write(fd, frame)
-                    sent += 1
-                    sent_bytes += len(frame)
-                    break
-                except BlockingIOError:
-                    try:
-                        await trio.lowlevel.wait_writable(fd)
-                    except trio.ClosedResourceError:
-                        raise PortClosed(f"{self.name}: closed") from None
-                except OSError as exc:
-                    if exc.errno in _GONE:
-                        raise PortClosed(f"{self.name}: device gone ({exc.strerror})") from None
-                    if exc.errno == errno.EIO:
-                        self._stats.tx_dropped += 1  # the link is down on the far side
-                    else:
-                        self._stats.tx_errors += 1  # e.g. EINVAL for a frame the device refuses
-                    break
-        self._stats.tx_frames += sent
-        self._stats.tx_bytes += sent_bytes
-        await trio.lowlevel.checkpoint()
+    def _write_failed(self, exc: OSError) -> None:
+        if exc.errno == errno.EIO:
+            self._stats.tx_dropped += 1  # the link is down on the far side
+        else:
+            self._stats.tx_errors += 1  # e.g. EINVAL for a frame the device refuses
 
-    def statistics(self) -> PortStatistics:
-        return attrs.evolve(self._stats)
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            trio.lowlevel.notify_closing(self._fd)
-            os.close(self._fd)
-        await trio.lowlevel.checkpoint()
+    def _close_device(self) -> None:
+        os.close(self._fd)

@@ -1,0 +1,115 @@
+"""The receive and send loops shared by ports on a non-blocking datagram fd
+(TAP/TUN devices, AF_PACKET sockets), the Trio way: drain until
+``BlockingIOError`` or the batch limit, then wait in ``wait_readable``; on
+close, ``notify_closing`` first.
+
+A subclass reads or writes one frame (``_read_one``/``_write_one``) and says
+which errno values mean the device is gone; this class does the rest.
+"""
+
+import errno
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from .base import DEFAULT_BATCH, DEFAULT_MTU, PortClosed, PortStatistics
+
+READ_SIZE = 65536 + 64  # the largest frame a device can hand over, with room to spare
+
+
+class FdPort:
+    kind = "fd"
+    # errno values meaning the device or interface is gone (not a bad frame)
+    gone_errnos: frozenset[int] = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
+
+    def __init__(self, name: str, fd: int, *, mtu: int = DEFAULT_MTU) -> None:
+        self.name = name
+        self.mtu = mtu
+        self._fd = fd
+        self._closed = False
+        self._stats = PortStatistics()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    # -- what a subclass provides -----------------------------------------
+
+    def _read_one(self, frames: list[bytes]) -> None:
+        """Read one datagram and append the frame(s) it holds; raise BlockingIOError when none."""
+        raise NotImplementedError
+
+    def _write_one(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def _write_failed(self, exc: OSError) -> None:
+        """A write failed for a reason other than the device being gone: count it."""
+        self._stats.tx_errors += 1
+
+    def _close_device(self) -> None:
+        raise NotImplementedError
+
+    # -- the loops ------------------------------------------------------------
+
+    def _gone(self, exc: OSError) -> PortClosed:
+        return PortClosed(f"{self.name}: device gone ({exc.strerror})")
+
+    async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
+        read_one = self._read_one
+        while True:
+            if self._closed:
+                raise PortClosed(f"{self.name}: closed")
+            frames: list[bytes] = []
+            try:
+                while len(frames) < max_frames:
+                    read_one(frames)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno in self.gone_errnos:
+                    raise self._gone(exc) from None
+                self._stats.rx_errors += 1
+            if frames:
+                self._stats.count_rx(frames)
+                await trio.lowlevel.checkpoint()
+                return frames
+            try:
+                await trio.lowlevel.wait_readable(self._fd)
+            except trio.ClosedResourceError:
+                raise PortClosed(f"{self.name}: closed") from None
+
+    async def send_batch(self, frames: Sequence[bytes]) -> None:
+        write_one = self._write_one
+        sent = sent_bytes = 0
+        for frame in frames:
+            while True:
+                if self._closed:
+                    raise PortClosed(f"{self.name}: closed")
+                try:
+                    write_one(frame)
+                    sent += 1
+                    sent_bytes += len(frame)
+                    break
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_writable(self._fd)
+                    except trio.ClosedResourceError:
+                        raise PortClosed(f"{self.name}: closed") from None
+                except OSError as exc:
+                    if exc.errno in self.gone_errnos:
+                        raise self._gone(exc) from None
+                    self._write_failed(exc)
+                    break
+        self._stats.tx_frames += sent
+        self._stats.tx_bytes += sent_bytes
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> PortStatistics:
+        return attrs.evolve(self._stats)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._fd)
+            self._close_device()
+        await trio.lowlevel.checkpoint()
