@@ -33,7 +33,6 @@ import attrs
 import trio
 
 from .actions import DropReason
-from .ports.base import PortWrapper
 from .ports.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter
 from .wire.addr import mac_to_str
 
@@ -86,17 +85,6 @@ def _encode(message: dict[str, Any]) -> bytes:
 # -- what `show` reports ----------------------------------------------------------
 
 
-def port_kind(node: Any, name: str, port: Any) -> str:
-    """The configured type of a port, else a name derived from its class."""
-    config = getattr(node, "config", None)
-    for pc in getattr(config, "ports", ()):
-        if pc.name == name:
-            return pc.type
-    while isinstance(port, PortWrapper):
-        port = port.lower
-    return type(port).__name__.removesuffix("Port").lower() or "unknown"
-
-
 def show_ports(node: Any) -> list[dict[str, Any]]:
     switch = node.switch
     bridge_ports = _bridge_statistics(switch.core).ports
@@ -106,7 +94,7 @@ def show_ports(node: Any) -> list[dict[str, Any]]:
         bridge = bridge_ports.get(status.name)
         ports.append({
             "name": status.name,
-            "type": port_kind(node, status.name, switch.ports[status.name]),
+            "type": switch.ports[status.name].kind,
             "up": status.up,
             "closed": status.closed,
             "rx": {"frames": dev.rx_frames, "bytes": dev.rx_bytes, "errors": dev.rx_errors,
@@ -143,6 +131,10 @@ def show_stats(node: Any, captures: Sequence["CaptureSession"] = ()) -> dict[str
             name: {**attrs.asdict(port), "tail_dropped": tail.get(name, 0)} for name, port in stats.ports.items()
         },
         "captures": [c.summary() for c in captures],
+        "recent_drops": [
+            {"port": d.port, "reason": str(d.reason), "bytes": len(d.frame), "head": d.frame[:14].hex()}
+            for d in switch.recent_drops
+        ],
     }
 
 
@@ -222,6 +214,11 @@ def format_stats(result: dict[str, Any]) -> str:
         lines.append("captures:")
         rows = [[c["port"], c["written"], c["dropped"]] for c in result["captures"]]
         lines += ["  " + line for line in format_table(["port", "written", "dropped"], rows, right=[1, 2]).splitlines()]
+    if result.get("recent_drops"):
+        lines.append("recent drops (newest last; first 14 bytes):")
+        rows = [[d["port"], d["reason"], d["bytes"], d["head"]] for d in result["recent_drops"][-10:]]
+        lines += ["  " + line for line in format_table(
+            ["port", "reason", "bytes", "head"], rows, right=[2]).splitlines()]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import trio
 from .bridge import Bridge
 from .config import Config, PortConfig
 from .host import Host, HostRunner
-from .netns import configure_link, netns_exists
+from .netns import configure_link
 from .ports import MemoryPort, PcapPort, PcapWriter, Port
 from .ports.packet import PacketPort
 from .ports.tuntap import DeviceError, TunTapPort
@@ -33,7 +33,6 @@ class Node:
     config: Config
     switch: Switch
     hosts: list[tuple[HostRunner, tuple[str, ...], float]]
-    attached: dict[str, str] = attrs.Factory(dict)  # port -> netns, linked at run time
     devices_open: bool = False
 
     async def open_devices(self) -> None:
@@ -64,7 +63,6 @@ class Node:
         pc = PortConfig(name=name, type="tap", netns=netns, address=address, gateway=gateway, mtu=mtu)
         port = await open_device_port(pc)
         self.switch.add_port(port)
-        self.attached[name] = netns
         log.info("attached %s in netns %s%s", name, netns, f" as {address}" if address else "")
 
     async def detach(self, name: str) -> None:
@@ -72,7 +70,6 @@ class Node:
         if name not in self.switch.ports:
             raise KeyError(f"no port named {name!r}")
         await self.switch.remove_port(name)
-        self.attached.pop(name, None)
         log.info("detached %s", name)
 
 
@@ -81,8 +78,6 @@ async def open_device_port(pc: PortConfig) -> Port:
     if pc.type == "packet":
         assert pc.device is not None  # config validation guarantees it
         return PacketPort.open(pc.device, name=pc.name, mtu=pc.mtu)
-    if pc.netns is not None and not await netns_exists(pc.netns):
-        raise DeviceError(2, f"network namespace {pc.netns!r} does not exist: create it with `ip netns add {pc.netns}`")
     port = TunTapPort.open(pc.name, kind=pc.type, mtu=pc.mtu)
     try:
         await configure_link(pc.name, netns=pc.netns, address=pc.address, gateway=pc.gateway, mtu=pc.mtu)

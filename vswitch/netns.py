@@ -16,6 +16,10 @@ from .ports.tuntap import DeviceError
 log = logging.getLogger(__name__)
 
 
+def missing_netns(netns: str) -> DeviceError:
+    return DeviceError(2, f"network namespace {netns!r} does not exist: create it with `ip netns add {netns}`")
+
+
 async def ip(*args: str, netns: str | None = None) -> str:
     """Run ``ip [-n NETNS] ARGS``; raise DeviceError with ip's own message on failure."""
     if shutil.which("ip") is None:
@@ -25,8 +29,8 @@ async def ip(*args: str, netns: str | None = None) -> str:
     result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip()
-        if "Cannot open network namespace" in message:
-            raise DeviceError(2, f"network namespace {netns!r} does not exist: create it with `ip netns add {netns}`")
+        if netns is not None and "Cannot open network namespace" in message:
+            raise missing_netns(netns)
         raise DeviceError(result.returncode, f"`{' '.join(command)}` failed: {message}")
     return result.stdout.decode()
 
@@ -44,6 +48,8 @@ async def configure_link(
     The daemon keeps its file descriptor across the move: a TAP stays ours.
     """
     if netns is not None:
+        if not await netns_exists(netns):  # `ip link set … netns` would only say "Invalid netns value"
+            raise missing_netns(netns)
         await ip("link", "set", "dev", device, "netns", netns)
     if mtu is not None:
         await ip("link", "set", "dev", device, "mtu", str(mtu), netns=netns)

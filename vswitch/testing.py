@@ -86,6 +86,7 @@ class Daemon:
         self.control = control
         self.lines: list[str] = []
         self._changed = threading.Condition()
+        self._eof = False  # the daemon closed its log: it has exited
         self.proc: subprocess.Popen | None = None
 
     def start(self, *, ready: str = "running", timeout: float = 20) -> "Daemon":
@@ -104,6 +105,7 @@ class Daemon:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:
+            self._eof = True
             self._changed.notify_all()
 
     def wait_for(self, text: str, *, timeout: float = 20) -> str:
@@ -113,15 +115,13 @@ class Daemon:
                 for line in self.lines:
                     if text in line:
                         return line
-                if self.proc is not None and self.proc.poll() is not None and not self._reader_pending():
-                    raise AssertionError(f"daemon exited ({self.proc.returncode}) before {text!r}:\n{self.log}")
+                if self._eof:
+                    code = self.proc.wait() if self.proc is not None else None
+                    raise AssertionError(f"daemon exited ({code}) before {text!r}:\n{self.log}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log}")
                 self._changed.wait(min(remaining, 0.5))
-
-    def _reader_pending(self) -> bool:
-        return self.proc is not None and self.proc.stderr is not None and not self.proc.stderr.closed
 
     @property
     def log(self) -> str:

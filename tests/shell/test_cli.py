@@ -42,14 +42,12 @@ def test_run_reports_config_error_with_key(tmp_path, capsys):
 def _wait_for(stream, text: str, timeout: float) -> str:
     """Read lines from a subprocess stream until one contains ``text``."""
     deadline = time.monotonic() + timeout
-    seen = []
     os.set_blocking(stream.fileno(), False)
     buffer = b""
     while time.monotonic() < deadline:
         chunk = stream.read()
         if chunk:
             buffer += chunk
-            seen.append(chunk)
             if text.encode() in buffer:
                 return buffer.decode()
         else:

@@ -184,6 +184,11 @@ async def test_show_stats_counts_forwarding_drops_and_tail_drops(tmp_path):
         assert any(line.split() == ["invalid-source", "1"] for line in text.splitlines())
         assert any(line.split() == ["tx-queue-full", "476"] for line in text.splitlines())
         assert "fdb: 2 entries, 2 learned" in text
+        # the dropped frame itself is visible, with its reason and where it came in
+        assert result["recent_drops"] == [
+            {"port": "p1", "reason": "invalid-source", "bytes": len(bad), "head": bad[:14].hex()}
+        ]
+        assert any(line.split() == ["p1", "invalid-source", "60", bad[:14].hex()] for line in text.splitlines())
 
 
 # -- the protocol's refusals -----------------------------------------------------------

@@ -141,6 +141,8 @@ async def test_run_twice_at_once_is_refused(nursery):
 class HangingPort:
     """A device whose close never finishes (a wedged driver)."""
 
+    kind = "hanging"
+
     def __init__(self, name: str) -> None:
         self.name, self.mtu = name, 1500
         self.close_started = False

@@ -46,6 +46,7 @@ class PortStatistics:
 class Port(Protocol):
     name: str
     mtu: int
+    kind: str  # "tap", "tun", "packet", "memory": what `show ports` calls it
 
     async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
         """Wait for frames; return between 1 and ``max_frames`` of them."""
@@ -79,7 +80,7 @@ class PortWrapper:
 
     @property
     def kind(self) -> str:
-        return getattr(self.lower, "kind", "port")
+        return self.lower.kind
 
     async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
         return await self.lower.receive_batch(max_frames)
