@@ -22,6 +22,31 @@ class DropReason(enum.Enum):
     PORT_DOWN = "port-down"            # ingress or egress port is administratively down
     NO_EGRESS = "no-egress"            # flooded, but no other port is up
     TX_QUEUE_FULL = "tx-queue-full"    # the shell's bounded egress queue was full (tail drop)
+    # the router
+    NOT_FOR_ROUTER = "not-for-router"  # unicast to another MAC on a router-owned port
+    NOT_ROUTED = "not-routed"          # broadcast or multicast IP: delivered nowhere, never forwarded
+    UNSUPPORTED_ETHERTYPE = "unsupported-ethertype"  # neither IPv4 nor ARP (IPv6, VLAN-tagged, ...)
+    ARP_MALFORMED = "arp-malformed"
+    IP_TRUNCATED = "ip-truncated"      # shorter than an IPv4 header
+    IP_VERSION = "ip-version"          # version is not 4
+    IP_HEADER_LENGTH = "ip-header-length"
+    IP_LENGTH = "ip-length"            # total length below the header or beyond the frame
+    IP_CHECKSUM = "ip-checksum"
+    MARTIAN_SOURCE = "martian-source"  # from 0.0.0.0, loopback, multicast or broadcast
+    NO_ROUTE = "no-route"              # ICMP net unreachable sent
+    TTL_EXCEEDED = "ttl-exceeded"      # ICMP time exceeded sent
+    FRAGMENTATION_NEEDED = "fragmentation-needed"  # DF set and the next hop's MTU is smaller; ICMP sent
+    NEIGHBOUR_QUEUE_FULL = "neighbour-queue-full"  # too many packets held for an address being resolved
+    NEIGHBOUR_UNREACHABLE = "neighbour-unreachable"  # ARP got no answer; ICMP host unreachable sent
+    LOCAL_FRAGMENT = "local-fragment"  # a fragment for the router itself (it does not reassemble)
+    ICMP_MALFORMED = "icmp-malformed"  # for the router, too short or a bad checksum
+    PORT_UNREACHABLE = "port-unreachable"  # for the router, which listens on nothing: ICMP or TCP RST sent
+    ROUTING_LOOP = "routing-loop"      # bounced between bridge and router more often than any path needs
+    # NAT
+    NAT_INVALID = "nat-invalid"        # would need translating but cannot start a connection (TCP RST, ICMP reply)
+    NAT_TABLE_FULL = "nat-table-full"  # connection table at its limit with nothing to drop early
+    NAT_NO_PORT = "nat-no-port"        # every external port of the address is taken
+    NAT_UNSUPPORTED = "nat-unsupported"  # a protocol without ports where masquerade would apply
 
     def __str__(self) -> str:
         return self.value

@@ -13,11 +13,12 @@ from typing import Any
 import attrs
 
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
+from .nat import DEFAULT_MAX_CONNECTIONS
 from .wire.addr import mac_from_str
 
 PORT_TYPES = ("tap", "tun", "packet", "memory")
-SUPPORTED_PORT_TYPES = ("tap", "packet", "memory")
-PLANNED_SECTIONS = ("router", "nat", "overlay")
+PLANNED_SECTIONS = ("overlay",)
+NAT_PROTOCOLS = ("tcp", "udp")
 
 
 class ConfigError(ValueError):
@@ -66,10 +67,74 @@ class PortConfig:
 
 
 @attrs.frozen
+class InterfaceConfig:
+    """A router interface: on the bridge, or on a port of its own (``port``)."""
+
+    name: str
+    address: str               # with prefix length: 10.244.1.1/24
+    port: str | None = None
+    mtu: int = 1500
+    mac: bytes | None = None
+    proxy_arp: bool = False
+
+
+@attrs.frozen
+class RouteConfig:
+    to: str
+    via: str | None = None
+    interface: str | None = None
+
+
+@attrs.frozen
+class NeighbourConfig:
+    """A static ARP entry on a router interface."""
+
+    interface: str
+    address: str
+    mac: bytes
+
+
+@attrs.frozen
+class RouterConfig:
+    interfaces: tuple[InterfaceConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    neighbours: tuple[NeighbourConfig, ...] = ()
+
+
+@attrs.frozen
+class MasqueradeConfig:
+    source: str
+    out: str
+    exclude: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ForwardConfig:
+    protocol: str
+    port: int
+    to: str
+    to_port: int
+    interface: str | None = None
+
+
+@attrs.frozen
+class NatConfig:
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    masquerade: tuple[MasqueradeConfig, ...] = ()
+    forward: tuple[ForwardConfig, ...] = ()
+
+
+@attrs.frozen
 class Config:
     node: NodeConfig = NodeConfig()
     bridge: BridgeConfig = BridgeConfig()
     ports: tuple[PortConfig, ...] = ()
+    router: RouterConfig = RouterConfig()
+    nat: NatConfig = NatConfig()
+
+    def interface_on(self, port: str) -> InterfaceConfig | None:
+        """The router interface that ``port`` carries, if any (such a port is not on the bridge)."""
+        return next((i for i in self.router.interfaces if i.port == port), None)
 
 
 # -- loading -----------------------------------------------------------------
@@ -101,7 +166,7 @@ def parse(data: dict[str, Any]) -> Config:
     for section in PLANNED_SECTIONS:
         if section in data:
             raise ConfigError(section, "this version does not implement this section yet")
-    _check_keys(data, "", {"node", "bridge", "ports"})
+    _check_keys(data, "", {"node", "bridge", "ports", "router", "nat"})
     node = _section(data, "node", _parse_node)
     bridge = _section(data, "bridge", _parse_bridge)
     raw_ports = data.get("ports", [])
@@ -113,7 +178,9 @@ def parse(data: dict[str, Any]) -> Config:
         if port.name in seen:
             raise ConfigError(f"ports[{i}].name", f"{port.name!r} is already used by {seen[port.name]}")
         seen[port.name] = f"ports[{i}]"
-    return Config(node, bridge, ports)
+    router = _section(data, "router", lambda raw, key: _parse_router(raw, key, ports))
+    nat = _section(data, "nat", lambda raw, key: _parse_nat(raw, key, router))
+    return Config(node, bridge, ports, router, nat)
 
 
 def _section(data: dict[str, Any], key: str, parse_fn: Callable[[dict[str, Any], str], Any]) -> Any:
@@ -152,11 +219,6 @@ def _parse_port(raw: Any, key: str) -> PortConfig:
     type_ = _require(raw, key, "type", str)
     if type_ not in PORT_TYPES:
         raise ConfigError(f"{key}.type", f"{type_!r} is not one of {', '.join(PORT_TYPES)}")
-    if type_ not in SUPPORTED_PORT_TYPES:
-        raise ConfigError(
-            f"{key}.type", f"{type_!r} ports carry IP packets, not Ethernet frames, and join the router;"
-            f" this version has no router yet (available: {', '.join(SUPPORTED_PORT_TYPES)})",
-        )
     mtu = _get(raw, key, "mtu", int, 1500)
     if not 68 <= mtu <= 65535:
         raise ConfigError(f"{key}.mtu", f"must be between 68 and 65535, got {mtu}")
@@ -200,14 +262,7 @@ def _parse_host(raw: dict[str, Any], key: str) -> HostConfig:
     address = _require(raw, key, "address", str)
     _interface(address, f"{key}.address")
     mac = _get(raw, key, "mac", str, None)
-    mac_bytes = None
-    if mac is not None:
-        try:
-            mac_bytes = mac_from_str(mac)
-        except ValueError:
-            raise ConfigError(f"{key}.mac", f"{mac!r} is not a MAC address like 02:00:00:00:00:01") from None
-        if mac_bytes[0] & 1:
-            raise ConfigError(f"{key}.mac", f"{mac} is a multicast address; a host needs a unicast one")
+    mac_bytes = _mac(mac, f"{key}.mac") if mac is not None else None
     gateway = _get(raw, key, "gateway", str, None)
     if gateway is not None:
         _ip(gateway, f"{key}.gateway")
@@ -222,6 +277,185 @@ def _parse_host(raw: dict[str, Any], key: str) -> HostConfig:
     return HostConfig(address, mac_bytes, gateway, tuple(ping), float(interval))
 
 
+# -- router and NAT -------------------------------------------------------
+
+
+def _parse_router(raw: dict[str, Any], key: str, ports: tuple[PortConfig, ...]) -> RouterConfig:
+    _check_keys(raw, key, {"interfaces", "routes", "neighbours"})
+    by_name = {p.name: p for p in ports}
+    interfaces = tuple(
+        _parse_interface(item, f"{key}.interfaces[{i}]", by_name) for i, item in enumerate(_array(raw, key, "interfaces"))
+    )
+    names: dict[str, str] = {}
+    addresses: dict[str, str] = {}
+    carried: dict[str, str] = {}
+    for i, iface in enumerate(interfaces):
+        where = f"{key}.interfaces[{i}]"
+        if iface.name in names:
+            raise ConfigError(f"{where}.name", f"{iface.name!r} is already used by {names[iface.name]}")
+        names[iface.name] = where
+        ip = iface.address.split("/")[0]
+        if ip in addresses:
+            raise ConfigError(f"{where}.address", f"{ip} is already the address of {addresses[ip]}")
+        addresses[ip] = where
+        if iface.port is not None:
+            if iface.port in carried:
+                raise ConfigError(f"{where}.port", f"port {iface.port!r} already carries {carried[iface.port]}")
+            carried[iface.port] = where
+    for i, port in enumerate(ports):
+        if port.type == "tun" and port.name not in carried:
+            raise ConfigError(
+                f"ports[{i}].type", "a tun port carries IP packets, not Ethernet frames: it must be the port"
+                " of a router interface ([[router.interfaces]] with port = " + repr(port.name) + ")",
+            )
+    networks = [ipaddress.IPv4Interface(i.address).network for i in interfaces]
+    routes = tuple(
+        _parse_route(item, f"{key}.routes[{i}]", names, networks) for i, item in enumerate(_array(raw, key, "routes"))
+    )
+    neighbours = tuple(
+        _parse_neighbour(item, f"{key}.neighbours[{i}]", interfaces) for i, item in enumerate(_array(raw, key, "neighbours"))
+    )
+    return RouterConfig(interfaces, routes, neighbours)
+
+
+def _parse_interface(raw: Any, key: str, ports: dict[str, PortConfig]) -> InterfaceConfig:
+    raw = _table(raw, key)
+    _check_keys(raw, key, {"name", "address", "port", "mtu", "mac", "proxy_arp"})
+    name = _require(raw, key, "name", str)
+    if not name or "/" in name or name.strip() != name:
+        raise ConfigError(f"{key}.name", f"{name!r} is not a valid interface name (no '/' or spaces)")
+    address = _require(raw, key, "address", str)
+    _interface(address, f"{key}.address")
+    port_name = _get(raw, key, "port", str, None)
+    port = None
+    if port_name is not None:
+        port = ports.get(port_name)
+        if port is None:
+            raise ConfigError(f"{key}.port", f"no port named {port_name!r} in [[ports]]")
+    mtu = _get(raw, key, "mtu", int, port.mtu if port else 1500)
+    if not 68 <= mtu <= 65535:
+        raise ConfigError(f"{key}.mtu", f"must be between 68 and 65535, got {mtu}")
+    mac = _get(raw, key, "mac", str, None)
+    proxy_arp = _get(raw, key, "proxy_arp", bool, False)
+    if port is not None and port.type == "tun" and (mac is not None or proxy_arp):
+        raise ConfigError(f"{key}.{'mac' if mac is not None else 'proxy_arp'}", "a tun port has no Ethernet and no ARP")
+    return InterfaceConfig(name, address, port_name, mtu, _mac(mac, f"{key}.mac") if mac else None, proxy_arp)
+
+
+def _parse_route(raw: Any, key: str, interfaces: dict[str, str], networks: list[ipaddress.IPv4Network]) -> RouteConfig:
+    raw = _table(raw, key)
+    _check_keys(raw, key, {"to", "via", "interface"})
+    to = _require(raw, key, "to", str)
+    _network(to, f"{key}.to")
+    via = _get(raw, key, "via", str, None)
+    interface = _get(raw, key, "interface", str, None)
+    if via is None and interface is None:
+        raise ConfigError(key, "needs a gateway (via) or an interface to send through")
+    if interface is not None and interface not in interfaces:
+        raise ConfigError(f"{key}.interface", f"no router interface named {interface!r}")
+    if via is not None:
+        gateway = _ip(via, f"{key}.via")
+        if interface is None and not any(gateway in net for net in networks):
+            raise ConfigError(f"{key}.via", f"{via} is not on the network of any router interface")
+    return RouteConfig(to, via, interface)
+
+
+def _parse_neighbour(raw: Any, key: str, interfaces: tuple[InterfaceConfig, ...]) -> NeighbourConfig:
+    raw = _table(raw, key)
+    _check_keys(raw, key, {"interface", "address", "mac"})
+    interface = _require(raw, key, "interface", str)
+    iface = next((i for i in interfaces if i.name == interface), None)
+    if iface is None:
+        raise ConfigError(f"{key}.interface", f"no router interface named {interface!r}")
+    address = _require(raw, key, "address", str)
+    _ip(address, f"{key}.address")
+    return NeighbourConfig(interface, address, _mac(_require(raw, key, "mac", str), f"{key}.mac"))
+
+
+def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig:
+    _check_keys(raw, key, {"max_connections", "masquerade", "forward"})
+    names = {i.name for i in router.interfaces}
+    max_connections = _get(raw, key, "max_connections", int, DEFAULT_MAX_CONNECTIONS)
+    if max_connections < 1:
+        raise ConfigError(f"{key}.max_connections", f"must be at least 1, got {max_connections}")
+    masquerade = []
+    for i, item in enumerate(_array(raw, key, "masquerade")):
+        where = f"{key}.masquerade[{i}]"
+        item = _table(item, where)
+        _check_keys(item, where, {"source", "out", "exclude"})
+        source = _require(item, where, "source", str)
+        _network(source, f"{where}.source")
+        out = _require(item, where, "out", str)
+        if out not in names:
+            raise ConfigError(f"{where}.out", f"no router interface named {out!r}")
+        exclude = _get(item, where, "exclude", list, [])
+        for j, net in enumerate(exclude):
+            if not isinstance(net, str):
+                raise ConfigError(f"{where}.exclude[{j}]", f"must be a network like 10.244.0.0/16, got {net!r}")
+            _network(net, f"{where}.exclude[{j}]")
+        masquerade.append(MasqueradeConfig(source, out, tuple(exclude)))
+    forwards = []
+    seen: dict[tuple[str, int, str | None], str] = {}
+    for i, item in enumerate(_array(raw, key, "forward")):
+        where = f"{key}.forward[{i}]"
+        item = _table(item, where)
+        _check_keys(item, where, {"protocol", "port", "to", "interface"})
+        protocol = _get(item, where, "protocol", str, "tcp")
+        if protocol not in NAT_PROTOCOLS:
+            raise ConfigError(f"{where}.protocol", f"{protocol!r} is not one of {', '.join(NAT_PROTOCOLS)}")
+        port = _require(item, where, "port", int)
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{where}.port", f"must be between 1 and 65535, got {port}")
+        to = _require(item, where, "to", str)
+        host, _, to_port_text = to.partition(":")
+        _ip(host, f"{where}.to")
+        to_port = port
+        if to_port_text:
+            if not to_port_text.isdigit() or not 1 <= int(to_port_text) <= 65535:
+                raise ConfigError(f"{where}.to", f"{to!r} needs a port between 1 and 65535 after the colon")
+            to_port = int(to_port_text)
+        interface = _get(item, where, "interface", str, None)
+        if interface is not None and interface not in names:
+            raise ConfigError(f"{where}.interface", f"no router interface named {interface!r}")
+        if (protocol, port, interface) in seen:
+            raise ConfigError(f"{where}.port", f"{protocol} port {port} is already forwarded by {seen[protocol, port, interface]}")
+        seen[protocol, port, interface] = where
+        forwards.append(ForwardConfig(protocol, port, host, to_port, interface))
+    if (masquerade or forwards) and not router.interfaces:
+        raise ConfigError(key, "NAT needs a router: add [[router.interfaces]]")
+    return NatConfig(max_connections, tuple(masquerade), tuple(forwards))
+
+
+def _array(raw: dict[str, Any], key: str, name: str) -> list[Any]:
+    value = raw.get(name, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}.{name}", f"must be an array of tables ([[{key}.{name}]])")
+    return value
+
+
+def _table(raw: Any, key: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(key, "must be a table")
+    return raw
+
+
+def _network(text: str, key: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise ConfigError(key, f"{text!r} is not an IPv4 network like 10.244.0.0/16: {exc}") from None
+
+
+def _mac(text: str, key: str) -> bytes:
+    try:
+        mac = mac_from_str(text)
+    except ValueError:
+        raise ConfigError(key, f"{text!r} is not a MAC address like 02:00:00:00:00:01") from None
+    if mac[0] & 1:
+        raise ConfigError(key, f"{text} is a multicast address; a unicast one is needed")
+    return mac
+
+
 # -- helpers -------------------------------------------------------------
 
 
@@ -232,7 +466,7 @@ def _check_keys(raw: dict[str, Any], key: str, allowed: set[str]) -> None:
             raise ConfigError(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", (int, float): "a number"}
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", (int, float): "a number", bool: "true or false"}
 
 
 def _get(raw: dict[str, Any], key: str, name: str, type_: Any, default: Any) -> Any:

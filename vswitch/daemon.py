@@ -1,6 +1,7 @@
 """Wiring: a validated config becomes a running switch (shell side)."""
 
 import hashlib
+import ipaddress
 import logging
 import signal
 
@@ -9,13 +10,17 @@ import trio
 
 from .bridge import Bridge
 from .config import Config, PortConfig
+from .datapath import Datapath
 from .host import Host, HostRunner
+from .nat import Forward, Masquerade, Nat
 from .netns import configure_link
 from .ports import MemoryPort, PcapPort, PcapWriter, Port
 from .ports.packet import PacketPort
 from .ports.tuntap import DeviceError, TunTapPort
-from .switch import Switch
-from .wire.addr import mac_to_str
+from .router import Router
+from .switch import Core, Switch
+from .wire.addr import Network, ip_from_str, mac_to_str
+from .wire.ipv4 import PROTO_TCP, PROTO_UDP
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,7 @@ class Node:
     config: Config
     switch: Switch
     hosts: list[tuple[HostRunner, tuple[str, ...], float]]
+    router: Router | None = None
     devices_open: bool = False
 
     async def open_devices(self) -> None:
@@ -78,7 +84,7 @@ async def open_device_port(pc: PortConfig) -> Port:
     if pc.type == "packet":
         assert pc.device is not None  # config validation guarantees it
         return PacketPort.open(pc.device, name=pc.name, mtu=pc.mtu)
-    port = TunTapPort.open(pc.name, kind=pc.type, mtu=pc.mtu)
+    port = TunTapPort.open(pc.name, kind=pc.type, mtu=pc.mtu)  # tap or tun
     try:
         await configure_link(pc.name, netns=pc.netns, address=pc.address, gateway=pc.gateway, mtu=pc.mtu)
     except BaseException:
@@ -100,7 +106,8 @@ def _with_pcap(port: Port, pc: PortConfig) -> Port:
 
 def build(config: Config) -> Node:
     """The node with its memory ports; device ports open in :meth:`Node.open_devices`."""
-    switch = Switch(Bridge(ageing=config.bridge.ageing, max_entries=config.bridge.max_entries))
+    core, router = build_core(config)
+    switch = Switch(core)
     hosts = []
     for pc in config.ports:
         if pc.type != "memory":
@@ -108,7 +115,45 @@ def build(config: Config) -> Node:
         port, runner = _build_memory_port(config, pc)
         switch.add_port(port)
         hosts.append((runner, pc.host.ping, pc.host.ping_interval))
-    return Node(config, switch, hosts)
+    return Node(config, switch, hosts, router)
+
+
+def build_core(config: Config) -> tuple[Core, Router | None]:
+    """The bridge alone, or the bridge and the router joined in a :class:`Datapath`."""
+    bridge = Bridge(ageing=config.bridge.ageing, max_entries=config.bridge.max_entries)
+    if not config.router.interfaces:
+        return bridge, None
+    router = Router()
+    port_types = {p.name: p.type for p in config.ports}
+    for ic in config.router.interfaces:
+        address = ipaddress.IPv4Interface(ic.address)
+        layer3 = ic.port is not None and port_types[ic.port] == "tun"
+        mac = None if layer3 else ic.mac or stable_mac(config.node.name, "router", ic.name)
+        router.add_interface(
+            ic.name, address.ip.packed, address.network.prefixlen, mac=mac, mtu=ic.mtu, proxy_arp=ic.proxy_arp,
+        )
+    for rc in config.router.routes:
+        router.add_route(Network.parse(rc.to), via=ip_from_str(rc.via) if rc.via else None, interface=rc.interface)
+    for nc in config.router.neighbours:
+        router.add_neighbour(nc.interface, ip_from_str(nc.address), nc.mac)
+    nat = config.nat
+    if nat.masquerade or nat.forward:
+        router.nat = Nat(
+            router,
+            masquerade=tuple(
+                Masquerade(Network.parse(m.source), m.out, tuple(Network.parse(e) for e in m.exclude))
+                for m in nat.masquerade
+            ),
+            forwards=tuple(
+                Forward(PROTO_TCP if f.protocol == "tcp" else PROTO_UDP, f.port, ip_from_str(f.to), f.to_port, f.interface)
+                for f in nat.forward
+            ),
+            max_connections=nat.max_connections,
+        )
+    datapath = Datapath(bridge, router)
+    for ic in config.router.interfaces:
+        datapath.attach_interface(ic.name, ic.port)
+    return datapath, router
 
 
 def _build_memory_port(config: Config, pc: PortConfig) -> tuple[Port, HostRunner]:

@@ -79,7 +79,7 @@ def test_defaults():
         ("[[ports]]\ntype = 'memory'", "ports[0].name", "is required"),
         ("[[ports]]\nname = 'p1'", "ports[0].type", "is required"),
         ("[[ports]]\nname = 'p1'\ntype = 'bogus'", "ports[0].type", "not one of tap, tun, packet, memory"),
-        ("[[ports]]\nname = 'p1'\ntype = 'tun'", "ports[0].type", "no router yet"),
+        ("[[ports]]\nname = 'p1'\ntype = 'tun'", "ports[0].type", "must be the port of a router interface"),
         ("[[ports]]\nname = 'p1'\ntype = 'packet'", "ports[0].device", "binds an existing interface"),
         ("[[ports]]\nname = 'p1'\ntype = 'packet'\ndevice = 'eth1'\nnetns = 'c1'", "ports[0].netns",
          "tap ports only"),

@@ -7,6 +7,8 @@ the fast path. These helpers convert to and from text at the edges.
 
 import ipaddress
 
+import attrs
+
 BROADCAST_MAC = b"\xff" * 6
 ZERO_MAC = b"\x00" * 6
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -41,3 +43,36 @@ def ip_from_str(text: str) -> bytes:
 
 def ip_to_str(ip: bytes) -> str:
     return str(ipaddress.IPv4Address(ip))
+
+
+@attrs.frozen
+class Network:
+    """An IPv4 prefix as two integers, for a containment test without objects."""
+
+    address: int
+    mask: int
+
+    @classmethod
+    def of(cls, ip: bytes, prefix_len: int) -> "Network":
+        mask = (0xFFFFFFFF << (32 - prefix_len)) & 0xFFFFFFFF
+        return cls(int.from_bytes(ip, "big") & mask, mask)
+
+    @classmethod
+    def parse(cls, text: str) -> "Network":
+        """``10.0.0.0/8``; host bits must be zero (ValueError otherwise)."""
+        net = ipaddress.IPv4Network(text)
+        return cls.of(net.network_address.packed, net.prefixlen)
+
+    @property
+    def prefix_len(self) -> int:
+        return self.mask.bit_count()
+
+    @property
+    def network(self) -> bytes:
+        return self.address.to_bytes(4, "big")
+
+    def __contains__(self, ip: bytes) -> bool:
+        return int.from_bytes(ip, "big") & self.mask == self.address
+
+    def __str__(self) -> str:
+        return f"{ip_to_str(self.network)}/{self.prefix_len}"
