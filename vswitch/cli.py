@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pcap", metavar="FILE", help="record every frame to this pcap file")
     demo.add_argument("--hosts", type=int, default=3, metavar="N", help="how many hosts (default 3)")
 
-    show = commands.add_parser("show", help="ask a running daemon: ports, fdb or stats")
-    show.add_argument("what", metavar="ports|fdb|stats", help="what to show")
+    show = commands.add_parser("show", help="ask a running daemon: ports, fdb, arp, routes, nat or stats")
+    show.add_argument("what", metavar="ports|fdb|arp|routes|nat|stats", help="what to show")
     show.add_argument("--json", action="store_true", help="print the daemon's answer as JSON (stable, for scripts)")
     _daemon_options(show, config_flags=("-c", "--config"))
 

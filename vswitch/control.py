@@ -34,7 +34,8 @@ import trio
 
 from .actions import DropReason
 from .ports.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter
-from .wire.addr import mac_to_str
+from .nat import PROTOCOL_NAMES, describe
+from .wire.addr import ip_to_str, mac_to_str
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,92 @@ def show_stats(node: Any, captures: Sequence["CaptureSession"] = ()) -> dict[str
         "ports": {
             name: {**attrs.asdict(port), "tail_dropped": tail.get(name, 0)} for name, port in stats.ports.items()
         },
+        "router": _router_stats(node),
         "captures": [c.summary() for c in captures],
         "recent_drops": [
             {"port": d.port, "reason": str(d.reason), "bytes": len(d.frame), "head": d.frame[:14].hex()}
             for d in switch.recent_drops
         ],
     }
+
+
+def _router(node: Any) -> Any:
+    router = getattr(node, "router", None)
+    if router is None:
+        raise ControlError("this daemon has no router: add [[router.interfaces]] to its config")
+    return router
+
+
+def show_arp(node: Any, now: float) -> list[dict[str, Any]]:
+    """Every neighbour of every router interface with an ARP cache."""
+    entries = []
+    for name, iface in _router(node).interfaces.items():
+        table = iface.neighbours
+        if table is None:
+            continue
+        for n in sorted(table, key=lambda n: n.ip):
+            entries.append({
+                "interface": name,
+                "address": ip_to_str(n.ip),
+                "mac": mac_to_str(n.mac) if n.mac else None,
+                "state": str(n.state(now, table.reachable_time)),
+                "confirmed": None if n.static or n.confirmed == float("-inf") else round(now - n.confirmed, 3),
+                "queued": len(n.queue),
+            })
+    return entries
+
+
+def show_routes(node: Any) -> dict[str, Any]:
+    router = _router(node)
+    return {
+        "interfaces": [
+            {"name": i.name, "address": f"{ip_to_str(i.address)}/{i.network.prefix_len}",
+             "mac": mac_to_str(i.mac) if i.mac else None, "mtu": i.mtu, "up": i.up, "proxy_arp": i.proxy_arp,
+             **attrs.asdict(i.stats)}
+            for i in router.interfaces.values()
+        ],
+        "routes": [
+            {"to": str(r.network), "via": ip_to_str(r.via) if r.via else None, "interface": r.interface,
+             "type": "connected" if r.connected else "static"}
+            for r in sorted(router.routes, key=lambda r: (-r.network.prefix_len, r.network.address))
+        ],
+    }
+
+
+def show_nat(node: Any, now: float) -> dict[str, Any]:
+    """Tracked connections, oldest first per timeout, with what each direction is rewritten to."""
+    nat = _router(node).nat
+    if nat is None:
+        raise ControlError("this daemon's router does no NAT: add [[nat.masquerade]] or [[nat.forward]] to its config")
+    connections = []
+    for c in nat.connections():
+        connections.append({
+            "protocol": describe(c.orig)["protocol"],
+            "state": str(c.state),
+            "kind": c.kind,
+            "assured": c.assured,
+            "original": _endpoints(c.orig),
+            "reply": _endpoints(c.reply),
+            "expires": round(max(0.0, c.expires() - now), 3),
+            "packets": list(c.packets),
+            "bytes": list(c.bytes),
+        })
+    return {
+        "statistics": attrs.asdict(nat.statistics()),
+        "max_connections": nat.max_connections,
+        "rules": {
+            "masquerade": [{"source": str(m.source), "out": m.out, "exclude": [str(e) for e in m.exclude]}
+                           for m in nat.masquerade],
+            "forward": [{"protocol": PROTOCOL_NAMES[f.protocol], "port": f.port, "to": ip_to_str(f.to),
+                         "to_port": f.to_port, "interface": f.interface} for f in nat.forwards],
+        },
+        "connections": connections,
+    }
+
+
+def _endpoints(key: bytes) -> dict[str, Any]:
+    d = describe(key)
+    return {"src": d["src"], "sport": d["sport"], "dst": d["dst"], "dport": d["dport"]}
 
 
 def _bridge_statistics(core: Any) -> Any:
@@ -150,6 +231,22 @@ def _fdb(core: Any) -> Any:
     if fdb is None:
         raise ControlError("this daemon's core has no forwarding database")
     return fdb
+
+
+def _router_stats(node: Any) -> dict[str, Any] | None:
+    router = getattr(node, "router", None)
+    if router is None:
+        return None
+    stats = router.statistics()
+    result: dict[str, Any] = {
+        "forwarded": stats.forwarded, "delivered": stats.delivered, "fragments_created": stats.fragments_created,
+        "icmp_sent": dict(stats.icmp_sent), "icmp_rate_limited": stats.icmp_rate_limited,
+        "neighbours": {name: attrs.asdict(i.neighbours.statistics())
+                       for name, i in router.interfaces.items() if i.neighbours is not None},
+    }
+    if router.nat is not None:
+        result["nat"] = attrs.asdict(router.nat.statistics())
+    return result
 
 
 # -- human output: aligned tables -------------------------------------------------
@@ -210,6 +307,17 @@ def format_stats(result: dict[str, Any]) -> str:
     lines += ["  " + line for line in format_table(
         ["port", "rx-frames", "rx-bytes", "tx-frames", "tx-bytes", "rx-dropped", "tail-drops"], rows,
         right=range(1, 7)).splitlines()]
+    router = result.get("router")
+    if router:
+        icmp = ", ".join(f"{n} {kind}" for kind, n in sorted(router["icmp_sent"].items())) or "none"
+        lines.append(f"router: {router['forwarded']} forwarded, {router['delivered']} for the router,"
+                     f" {router['fragments_created']} fragments made")
+        lines.append(f"  icmp sent: {icmp}; {router['icmp_rate_limited']} rate-limited")
+        for name, n in router["neighbours"].items():
+            lines.append(f"  arp {name}: {n['entries']} entries, {n['requests']} requests, {n['resolved']} resolved,"
+                         f" {n['failed']} failed, {n['queue_dropped'] + n['pending_full']} held packets dropped")
+        if router.get("nat"):
+            lines.append("  nat: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in router["nat"].items()))
     if result.get("captures"):
         lines.append("captures:")
         rows = [[c["port"], c["written"], c["dropped"]] for c in result["captures"]]
@@ -222,8 +330,50 @@ def format_stats(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_arp(result: list[dict[str, Any]]) -> str:
+    rows = [
+        [e["interface"], e["address"], e["mac"] or "(incomplete)", e["state"],
+         "-" if e["confirmed"] is None else int(e["confirmed"]), e["queued"]]
+        for e in result
+    ]
+    table = format_table(["interface", "address", "mac", "state", "confirmed", "queued"], rows, right=[4, 5])
+    return f"{table}\n{len(rows)} {'neighbour' if len(rows) == 1 else 'neighbours'}"
+
+
+def format_routes(result: dict[str, Any]) -> str:
+    rows = [
+        [i["name"], i["address"], i["mac"] or "(l3)", i["mtu"], "up" if i["up"] else "down",
+         "yes" if i["proxy_arp"] else "no", i["rx_packets"], i["tx_packets"]]
+        for i in result["interfaces"]
+    ]
+    lines = format_table(["interface", "address", "mac", "mtu", "state", "proxy-arp", "rx", "tx"], rows,
+                         right=[3, 6, 7]).splitlines()
+    lines.append("")
+    rows = [[r["to"], r["via"] or "-", r["interface"], r["type"]] for r in result["routes"]]
+    lines += format_table(["destination", "via", "interface", "type"], rows).splitlines()
+    return "\n".join(lines)
+
+
+def format_nat(result: dict[str, Any]) -> str:
+    def pair(t: dict[str, Any]) -> str:
+        return f"{t['src']}:{t['sport']} -> {t['dst']}:{t['dport']}"
+
+    rows = [
+        [c["protocol"], c["state"], c["kind"], pair(c["original"]), pair(c["reply"]), int(c["expires"]),
+         f"{c['packets'][0]}/{c['packets'][1]}"]
+        for c in result["connections"]
+    ]
+    table = format_table(["proto", "state", "nat", "original (as sent)", "reply (as it arrives)", "expires",
+                          "packets(orig/reply)"], rows, right=[5, 6])
+    stats = result["statistics"]
+    return (f"{table}\n{stats['connections']} of {result['max_connections']} connections,"
+            f" {stats['mappings']} mappings; {stats['created']} created, {stats['expired']} expired,"
+            f" {stats['early_dropped']} dropped early, {stats['translated']} packets translated")
+
+
 FORMATTERS: dict[str, Callable[[Any], str]] = {
-    "ports": format_ports, "fdb": format_fdb, "stats": format_stats,
+    "ports": format_ports, "fdb": format_fdb, "arp": format_arp, "routes": format_routes, "nat": format_nat,
+    "stats": format_stats,
 }
 
 
@@ -574,6 +724,12 @@ async def _cmd_show(server: ControlServer, request: dict[str, Any]) -> Any:
         return show_fdb(node, trio.current_time())  # the daemon's Switch runs on trio's clock
     if what == "stats":
         return show_stats(node, server.captures)
+    if what == "arp":
+        return show_arp(node, trio.current_time())
+    if what == "routes":
+        return show_routes(node)
+    if what == "nat":
+        return show_nat(node, trio.current_time())
     raise ControlError(f"cannot show {what!r} (available: {', '.join(FORMATTERS)})")
 
 

@@ -1,0 +1,165 @@
+"""The router and NAT inside a running daemon: simulated hosts on memory ports, the control socket's views."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.l2 import Ether
+
+from vswitch import config, control, daemon
+from vswitch.control import ControlError
+
+TIMEOUT = 5.0
+
+TOPOLOGY = """
+[node]
+name = "r1"
+control = "{control}"
+[[ports]]
+name = "c1"
+type = "memory"
+host = {{ address = "10.244.1.2/24", gateway = "10.244.1.1" }}
+[[ports]]
+name = "c2"
+type = "memory"
+host = {{ address = "10.244.2.2/24", gateway = "10.244.2.1" }}
+[[ports]]
+name = "uplink"
+type = "memory"
+host = {{ address = "198.51.100.1/24" }}
+[[router.interfaces]]
+name = "gw1"
+address = "10.244.1.1/24"
+[[router.interfaces]]
+name = "gw2"
+address = "10.244.2.1/24"
+[[router.interfaces]]
+name = "ext"
+port = "uplink"
+address = "198.51.100.2/24"
+{nat}
+"""
+
+MASQUERADE = """
+[[nat.masquerade]]
+source = "10.244.0.0/16"
+out = "ext"
+exclude = ["10.244.0.0/16"]
+"""
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, *, nat: str = MASQUERADE) -> AsyncIterator[daemon.Node]:
+    path = tmp_path / "ctl.sock"
+    node = daemon.build(config.loads(TOPOLOGY.format(control=path, nat=nat)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.serve, node)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+def host(node: daemon.Node, port: str):
+    return next(runner for runner, _, _ in node.hosts if runner.host.name == f"{port}-host")
+
+
+def watch(node: daemon.Node, port: str) -> list[IP]:
+    """Every IPv4 packet the switch sends or receives on ``port``, parsed by scapy."""
+    seen: list[IP] = []
+
+    def record(frames: list[bytes]) -> None:
+        for frame in frames:
+            packet = Ether(frame)
+            if IP in packet:
+                seen.append(packet[IP])
+
+    node.switch.add_monitor(port, record)
+    return seen
+
+
+async def ask(node: daemon.Node, what: str) -> object:
+    return await control.request(node.config.node.control, {"command": "show", "what": what})
+
+
+async def test_containers_on_two_router_interfaces_reach_each_other_without_nat(tmp_path):
+    async with running(tmp_path) as node:
+        seen = watch(node, "c2")
+        result = await host(node, "c1").ping("10.244.2.2", count=3, timeout=TIMEOUT)
+        assert result.received == 3
+        requests = [p for p in seen if ICMP in p and p[ICMP].type == 8]
+        assert {p.src for p in requests} == {"10.244.1.2"}   # not translated
+        assert {p.ttl for p in requests} == {63}             # one router hop
+        assert len(node.router.nat) == 0
+
+
+async def test_masquerade_shows_the_uplink_address_outside_and_lists_the_translation(tmp_path):
+    async with running(tmp_path) as node:
+        seen = watch(node, "uplink")
+        result = await host(node, "c1").ping("198.51.100.1", count=2, timeout=TIMEOUT)
+        assert result.received == 2
+        requests = [p for p in seen if ICMP in p and p[ICMP].type == 8]
+        assert requests and {p.src for p in requests} == {"198.51.100.2"}
+
+        nat = await ask(node, "nat")
+        (conn,) = nat["connections"]
+        assert (conn["protocol"], conn["kind"], conn["state"]) == ("icmp", "snat", "REPLIED")
+        assert conn["original"]["src"] == "10.244.1.2" and conn["original"]["dst"] == "198.51.100.1"
+        assert conn["reply"]["dst"] == "198.51.100.2"
+        assert conn["packets"] == [2, 2]
+        assert 0 < conn["expires"] <= 30
+        assert nat["rules"]["masquerade"] == [{"source": "10.244.0.0/16", "out": "ext", "exclude": ["10.244.0.0/16"]}]
+        text = control.format_nat(nat)
+        assert "10.244.1.2:" in text and "198.51.100.2:" in text
+        assert text.splitlines()[-1].startswith("1 of 65536 connections, 1 mappings")
+
+
+async def test_show_arp_and_routes(tmp_path):
+    async with running(tmp_path) as node:
+        assert (await host(node, "c1").ping("198.51.100.1", timeout=TIMEOUT)).received == 1
+        arp = await ask(node, "arp")
+        found = {(e["interface"], e["address"]): e for e in arp}
+        assert found["gw1", "10.244.1.2"]["mac"] == host(node, "c1").host.mac.hex(":")
+        uplink = found["ext", "198.51.100.1"]
+        assert uplink["state"] == "reachable" and uplink["queued"] == 0   # it answered our request
+        assert ("gw2", "10.244.2.2") not in found                          # never talked to
+        assert "198.51.100.1" in control.format_arp(arp)
+
+        routes = await ask(node, "routes")
+        assert [(r["to"], r["interface"], r["type"]) for r in routes["routes"]] == [
+            ("10.244.1.0/24", "gw1", "connected"), ("10.244.2.0/24", "gw2", "connected"),
+            ("198.51.100.0/24", "ext", "connected"),
+        ]
+        ext = next(i for i in routes["interfaces"] if i["name"] == "ext")
+        assert ext["up"] and ext["address"] == "198.51.100.2/24" and ext["tx_packets"] > 0
+        assert "198.51.100.0/24" in control.format_routes(routes)
+
+        stats = await ask(node, "stats")
+        assert stats["router"]["forwarded"] >= 2
+        assert stats["router"]["nat"]["created"] == 1
+        assert "router:" in control.format_stats(stats)
+
+
+async def test_the_router_answers_pings_to_each_of_its_addresses(tmp_path):
+    async with running(tmp_path) as node:
+        c1 = host(node, "c1")
+        for address in ("10.244.1.1", "10.244.2.1", "198.51.100.2"):
+            assert (await c1.ping(address, timeout=TIMEOUT)).received == 1, address
+        stats = await ask(node, "stats")
+        assert stats["router"]["icmp_sent"]["echo-reply"] == 3
+        assert stats["router"]["delivered"] == 3
+
+
+async def test_show_nat_without_nat_and_show_arp_without_router_say_what_to_add(tmp_path):
+    async with running(tmp_path, nat="") as node:
+        with pytest.raises(ControlError, match=r"does no NAT: add \[\[nat.masquerade\]\]"):
+            await ask(node, "nat")
+    bridge_only = tmp_path / "bridge"
+    bridge_only.mkdir()
+    node = daemon.build(config.loads(f'[node]\ncontrol = "{bridge_only / "ctl.sock"}"\n'))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.serve, node)
+        with pytest.raises(ControlError, match=r"has no router: add \[\[router.interfaces\]\]"):
+            await ask(node, "arp")
+        nursery.cancel_scope.cancel()
