@@ -194,8 +194,8 @@ class NeighbourTable:
             return []
         entry = self._dynamic.get(ip)
         if entry is None:
-            if not create:
-                return []
+            if not create or len(self._probing) >= len(self._dynamic) >= self.max_entries:
+                return []  # full of addresses being resolved: evicting one would lose its packets
             entry = Neighbour(ip, mac, used=now)
             self._insert(entry)
         incomplete = entry.mac is None
@@ -235,8 +235,9 @@ class NeighbourTable:
         deadline = min((e.next_probe for e in self._probing.values()), default=None)
         if self._dynamic:
             oldest = next(iter(self._dynamic.values()))
-            gc = oldest.used + self.gc_stale_time
-            deadline = gc if deadline is None else min(deadline, gc)
+            if oldest.ip not in self._probing:  # GC waits for a resolving entry; its next_probe is the deadline
+                gc = oldest.used + self.gc_stale_time
+                deadline = gc if deadline is None else min(deadline, gc)
         return deadline
 
     def handle_timer(self, now: float) -> Expiry:

@@ -384,6 +384,8 @@ class Router:
             self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
         out = self._interfaces[route.interface]
+        if route.connected and dst == out.broadcast and out.network.prefix_len < 31:
+            return DropReason.NOT_ROUTED  # another interface's directed broadcast (Linux: bc_forwarding off)
         if not out.up:
             self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
@@ -492,6 +494,8 @@ class Router:
         if self.nat is not None:
             # An error about a translated packet goes to its sender, quoting what the sender sent.
             error = self.nat.process(error, "", now).packet or error
+        if error[16:20] in self._local:
+            return  # about a packet the router made itself (an echo reply that found no neighbour)
         route = self.routes.lookup(error[16:20])
         if route is None:
             return
@@ -615,10 +619,10 @@ _ICMP_NAMES = {
 def _tcp_reset(src: bytes, dst: bytes, segment: tcp.Tcp, length: int) -> bytes:
     """RFC 793's answer to a segment for a closed port, from ``dst`` back to ``src``."""
     if segment.flags & tcp.ACK:
-        return tcp.build_tcp(dst, src, segment.dport, segment.sport, seq=segment.ack, flags=tcp.RST, window=0)
+        return tcp.build_tcp(dst, src, segment.dst_port, segment.src_port, seq=segment.ack, flags=tcp.RST, window=0)
     data = length - segment.header_len + (1 if segment.flags & tcp.SYN else 0) + (1 if segment.flags & tcp.FIN else 0)
     return tcp.build_tcp(
-        dst, src, segment.dport, segment.sport, seq=0, ack=(segment.seq + data) & 0xFFFFFFFF,
+        dst, src, segment.dst_port, segment.src_port, seq=0, ack=(segment.seq + data) & 0xFFFFFFFF,
         flags=tcp.RST | tcp.ACK, window=0,
     )
 

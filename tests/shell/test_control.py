@@ -198,8 +198,8 @@ async def test_unknown_command_and_target_are_clear_errors(tmp_path):
     async with running(tmp_path) as r:
         with pytest.raises(ControlError, match=r"unknown command 'frobnicate' \(available: attach, capture"):
             await r.ask(command="frobnicate")
-        with pytest.raises(ControlError, match=r"cannot show 'arp' \(available: ports, fdb, stats\)"):
-            await r.ask(command="show", what="arp")
+        with pytest.raises(ControlError, match=r"cannot show 'peers' \(available: ports, fdb, arp, routes, nat, stats\)"):
+            await r.ask(command="show", what="peers")
         with pytest.raises(ControlError, match=r"show: 'what' is required"):
             await r.ask(command="show")
         assert len(await r.ask(command="show", what="ports")) == 2  # still serving
