@@ -1,8 +1,9 @@
 """What the core asks the shell to do: small frozen values.
 
-The core turns a batch of received frames into a list of actions: at most one
-:class:`Transmit` per egress port (carrying every frame of the batch bound for
-that port, in order) and one :class:`Drop` per discarded frame. Flooding is
+The core turns a batch of received frames into a list of actions: a
+:class:`Transmit` per egress port (carrying the frames of the batch bound for
+that port, in order; when bridge and router both send to one port there may be
+one from each) and one :class:`Drop` per discarded frame. Flooding is
 expanded in the core, which knows which ports are up, so the shell only moves
 bytes.
 """
@@ -46,7 +47,7 @@ class DropReason(enum.Enum):
     NAT_INVALID = "nat-invalid"        # would need translating but cannot start a connection (TCP RST, ICMP reply)
     NAT_TABLE_FULL = "nat-table-full"  # connection table at its limit with nothing to drop early
     NAT_NO_PORT = "nat-no-port"        # every external port of the address is taken
-    NAT_UNSUPPORTED = "nat-unsupported"  # a protocol without ports where masquerade would apply
+    NAT_UNSUPPORTED = "nat-unsupported"  # untrackable (no ports, a fragment before its first) where masquerade applies
 
     def __str__(self) -> str:
         return self.value

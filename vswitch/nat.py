@@ -216,7 +216,7 @@ class Connection:
     timeout: float
     last: float
     rewrites: tuple[Rewrite, Rewrite]   # for packets in the original and the reply direction
-    kind: str                           # "snat", "dnat", "snat+dnat" or "none"
+    kind: str                           # "snat", "dnat", "dnat+snat" or "none"
     mapping: Mapping | None = None
     fins: int = 0                       # bit 0: FIN seen from the original side, bit 1: from the reply side
     assured: bool = False
@@ -301,14 +301,14 @@ class Nat:
         if frag != b"\x40\x00" and frag != b"\x00\x00":
             flags_offset = int.from_bytes(frag, "big")
             if flags_offset & ipv4.OFFSET_MASK:
-                return self._later_fragment(packet)
+                return self._later_fragment(packet, in_iface)
         if proto == TCP or proto == UDP:
             if len(packet) < ihl + (20 if proto == TCP else 8):
-                return Verdict(packet)  # too short to carry ports: the router's own checks deal with it
+                return self._untracked(packet, in_iface)  # too short to carry ports
             key = packet[9:10] + packet[12:20] + packet[ihl:ihl + 4]
         elif proto == ICMP:
             if len(packet) < ihl + 8:
-                return Verdict(packet)
+                return self._untracked(packet, in_iface)
             type_ = packet[ihl]
             if type_ == icmp.ECHO_REQUEST or type_ == icmp.ECHO_REPLY:
                 ident = packet[ihl + 4:ihl + 6]
@@ -316,7 +316,7 @@ class Nat:
             elif type_ in icmp.ERROR_TYPES:
                 return self._related(packet, ihl, now)
             else:
-                return Verdict(packet)
+                return self._untracked(packet, in_iface)  # timestamp and other queries: not tracked
         else:
             return self._untracked(packet, in_iface)
 
@@ -366,11 +366,12 @@ class Nat:
                         break
         creatable = self._creatable(packet, ihl, proto)
         if snat_rule is None and not kind:
-            if in_iface in self._masquerade_out and creatable and in_iface != out:
-                # Routed in from outside untranslated: remember it, so the answer is not masqueraded.
-                if self._make_room(now):
-                    conn = self._insert(key, invert(key), key, now, "none", None, self._first_state(packet, ihl))
-                    self._track(conn, _ORIG, packet, ihl, now)
+            # Routed in from outside untranslated: remember it, so the answer is not masqueraded
+            # (unless its answer is already a tracked connection's packet: never take that over).
+            if (in_iface in self._masquerade_out and creatable and in_iface != out
+                    and invert(key) not in self._table and self._make_room(now)):
+                conn = self._insert(key, invert(key), key, now, "none", None, self._first_state(packet, ihl))
+                self._track(conn, _ORIG, packet, ihl, now)
             return Verdict(packet)
         if not creatable:
             return Verdict(None, DropReason.NAT_INVALID)
@@ -408,7 +409,11 @@ class Nat:
         return key, None
 
     def _untracked(self, packet: bytes, in_iface: str) -> Verdict:
-        """A protocol without ports: never masqueraded (it would leak or collide), so refused when it would be."""
+        """A packet NAT cannot track (no ports, or a later fragment whose first never came).
+
+        It is never masqueraded, which would collide, nor sent out with its
+        inside address: refused when a masquerade rule would apply.
+        """
         src, dst = packet[12:16], packet[16:20]
         out = self.routing.route_interface(dst)
         if out is not None and any(m.matches(src, dst, out) for m in self.masquerade):
@@ -460,10 +465,12 @@ class Nat:
         while len(fragments) > FRAGMENT_MEMORY:
             fragments.popitem(last=False)
 
-    def _later_fragment(self, packet: bytes) -> Verdict:
+    def _later_fragment(self, packet: bytes, in_iface: str) -> Verdict:
         """Fragments after the first carry no ports: translate their addresses as the first one's were."""
         rewrite = self._fragments.get(packet[4:6] + packet[9:10] + packet[12:20])
-        if rewrite is None or rewrite.identity:
+        if rewrite is None:
+            return self._untracked(packet, in_iface)  # the first fragment has not been seen
+        if rewrite.identity:
             return Verdict(packet)
         out = bytearray(packet)
         out[12:20] = rewrite.addresses
@@ -497,7 +504,7 @@ class Nat:
         if found is None:
             return Verdict(packet)
         conn, direction = found
-        if conn.rewrites[direction].identity:
+        if conn.rewrites[direction].identity or now >= conn.last + conn.timeout:
             return Verdict(packet)
         restored = conn.reply if direction == _ORIG else conn.orig   # the quoted packet as its sender wrote it
         here = conn.orig if direction == _ORIG else conn.reply       # the error's direction, as it arrives
@@ -518,7 +525,10 @@ class Nat:
         if len(packet) >= csum_at + 2:
             old = int.from_bytes(out[csum_at:csum_at + 2], "big")
             if inner_proto != UDP or old:
-                out[csum_at:csum_at + 2] = (_adjust(old, delta) or 0xFFFF).to_bytes(2, "big")
+                new = _adjust(old, delta)
+                if inner_proto == UDP and new == 0:   # only UDP spells a computed zero 0xFFFF
+                    new = 0xFFFF
+                out[csum_at:csum_at + 2] = new.to_bytes(2, "big")
         # outer header: to the quoted packet's sender; from the translated peer if the peer itself complains
         if packet[12:16] == here[1:5]:
             out[12:16] = restored[5:9]
@@ -561,6 +571,7 @@ class Nat:
         if flags & _SYN:
             if direction == _ORIG and not flags & _ACK and state in (State.TIME_WAIT, State.CLOSE):
                 conn.fins = 0
+                conn.assured = False
                 return State.SYN_SENT   # the port is reused for a new connection
             if direction == _REPLY and flags & _ACK and state is State.SYN_SENT:
                 return State.SYN_RECV

@@ -364,7 +364,7 @@ class Router:
             packet = packet[:total]  # Ethernet padding
         if internet_checksum(packet[:ihl]) != 0:
             return DropReason.IP_CHECKSUM
-        if packet[12] >= 224 or packet[12] == 127 or packet[12:16] == _ZERO_IP:
+        if packet[12] >= 224 or packet[12] == 127 or packet[12:16] == _ZERO_IP or packet[12:16] in self._local:
             return DropReason.MARTIAN_SOURCE
         nat = self.nat
         if nat is not None:
@@ -508,6 +508,9 @@ class Router:
             self._output(out, route.via or error[16:20], error, now, emit)
 
     def _icmp_allowed(self, dst: bytes, now: float) -> bool:
+        """Linux's order: the global bucket first, then the destination's."""
+        if not self._icmp_bucket.take(now, ICMP_RATE, ICMP_BURST):
+            return False
         peers = self._icmp_peers
         bucket = peers.get(dst)
         if bucket is None:
@@ -516,9 +519,7 @@ class Router:
                 peers.popitem(last=False)
         else:
             peers.move_to_end(dst)
-        if not bucket.take(now, 1.0 / ICMP_PEER_INTERVAL, ICMP_PEER_BURST):
-            return False
-        return self._icmp_bucket.take(now, ICMP_RATE, ICMP_BURST)
+        return bucket.take(now, 1.0 / ICMP_PEER_INTERVAL, ICMP_PEER_BURST)
 
     # -- ARP ------------------------------------------------------------------------
 
@@ -541,8 +542,8 @@ class Router:
         if message.op != arp_wire.OP_REQUEST:
             return None
         if not for_us:
-            if not iface.proxy_arp or message.target_ip in self._local:
-                return None
+            if not iface.proxy_arp or message.target_ip in self._local or sender == _ZERO_IP:
+                return None  # duplicate-address probes get answers only for our own addresses
             route = self.routes.lookup(message.target_ip)
             if route is None or route.interface == iface.name:
                 return None
@@ -551,10 +552,11 @@ class Router:
         iface.stats.arp_replies += 1
         return None
 
-    def _arp_request(self, iface: Interface, target: bytes, emit: _Out) -> None:
+    def _arp_request(self, iface: Interface, target: bytes, emit: _Out, *, to: bytes = BROADCAST_MAC) -> None:
+        """Ask who has ``target``: broadcast, or unicast ``to`` a known MAC to refresh a stale entry (Linux's PROBE)."""
         assert iface.mac is not None
         request = arp_wire.Arp(arp_wire.OP_REQUEST, iface.mac, iface.address, b"\0" * 6, target)
-        emit.send(iface.name, BROADCAST_MAC + iface.mac + ETHERTYPE_ARP + request.build())
+        emit.send(iface.name, to + iface.mac + ETHERTYPE_ARP + request.build())
         iface.stats.arp_requests += 1
 
     # -- time -----------------------------------------------------------------------
@@ -588,7 +590,8 @@ class Router:
             if not iface.up:
                 continue
             for target in expiry.requests:
-                self._arp_request(iface, target, emit)
+                known = iface.neighbours.get(target)
+                self._arp_request(iface, target, emit, to=known.mac if known and known.mac else BROADCAST_MAC)
             for _, held in expiry.failed:
                 for packet in held:
                     self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.HOST_UNREACHABLE, now, emit)

@@ -958,3 +958,31 @@ def test_actions_name_router_interfaces():
     actions = router.handle_frames("a", [to_router(udp()), eth("h1", "x", udp())], 1.0)
     assert {a.port for a in actions} == {"a", "b"}
     assert type(actions[0]) is Transmit
+
+
+def test_proxy_arp_does_not_answer_duplicate_address_probes_for_others():
+    router = make_router(proxy_arp=True)
+    probe = raw(Ether(src=MAC["h1"], dst=BCAST) / ARP(op=1, hwsrc=MAC["h1"], psrc="0.0.0.0", pdst=IPS["h2"]))
+    assert router.handle_frames("a", [probe], 1.0) == []
+
+
+def test_a_packet_claiming_a_router_address_as_source_is_martian():
+    router = make_router()
+    for source in (IPS["a"], IPS["b"]):
+        actions = router.handle_frames("a", [to_router(IP(src=source, dst=IPS["h2"]) / ICMP())], 1.0)
+        assert drops(actions) == [("a", DropReason.MARTIAN_SOURCE)]
+
+
+def test_a_stale_neighbour_in_use_is_refreshed_by_unicast_after_a_delay():
+    router = make_router(neighbours=False, reachable_time=30.0, delay_first_probe=5.0)
+    # h2 answers a request: reachable until 31 s
+    router.handle_frames("a", [to_router(IP(src=IPS["h1"], dst=IPS["h2"]) / ICMP())], 1.0)
+    router.handle_frames("b", [arp_reply("h2", "b", dst="b")], 1.0)
+    router.add_neighbour("a", ip("h1"), mac("h1"))
+    # in use after it went stale: sent at once, no request yet
+    actions = router.handle_frames("a", [to_router(IP(src=IPS["h1"], dst=IPS["h2"]) / ICMP())], 40.0)
+    assert [Ether(f)[IP].dst for f in transmits(actions)["b"]] == [IPS["h2"]]
+    assert router.poll_at() == 45.0
+    request = only_frame(router.handle_timer(45.0), "b")
+    assert request[ARP].op == 1 and request[ARP].pdst == IPS["h2"]
+    assert request.dst == MAC["h2"]   # unicast to the MAC we know, as Linux's PROBE
