@@ -12,16 +12,17 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
-from . import core, memory, tap
+from . import core, memory, nat, tap
 from .common import Options
 
 Suite = Callable[[Options], Iterable[dict[str, Any]]]
 
-# suite name -> run(options); future: "nat", "overlay"
+# suite name -> run(options); future: "overlay"
 SUITES: dict[str, Suite] = {
     "core": core.run,
     "memory": memory.run,
     "tap": tap.run,  # needs root: real namespaces and iperf3
+    "nat": nat.run,  # the router's core always; its device part needs root and iperf3 (skipped with a note)
 }
 # suite name -> why it cannot run on this machine (None when it can)
 UNAVAILABLE: dict[str, Callable[[], str | None]] = {"tap": tap.unavailable}
@@ -46,10 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         '{"name": ..., "value": ..., "unit": ..., ...}.',
     )
     parser.add_argument("suite", choices=[*SUITES, "all"], help="which suite to run ('all' runs every suite in turn)")
-    parser.add_argument("--duration", type=float, help="seconds per measured round (default: per suite; core 0.5, memory 0.7)")
+    parser.add_argument("--duration", type=float, help="seconds per measured round (default: per suite; core 0.5, memory 0.7, "
+                        "tap 10 and nat 5 for iperf3 (whole seconds), nat 0.5 for its core)")
     parser.add_argument("--rounds", type=int, help="measured rounds, best reported (default: 3)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before measuring (default: core 0.2, memory 0.5)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of each measured part to stderr")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller set-ups where a suite has them (nat: 1,000 routes, 4,000 connections); for smoke tests")
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
@@ -67,5 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 names.append(name)
     else:
         names = [args.suite]
-    run_suites(names, Options(duration=args.duration, rounds=args.rounds, warmup=args.warmup, profile=args.profile))
+    options = Options(
+        duration=args.duration, rounds=args.rounds, warmup=args.warmup, profile=args.profile, quick=args.quick,
+    )
+    run_suites(names, options)
     return 0

@@ -25,6 +25,7 @@ class Options:
     rounds: int | None = None      # measured rounds; the best is reported
     warmup: float | None = None    # seconds run before measuring
     profile: bool = False          # print a cProfile of the measured part to stderr
+    quick: bool = False            # smaller set-ups (tables, connections) where a suite has them: smoke tests
 
     def resolve(self, *, duration: float, rounds: int, warmup: float) -> "Options":
         return Options(
@@ -32,6 +33,7 @@ class Options:
             rounds=rounds if self.rounds is None else self.rounds,
             warmup=warmup if self.warmup is None else self.warmup,
             profile=self.profile,
+            quick=self.quick,
         )
 
 

@@ -8,39 +8,20 @@ round-trip time; the ratio line compares the two. Needs root, iproute2,
 iperf3 and ping; every namespace is removed at the end, even on failure.
 """
 
-import json
-import re
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vswitch.testing import Daemon, Namespaces, can_run, in_ns, ping, sh, tap_config, unique
+from vswitch.testing import Daemon, Namespaces, ping, sh, tap_config, unique
 
 from .common import Options, result
+from .devices import iperf_seconds, iperf_tcp, rtt_ms
+from .devices import unavailable as devices_unavailable
 
 DEFAULTS = dict(duration=10.0, rounds=1, warmup=0.0)
 TARGET_GBITS = 1.0
 PINGS = 20
-
-
-def _iperf(client: str, server: str, address: str, seconds: float, workdir: Path) -> float:
-    """One TCP stream client -> server; returns received bits per second."""
-    in_ns(server, "iperf3", "-s", "-D", "-1", "--pidfile", str(workdir / f"{server}.pid"))
-    for _ in range(50):  # until the daemonised server listens
-        run = in_ns(client, "iperf3", "-c", address, "-t", str(seconds), "-J", check=False, timeout=seconds + 30)
-        if run.returncode == 0:
-            return float(json.loads(run.stdout)["end"]["sum_received"]["bits_per_second"])
-    raise RuntimeError(f"iperf3 failed: {run.stdout[-500:]}")
-
-
-def _rtt_ms(client: str, address: str) -> float:
-    out = in_ns(client, "ping", "-c", str(PINGS), "-i", "0.05", "-q", address, timeout=30).stdout
-    match = re.search(r"= [\d.]+/([\d.]+)/", out)
-    if match is None:
-        raise RuntimeError(f"cannot read ping's summary: {out}")
-    return float(match.group(1))
 
 
 def _kernel_bridge(spaces: Namespaces) -> tuple[str, str]:
@@ -59,11 +40,7 @@ def _kernel_bridge(spaces: Namespaces) -> tuple[str, str]:
 
 def unavailable() -> str | None:
     """Why this suite cannot run here, or None."""
-    reason = can_run()
-    if reason is None:
-        missing = [tool for tool in ("iperf3", "ping") if shutil.which(tool) is None]
-        reason = f"needs {', '.join(missing)}" if missing else None
-    return reason
+    return devices_unavailable("iperf3", "ping")
 
 
 def run(options: Options = Options()) -> Iterator[dict[str, Any]]:
@@ -71,7 +48,7 @@ def run(options: Options = Options()) -> Iterator[dict[str, Any]]:
     if reason is not None:
         raise SystemExit(f"bench tap: {reason}")
     opts = options.resolve(**DEFAULTS)
-    seconds = max(1, round(opts.duration))  # iperf3 counts whole seconds
+    seconds = iperf_seconds(opts.duration)
     spaces = Namespaces()
     daemon = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,9 +67,9 @@ def run(options: Options = Options()) -> Iterator[dict[str, Any]]:
             if not ping(left, "10.78.0.2"):
                 raise RuntimeError("kernel bridge namespaces cannot reach each other")
 
-            ours_rtt, kernel_rtt = _rtt_ms(a, "10.77.0.2"), _rtt_ms(left, "10.78.0.2")
-            ours = _iperf(a, b, "10.77.0.2", seconds, workdir)
-            kernel = _iperf(left, right, "10.78.0.2", seconds, workdir)
+            ours_rtt, kernel_rtt = rtt_ms(a, "10.77.0.2", PINGS), rtt_ms(left, "10.78.0.2", PINGS)
+            ours = iperf_tcp(a, b, "10.77.0.2", seconds, workdir)
+            kernel = iperf_tcp(left, right, "10.78.0.2", seconds, workdir)
         finally:
             if daemon is not None:
                 daemon.kill()

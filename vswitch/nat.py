@@ -439,9 +439,13 @@ class Nat:
     # -- rewriting ------------------------------------------------------------------
 
     def _apply(self, packet: bytes, ihl: int, rewrite: Rewrite, key: bytes) -> bytes:
+        # _adjust inlined: ~checksum (16 bits) + a folded delta needs one fold, and ~x & 0xFFFF is x ^ 0xFFFF
         out = bytearray(packet)
         out[12:20] = rewrite.addresses
-        out[10:12] = _adjust(int.from_bytes(packet[10:12], "big"), rewrite.ip_delta).to_bytes(2, "big")
+        total = ((packet[10] << 8 | packet[11]) ^ 0xFFFF) + rewrite.ip_delta
+        total = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
+        out[10] = total >> 8
+        out[11] = total & 0xFF
         proto = packet[9]
         if proto == ICMP:
             out[ihl + 4:ihl + 6] = rewrite.ports[0:2]
@@ -449,12 +453,14 @@ class Nat:
         else:
             out[ihl:ihl + 4] = rewrite.ports
             csum_at = ihl + (16 if proto == TCP else 6)
-        old = int.from_bytes(packet[csum_at:csum_at + 2], "big")
+        old = packet[csum_at] << 8 | packet[csum_at + 1]
         if proto != UDP or old:  # a zero UDP checksum means none
-            new = _adjust(old, rewrite.l4_delta)
+            total = (old ^ 0xFFFF) + rewrite.l4_delta
+            new = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
             if proto == UDP and new == 0:
                 new = 0xFFFF
-            out[csum_at:csum_at + 2] = new.to_bytes(2, "big")
+            out[csum_at] = new >> 8
+            out[csum_at + 1] = new & 0xFF
         if packet[6] & 0x20:  # first fragment: remember how to translate the rest of the datagram
             self._remember_fragment(packet, rewrite)
         return bytes(out)

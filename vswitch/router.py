@@ -70,10 +70,10 @@ class Interface:
     neighbours: NeighbourTable | None
     up: bool = True
     stats: InterfaceStatistics = attrs.Factory(InterfaceStatistics)
+    broadcast: bytes = attrs.field(init=False, repr=False)   # the network's broadcast address, computed once
 
-    @property
-    def broadcast(self) -> bytes:
-        return (self.network.address | (~self.network.mask & 0xFFFFFFFF)).to_bytes(4, "big")
+    def __attrs_post_init__(self) -> None:
+        self.broadcast = (self.network.address | (~self.network.mask & 0xFFFFFFFF)).to_bytes(4, "big")
 
 
 @attrs.frozen

@@ -17,7 +17,8 @@ import bench
 from bench.common import Options
 
 ROOT = Path(__file__).parents[2]
-TINY = ["--duration", "0.02", "--rounds", "1", "--warmup", "0.01"]
+TINY = ["--duration", "0.02", "--rounds", "1", "--warmup", "0.01", "--quick"]
+QUICK = Options(duration=0.02, rounds=1, warmup=0.01, quick=True)
 
 
 def check_lines(text: str) -> list[dict]:
@@ -37,7 +38,8 @@ def check_lines(text: str) -> list[dict]:
     return lines
 
 
-IN_PROCESS = sorted(set(bench.SUITES) - set(bench.UNAVAILABLE))
+# nat runs its device part when it can (root): its two parts have tests of their own below
+IN_PROCESS = sorted(set(bench.SUITES) - set(bench.UNAVAILABLE) - {"nat"})
 
 
 @pytest.mark.parametrize("suite", IN_PROCESS)
@@ -79,6 +81,38 @@ def test_tap_suite_measures_containers_and_kernel_bridge() -> None:
         "tap.tcp", "tap.rtt", "tap.kernel_bridge.tcp", "tap.kernel_bridge.rtt", "tap.tcp_ratio", "tap.rtt_ratio",
     }
     assert values["tap.tcp"] > 0 and values["tap.kernel_bridge.tcp"] > 0
+
+
+def test_nat_core_measures_router_nat_and_lookups() -> None:
+    lines = check_lines("".join(json.dumps(line) + "\n" for line in bench.nat.run_core(QUICK)))
+    values = {line["name"]: line["value"] for line in lines}
+    assert set(values) == {
+        "nat.core.routed.64B", "nat.core.routed.1500B", "nat.core.masquerade.64B", "nat.core.masquerade.1500B",
+        "nat.core.lookup.hit", "nat.core.lookup.miss",
+    }
+    masquerade = next(line for line in lines if line["name"] == "nat.core.masquerade.64B")
+    assert masquerade["connections"] == bench.nat.QUICK.connections
+    assert masquerade["routes"] == bench.nat.QUICK.routes + 3  # plus the default and two connected routes
+
+
+@pytest.mark.skipif(bool(bench.nat.unavailable()), reason=str(bench.nat.unavailable()))
+def test_nat_devices_measure_bridged_routed_and_masqueraded_tcp() -> None:
+    lines = check_lines("".join(json.dumps(line) + "\n" for line in bench.nat.run_devices(Options(duration=1))))
+    values = {line["name"]: line for line in lines}
+    assert set(values) == {
+        "nat.bridged.tcp", "nat.routed.tcp", "nat.routed.tcp_ratio", "nat.masquerade.tcp", "nat.masquerade.tcp_ratio",
+    }
+    assert all(line["value"] > 0 for line in lines)
+    assert values["nat.routed.tcp"]["router_forwarded"] > 0
+    assert values["nat.masquerade.tcp"]["nat_translated"] > 0
+
+
+def test_nat_suite_without_devices_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(bench.nat, "unavailable", lambda: "needs root (test)")
+    out = io.StringIO()
+    lines = check_lines(bench.run_suites(["nat"], QUICK, out) and out.getvalue())
+    assert all(line["name"].startswith("nat.core.") for line in lines)
+    assert "skipping the device part: needs root (test)" in capsys.readouterr().err
 
 
 def test_command_line_help() -> None:
