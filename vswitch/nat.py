@@ -389,6 +389,11 @@ class Nat:
             ext_port = mapping.external[4:6]
             sport_dport = ext_port + (ext_port if proto == ICMP else target[11:13])
             target = target[0:1] + mapping.external[0:4] + target[5:9] + sport_dport
+        if invert(target) in self._table:
+            # Its answers would look like another connection's (a forward onto a tracked flow): refuse, never take over.
+            if mapping is not None and mapping.refs == 0:
+                self._unmap(mapping)
+            return Verdict(None, DropReason.NAT_INVALID)
         conn = self._insert(key, invert(target), target, now, "+".join(sorted(kind)), mapping, self._first_state(packet, ihl))
         self._track(conn, _ORIG, packet, ihl, now)
         self._stats.translated += 1
@@ -623,8 +628,11 @@ class Nat:
         if mapping is not None:
             mapping.refs -= 1
             if mapping.refs == 0:
-                del self._mappings[bytes((mapping.protocol,)) + mapping.internal + mapping.external[0:4]]
-                del self._external[bytes((mapping.protocol,)) + mapping.external]
+                self._unmap(mapping)
+
+    def _unmap(self, mapping: Mapping) -> None:
+        del self._mappings[bytes((mapping.protocol,)) + mapping.internal + mapping.external[0:4]]
+        del self._external[bytes((mapping.protocol,)) + mapping.external]
 
     def _make_room(self, now: float) -> bool:
         if self._count < self.max_connections:

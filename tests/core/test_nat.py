@@ -923,3 +923,15 @@ def test_scapy_dissects_icmp_quotes():
     # guard: the checks above rely on scapy dissecting ICMP quotes into IPerror/TCPerror/UDPerror
     error = IP(icmp_error(S, WAN_ADDR, tcp(WAN_ADDR, 1, S, 2)))
     assert error.haslayer(IPerror) and error.haslayer(TCPerror) and not error.haslayer(Raw)
+
+
+def test_a_forward_whose_answers_would_collide_with_a_tracked_connection_is_refused():
+    """An outside host first reaches an inside host directly (tracked untranslated), then through a forward
+    whose translated tuple is the same flow: the second must not take over the first's entry."""
+    nat = make_nat(forwards=(Forward(6, 8080, ip_from_str(A), 80),))
+    direct = tcp(S, 5555, A, 80, flags="S")
+    assert nat.process(direct, "wan", 0.0).packet == direct
+    before = len(nat)
+    verdict = nat.process(tcp(S, 5555, WAN_ADDR, 8080, flags="S"), "wan", 1.0)
+    assert (verdict.packet, verdict.drop) == (None, DropReason.NAT_INVALID)
+    assert len(nat) == before
