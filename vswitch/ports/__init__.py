@@ -1,27 +1,11 @@
 """Ports: the shell's devices. Every kind moves batches of frames."""
 
-from .base import (
-    DEFAULT_BATCH,
-    DEFAULT_MTU,
-    Port,
-    PortClosed,
-    PortStatistics,
-    PortWrapper,
-)
+from .base import DEFAULT_BATCH, DEFAULT_MTU, Port, PortClosed, PortStatistics, PortWrapper
 from .impair import ImpairedPort, Impairment
 from .memory import MemoryPort
 from .pcap import PcapPort, PcapWriter
 
 __all__ = [
-    "DEFAULT_BATCH",
-    "DEFAULT_MTU",
-    "ImpairedPort",
-    "Impairment",
-    "MemoryPort",
-    "PcapPort",
-    "PcapWriter",
-    "Port",
-    "PortClosed",
-    "PortStatistics",
-    "PortWrapper",
+    "DEFAULT_BATCH", "DEFAULT_MTU", "Port", "PortClosed", "PortStatistics", "PortWrapper",
+    "ImpairedPort", "Impairment", "MemoryPort", "PcapPort", "PcapWriter",
 ]

@@ -7,14 +7,7 @@ named offsets (``ethernet.DST``, ``ipv4.TTL_OFFSET`` …).
 """
 
 from .addr import (
-    BROADCAST_MAC,
-    ZERO_MAC,
-    ip_from_str,
-    ip_to_str,
-    is_link_local_mac,
-    is_multicast_mac,
-    mac_from_str,
-    mac_to_str,
+    BROADCAST_MAC, ZERO_MAC, ip_from_str, ip_to_str, is_link_local_mac, is_multicast_mac, mac_from_str, mac_to_str,
 )
 from .arp import Arp
 from .checksum import internet_checksum, update16, update32
@@ -26,31 +19,8 @@ from .tcp import Tcp, build_tcp
 from .udp import Udp, build_udp
 
 __all__ = [
-    "BROADCAST_MAC",
-    "ZERO_MAC",
-    "Arp",
-    "Ethernet",
-    "Icmp",
-    "Ipv4",
-    "Malformed",
-    "Tcp",
-    "Truncated",
-    "Udp",
-    "WireError",
-    "build_echo",
-    "build_error",
-    "build_ethernet",
-    "build_icmp",
-    "build_ipv4",
-    "build_tcp",
-    "build_udp",
-    "internet_checksum",
-    "ip_from_str",
-    "ip_to_str",
-    "is_link_local_mac",
-    "is_multicast_mac",
-    "mac_from_str",
-    "mac_to_str",
-    "update16",
-    "update32",
+    "BROADCAST_MAC", "ZERO_MAC", "ip_from_str", "ip_to_str", "is_link_local_mac", "is_multicast_mac",
+    "mac_from_str", "mac_to_str", "Arp", "internet_checksum", "update16", "update32", "Malformed", "Truncated",
+    "WireError", "Ethernet", "build_ethernet", "Icmp", "build_echo", "build_error", "build_icmp", "Ipv4",
+    "build_ipv4", "Tcp", "build_tcp", "Udp", "build_udp",
 ]
