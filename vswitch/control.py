@@ -89,6 +89,7 @@ def _encode(message: dict[str, Any]) -> bytes:
 def show_ports(node: Any) -> list[dict[str, Any]]:
     switch = node.switch
     bridge_ports = _bridge_statistics(switch.core).ports
+    interface_of = getattr(switch.core, "interface_of", lambda name: None)
     ports = []
     for status in switch.port_status():
         dev = status.device
@@ -105,6 +106,7 @@ def show_ports(node: Any) -> list[dict[str, Any]]:
             "tx_queue": {"depth": status.tx.queued, "limit": switch.tx_queue,
                          "tail_dropped": status.tx.tail_dropped, "sent_batches": status.tx.sent_batches},
             "bridge": attrs.asdict(bridge) if bridge is not None else None,
+            "router_interface": interface_of(status.name),   # a port the router owns is not on the bridge
         })
     return ports
 

@@ -135,6 +135,10 @@ async def test_show_arp_and_routes(tmp_path):
         assert ext["up"] and ext["address"] == "198.51.100.2/24" and ext["tx_packets"] > 0
         assert "198.51.100.0/24" in control.format_routes(routes)
 
+        ports = {p["name"]: p for p in await ask(node, "ports")}
+        assert ports["uplink"]["router_interface"] == "ext" and ports["uplink"]["bridge"] is None
+        assert ports["c1"]["router_interface"] is None and ports["c1"]["bridge"]["rx_frames"] > 0
+
         stats = await ask(node, "stats")
         assert stats["router"]["forwarded"] >= 2
         assert stats["router"]["nat"]["created"] == 1
