@@ -2,8 +2,10 @@
 
 States follow Linux and smoltcp: ``INCOMPLETE`` while a request is out,
 ``REACHABLE`` for ``reachable_time`` after the neighbour confirmed itself
-(a reply addressed to us), ``STALE`` after that — still used, and refreshed
-with a new request when it is — and ``STATIC`` for configured entries.
+(a reply addressed to us), ``STALE`` after that — still used, and when it
+is, asked again after ``delay_first_probe`` seconds, by unicast to the MAC we
+know (Linux's DELAY and PROBE), and forgotten if it never answers — and
+``STATIC`` for configured entries.
 
 The table knows nothing of frames: it says which addresses to ask for and
 hands back the packets it held once an address resolves or fails; the router
