@@ -15,7 +15,8 @@ def core_modules() -> list[Path]:
     overlay = ROOT / "overlay"
     paths = [vswitch / "bridge.py", vswitch / "fdb.py", vswitch / "actions.py"]
     paths += sorted((vswitch / "wire").glob("*.py"))
-    paths += [p for p in (vswitch / "arp.py", vswitch / "router.py", vswitch / "nat.py", overlay / "peers.py") if p.exists()]
+    paths += [p for p in (vswitch / "arp.py", vswitch / "router.py", vswitch / "nat.py", vswitch / "datapath.py",
+                          overlay / "peers.py") if p.exists()]
     paths += sorted(overlay.glob("codec*.py"))
     paths += sorted(p for d in overlay.glob("codec*") if d.is_dir() for p in d.rglob("*.py"))
     return paths
