@@ -53,7 +53,7 @@ import attrs
 from vswitch.actions import Drop, Transmit
 from vswitch.nat import Masquerade, Nat, State, invert, make_key
 from vswitch.router import ROUTE_CACHE, Router
-from vswitch.testing import Daemon, Namespaces, ping, sh, tap_config, unique
+from vswitch.testing import Daemon, Namespaces, outside_link, ping, sh, tap_config, unique
 from vswitch.wire.addr import Network, ip_from_str
 from vswitch.wire.ethernet import ETH_P_IP, build_ethernet
 from vswitch.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4
@@ -122,19 +122,6 @@ exclude = ["10.244.0.0/16"]
     return text
 
 
-def _uplink(outside: str) -> str:
-    """A veth pair: eth0 of the outside host, and the returned end here for the daemon (no address, no IPv6)."""
-    end = unique("u")
-    sh("ip", "link", "add", end, "type", "veth", "peer", "name", "eth0", "netns", outside)
-    ipv6 = Path(f"/proc/sys/net/ipv6/conf/{end}/disable_ipv6")
-    if ipv6.exists():
-        ipv6.write_text("1\n")
-    sh("ip", "link", "set", end, "up")
-    sh("ip", "-n", outside, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
-    sh("ip", "-n", outside, "link", "set", "eth0", "up")
-    return end
-
-
 def _start(workdir: Path, label: str, containers: tuple[str, str], uplink: str, *, masquerade: bool) -> Daemon:
     config = workdir / f"{label}.toml"
     taps = [
@@ -158,12 +145,12 @@ def run_devices(options: Options = Options()) -> Iterator[dict[str, Any]]:
     seconds = iperf_seconds(DEVICE_SECONDS if options.duration is None else options.duration)
     spaces = Namespaces()
     daemon: Daemon | None = None
-    uplink = None
+    uplink = unique("u")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         try:
             c1, c2, outside = spaces.create(), spaces.create(), spaces.create()
-            uplink = _uplink(outside)
+            outside_link(uplink, outside, f"{OUTSIDE}/24")
 
             # bridge and router, no NAT: the outside host routes the containers' network back
             daemon = _start(workdir, "routed", (c1, c2), uplink, masquerade=False)
@@ -198,8 +185,7 @@ def run_devices(options: Options = Options()) -> Iterator[dict[str, Any]]:
         finally:
             if daemon is not None:
                 daemon.kill()
-            if uplink is not None:
-                sh("ip", "link", "del", uplink, check=False)  # also removes the outside end
+            sh("ip", "link", "del", uplink, check=False)  # also removes the outside end
             spaces.cleanup()
 
 

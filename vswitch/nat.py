@@ -332,7 +332,7 @@ class Nat:
                 if rewrite.identity:
                     return Verdict(packet)
                 self._stats.translated += 1
-                return Verdict(self._apply(packet, ihl, rewrite, key))
+                return Verdict(self._apply(packet, ihl, rewrite))
         return self._new(packet, ihl, key, in_iface, now)
 
     def _new(self, packet: bytes, ihl: int, key: bytes, in_iface: str, now: float) -> Verdict:
@@ -397,7 +397,7 @@ class Nat:
         conn = self._insert(key, invert(target), target, now, "+".join(sorted(kind)), mapping, self._first_state(packet, ihl))
         self._track(conn, _ORIG, packet, ihl, now)
         self._stats.translated += 1
-        return Verdict(self._apply(packet, ihl, conn.rewrites[_ORIG], key))
+        return Verdict(self._apply(packet, ihl, conn.rewrites[_ORIG]))
 
     def _dnat(self, key: bytes, local: str, in_iface: str) -> tuple[bytes, Mapping | None]:
         """Where a new connection to a router address goes: a forward rule, a hairpinned mapping, or nowhere."""
@@ -443,7 +443,7 @@ class Nat:
 
     # -- rewriting ------------------------------------------------------------------
 
-    def _apply(self, packet: bytes, ihl: int, rewrite: Rewrite, key: bytes) -> bytes:
+    def _apply(self, packet: bytes, ihl: int, rewrite: Rewrite) -> bytes:
         # _adjust inlined: ~checksum (16 bits) + a folded delta needs one fold, and ~x & 0xFFFF is x ^ 0xFFFF
         out = bytearray(packet)
         out[12:20] = rewrite.addresses

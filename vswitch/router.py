@@ -377,7 +377,7 @@ class Router:
         if local is not None:
             self._stats.delivered += 1
             return self._local_input(packet, ihl, now, emit)
-        if dst == _LIMITED_BROADCAST or packet[16] >= 224 or dst == iface.broadcast:
+        if dst == _LIMITED_BROADCAST or packet[16] >= 224:
             return DropReason.NOT_ROUTED
         route = self.routes.lookup(dst)
         if route is None:
@@ -385,7 +385,7 @@ class Router:
             return DropReason.NO_ROUTE
         out = self._interfaces[route.interface]
         if route.connected and dst == out.broadcast and out.network.prefix_len < 31:
-            return DropReason.NOT_ROUTED  # another interface's directed broadcast (Linux: bc_forwarding off)
+            return DropReason.NOT_ROUTED  # a directed broadcast, of any interface (Linux: bc_forwarding off)
         if not out.up:
             self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
@@ -496,16 +496,15 @@ class Router:
             error = self.nat.process(error, "", now).packet or error
         if error[16:20] in self._local:
             return  # about a packet the router made itself (an echo reply that found no neighbour)
-        route = self.routes.lookup(error[16:20])
+        dst = error[16:20]
+        route = self.routes.lookup(dst)
         if route is None:
             return
-        out = self._interfaces[route.interface]
-        error = ipv4.build_ipv4(
-            out.address, error[16:20], ipv4.PROTO_ICMP, error[20:], ttl=64, ident=self._ident, tos=0xC0, flags_offset=0,
-        )
+        source = self._interfaces[route.interface].address  # the address of the interface it leaves by
         self._stats.icmp_sent[_ICMP_NAMES.get((type_, code), f"icmp-{type_}-{code}")] += 1
-        if out.up:
-            self._output(out, route.via or error[16:20], error, now, emit)
+        self._send(ipv4.build_ipv4(
+            source, dst, ipv4.PROTO_ICMP, error[20:], ttl=64, ident=self._ident, tos=0xC0, flags_offset=0,
+        ), now, emit)
 
     def _icmp_allowed(self, dst: bytes, now: float) -> bool:
         """Linux's order: the global bucket first, then the destination's."""

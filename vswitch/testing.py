@@ -43,6 +43,21 @@ def ping(ns: str, address: str, *, count: int = 2, wait: float = 2) -> bool:
     return result.returncode == 0
 
 
+def outside_link(device: str, outside: str, address: str) -> None:
+    """A veth from here to namespace ``outside``, where it is ``eth0`` with ``address`` (``a.b.c.d/len``).
+
+    This end, ``device``, is only a wire for a packet port: no address and no
+    IPv6, so the local stack sends nothing on it. ``ip link del device``
+    removes both ends.
+    """
+    sh("ip", "link", "add", device, "type", "veth", "peer", "name", "eth0", "netns", outside)
+    sh("sysctl", "-qw", f"net.ipv6.conf.{device}.disable_ipv6=1")
+    sh("ip", "link", "set", device, "up")
+    in_ns(outside, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
+    sh("ip", "-n", outside, "addr", "add", address, "dev", "eth0")
+    sh("ip", "-n", outside, "link", "set", "eth0", "up")
+
+
 def link_mac(ns: str, device: str) -> str:
     info = json.loads(sh("ip", "-n", ns, "-j", "link", "show", "dev", device).stdout)
     return info[0]["address"]

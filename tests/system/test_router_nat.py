@@ -23,7 +23,8 @@ from pathlib import Path
 import attrs
 import pytest
 from netkit import (
-    Daemon, Namespaces, ask_peer, in_ns, link_mac, peer_server, ping, requires_root, sh, start_in_ns, stop, unique,
+    Daemon, Namespaces, ask_peer, in_ns, link_mac, outside_link, peer_server, ping, requires_root, sh, start_in_ns, stop,
+    unique,
 )
 
 pytestmark = [requires_root, pytest.mark.timeout(120)]
@@ -132,13 +133,7 @@ def net(tmp_path_factory):
     daemon = topology = None
     try:
         outside, c1, c2, c3 = (spaces.create(prefix) for prefix in ("vo", "vc", "vc", "vc"))
-        sh("ip", "link", "add", uplink, "type", "veth", "peer", "name", "eth0", "netns", outside)
-        # the daemon's end is only a wire: no address, no IPv6 chatter of its own
-        sh("sysctl", "-qw", f"net.ipv6.conf.{uplink}.disable_ipv6=1")
-        sh("ip", "link", "set", uplink, "up")
-        in_ns(outside, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
-        sh("ip", "-n", outside, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
-        sh("ip", "-n", outside, "link", "set", "eth0", "up")
+        outside_link(uplink, outside, f"{OUTSIDE}/24")
         taps = {ns: unique("t") for ns in (c1, c2, c3)}
         daemon = Daemon(_config(tmp, c1, c2, c3, uplink, taps)).start()
         topology = Topology(daemon, outside, c1, c2, c3, uplink, taps)
