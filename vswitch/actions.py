@@ -48,6 +48,15 @@ class DropReason(enum.Enum):
     NAT_TABLE_FULL = "nat-table-full"  # connection table at its limit with nothing to drop early
     NAT_NO_PORT = "nat-no-port"        # every external port of the address is taken
     NAT_UNSUPPORTED = "nat-unsupported"  # untrackable (no ports, a fragment before its first) where masquerade applies
+    # the overlay
+    NO_LEASE = "overlay-no-lease"      # a cluster address no peer's subnet holds: ICMP net unreachable sent
+    UNKNOWN_PEER = "overlay-unknown-peer"  # a datagram from an address that is no peer's public address
+    FORGED_SOURCE = "overlay-forged-source"  # an inner source outside the sending peer's subnet
+    FOREIGN_VNI = "overlay-foreign-vni"  # VXLAN with another network's VNI
+    NOT_FOR_VTEP = "overlay-not-for-vtep"  # VXLAN whose inner frame is not addressed to our VTEP MAC
+    OVERLAY_MALFORMED = "overlay-malformed"  # too short, no VXLAN I flag, or not IPv4 inside
+    NO_FLOODING = "overlay-no-flooding"  # a broadcast or multicast frame for the VXLAN device: never flooded
+    UNKNOWN_VTEP = "overlay-unknown-vtep"  # a frame for a VTEP MAC no lease names
 
     def __str__(self) -> str:
         return self.value

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pcap", metavar="FILE", help="record every frame to this pcap file")
     demo.add_argument("--hosts", type=int, default=3, metavar="N", help="how many hosts (default 3)")
 
-    show = commands.add_parser("show", help="ask a running daemon: ports, fdb, arp, routes, nat or stats")
-    show.add_argument("what", metavar="ports|fdb|arp|routes|nat|stats", help="what to show")
+    show = commands.add_parser("show", help="ask a running daemon: ports, fdb, arp, routes, nat, peers or stats")
+    show.add_argument("what", metavar="ports|fdb|arp|routes|nat|peers|stats", help="what to show")
     show.add_argument("--json", action="store_true", help="print the daemon's answer as JSON (stable, for scripts)")
     _daemon_options(show, config_flags=("-c", "--config"))
 
@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     detach.add_argument("name", metavar="N", help="the port name")
     _daemon_options(detach, config_flags=("-c", "--config"))
 
+    reload = commands.add_parser(
+        "reload", help="make a running daemon read its config again and take its [[overlay.peers]] (as SIGHUP does)"
+    )
+    _daemon_options(reload, config_flags=("-c", "--config"))
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args.config)
     if args.command == "demo":
         return _demo(args.pcap, args.hosts)
-    if args.command in ("show", "capture", "attach", "detach"):
+    if args.command in ("show", "capture", "attach", "detach", "reload"):
         return _talk(args)
     parser.error(f"unknown command {args.command}")
     return 2
@@ -81,8 +86,8 @@ def _run(path: str) -> int:
     # Start-up failures surface from the daemon's nurseries inside exception groups.
     status = 0
     try:
-        trio.run(daemon.run_until_signal, daemon.build(cfg))
-    except* (DeviceError, ControlError) as group:
+        trio.run(daemon.run_until_signal, daemon.build(cfg, config_path=path))
+    except* (DeviceError, ControlError, config_mod.ConfigError) as group:
         for exc in _leaves(group):
             print(f"vswitch: {exc}", file=sys.stderr)
         status = 1
@@ -145,6 +150,8 @@ async def _ask(path: str, args: argparse.Namespace) -> int:
     message: dict[str, Any]
     if args.command == "show":
         message = {"command": "show", "what": args.what}
+    elif args.command == "reload":
+        message = {"command": "reload"}
     elif args.command == "attach":
         message = {"command": "attach", "netns": args.netns, "name": args.name, "address": args.address}
         if args.gateway:
@@ -160,6 +167,12 @@ async def _ask(path: str, args: argparse.Namespace) -> int:
             print(json.dumps(result, indent=2))
         else:
             print(formatter(result))
+    elif args.command == "reload":
+        print(f"reloaded {result['config']}: {len(result['added'])} peers added, {len(result['removed'])} removed,"
+              f" {len(result['changed'])} changed, {result['unchanged']} unchanged")
+        for kind in ("added", "removed", "changed"):
+            for lease in result[kind]:
+                print(f"  {kind} {lease}")
     elif args.command == "attach":
         print(f"attached {result['name']} in netns {result['netns']}"
               + (f" as {result['address']}" if result.get("address") else ""))

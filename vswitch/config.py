@@ -17,8 +17,9 @@ from .nat import DEFAULT_MAX_CONNECTIONS
 from .wire.addr import mac_from_str
 
 PORT_TYPES = ("tap", "tun", "packet", "memory")
-PLANNED_SECTIONS = ("overlay",)
 NAT_PROTOCOLS = ("tcp", "udp")
+OVERLAY_BACKENDS = {"udp": (8285, 28, "flannel0"), "vxlan": (8472, 50, "flannel.1")}  # port, overhead, device
+OVERLAY_INTERFACE = "overlay"   # the router interface the overlay is, in router mode
 
 
 class ConfigError(ValueError):
@@ -125,12 +126,38 @@ class NatConfig:
 
 
 @attrs.frozen
+class PeerConfig:
+    """A static lease: another node's subnet and where its daemon listens."""
+
+    subnet: str
+    public_ip: str
+    vtep_mac: bytes | None = None
+
+
+@attrs.frozen
+class OverlayConfig:
+    backend: str
+    network: str
+    subnet: str
+    public_ip: str
+    port: int
+    mtu: int                       # the overlay's: the underlay's minus 28 (udp) or 50 (vxlan)
+    vni: int = 1
+    vtep_mac: bytes | None = None  # None: a stable default from the node's name
+    ip_masq: bool = False
+    subnet_env: str | None = None
+    device: str | None = None      # drop-in mode: the flannel0 TUN or flannel.1 TAP to open in the host namespace
+    peers: tuple[PeerConfig, ...] = ()
+
+
+@attrs.frozen
 class Config:
     node: NodeConfig = NodeConfig()
     bridge: BridgeConfig = BridgeConfig()
     ports: tuple[PortConfig, ...] = ()
     router: RouterConfig = RouterConfig()
     nat: NatConfig = NatConfig()
+    overlay: OverlayConfig | None = None
 
     def interface_on(self, port: str) -> InterfaceConfig | None:
         """The router interface that ``port`` carries, if any (such a port is not on the bridge)."""
@@ -163,24 +190,26 @@ def loads(text: str, *, source: str | None = None) -> Config:
 
 
 def parse(data: dict[str, Any]) -> Config:
-    for section in PLANNED_SECTIONS:
-        if section in data:
-            raise ConfigError(section, "this version does not implement this section yet")
-    _check_keys(data, "", {"node", "bridge", "ports", "router", "nat"})
+    _check_keys(data, "", {"node", "bridge", "ports", "router", "nat", "overlay"})
     node = _section(data, "node", _parse_node)
     bridge = _section(data, "bridge", _parse_bridge)
+    overlay = _parse_overlay(data["overlay"], "overlay") if "overlay" in data else None
     raw_ports = data.get("ports", [])
     if not isinstance(raw_ports, list):
         raise ConfigError("ports", "must be an array of tables ([[ports]])")
-    ports = tuple(_parse_port(raw, f"ports[{i}]") for i, raw in enumerate(raw_ports))
+    # With an overlay, containers' ports default to its MTU, so their packets fit in a datagram.
+    inside_mtu = overlay.mtu if overlay is not None else 1500
+    ports = tuple(_parse_port(raw, f"ports[{i}]", inside_mtu) for i, raw in enumerate(raw_ports))
     seen: dict[str, str] = {}
     for i, port in enumerate(ports):
         if port.name in seen:
             raise ConfigError(f"ports[{i}].name", f"{port.name!r} is already used by {seen[port.name]}")
         seen[port.name] = f"ports[{i}]"
-    router = _section(data, "router", lambda raw, key: _parse_router(raw, key, ports))
+    router = _section(data, "router", lambda raw, key: _parse_router(raw, key, ports, inside_mtu))
     nat = _section(data, "nat", lambda raw, key: _parse_nat(raw, key, router))
-    return Config(node, bridge, ports, router, nat)
+    if overlay is not None:
+        _check_overlay_wiring(data, overlay, router)
+    return Config(node, bridge, ports, router, nat, overlay)
 
 
 def _section(data: dict[str, Any], key: str, parse_fn: Callable[[dict[str, Any], str], Any]) -> Any:
@@ -209,7 +238,7 @@ def _parse_bridge(raw: dict[str, Any], key: str) -> BridgeConfig:
     return BridgeConfig(float(ageing), max_entries)
 
 
-def _parse_port(raw: Any, key: str) -> PortConfig:
+def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
     if not isinstance(raw, dict):
         raise ConfigError(key, "must be a table")
     _check_keys(raw, key, {"name", "type", "netns", "address", "gateway", "mtu", "pcap", "device", "host"})
@@ -219,7 +248,7 @@ def _parse_port(raw: Any, key: str) -> PortConfig:
     type_ = _require(raw, key, "type", str)
     if type_ not in PORT_TYPES:
         raise ConfigError(f"{key}.type", f"{type_!r} is not one of {', '.join(PORT_TYPES)}")
-    mtu = _get(raw, key, "mtu", int, 1500)
+    mtu = _get(raw, key, "mtu", int, 1500 if type_ == "packet" else default_mtu)  # a packet port is an uplink
     if not 68 <= mtu <= 65535:
         raise ConfigError(f"{key}.mtu", f"must be between 68 and 65535, got {mtu}")
     address = _get(raw, key, "address", str, None)
@@ -280,11 +309,14 @@ def _parse_host(raw: dict[str, Any], key: str) -> HostConfig:
 # -- router and NAT -------------------------------------------------------
 
 
-def _parse_router(raw: dict[str, Any], key: str, ports: tuple[PortConfig, ...]) -> RouterConfig:
+def _parse_router(
+    raw: dict[str, Any], key: str, ports: tuple[PortConfig, ...], bridge_mtu: int = 1500,
+) -> RouterConfig:
     _check_keys(raw, key, {"interfaces", "routes", "neighbours"})
     by_name = {p.name: p for p in ports}
     interfaces = tuple(
-        _parse_interface(item, f"{key}.interfaces[{i}]", by_name) for i, item in enumerate(_array(raw, key, "interfaces"))
+        _parse_interface(item, f"{key}.interfaces[{i}]", by_name, bridge_mtu)
+        for i, item in enumerate(_array(raw, key, "interfaces"))
     )
     names: dict[str, str] = {}
     addresses: dict[str, str] = {}
@@ -318,7 +350,7 @@ def _parse_router(raw: dict[str, Any], key: str, ports: tuple[PortConfig, ...]) 
     return RouterConfig(interfaces, routes, neighbours)
 
 
-def _parse_interface(raw: Any, key: str, ports: dict[str, PortConfig]) -> InterfaceConfig:
+def _parse_interface(raw: Any, key: str, ports: dict[str, PortConfig], bridge_mtu: int = 1500) -> InterfaceConfig:
     raw = _table(raw, key)
     _check_keys(raw, key, {"name", "address", "port", "mtu", "mac", "proxy_arp"})
     name = _require(raw, key, "name", str)
@@ -332,7 +364,7 @@ def _parse_interface(raw: Any, key: str, ports: dict[str, PortConfig]) -> Interf
         port = ports.get(port_name)
         if port is None:
             raise ConfigError(f"{key}.port", f"no port named {port_name!r} in [[ports]]")
-    mtu = _get(raw, key, "mtu", int, port.mtu if port else 1500)
+    mtu = _get(raw, key, "mtu", int, port.mtu if port else bridge_mtu)
     if not 68 <= mtu <= 65535:
         raise ConfigError(f"{key}.mtu", f"must be between 68 and 65535, got {mtu}")
     mac = _get(raw, key, "mac", str, None)
@@ -424,6 +456,116 @@ def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig
     if (masquerade or forwards) and not router.interfaces:
         raise ConfigError(key, "NAT needs a router: add [[router.interfaces]]")
     return NatConfig(max_connections, tuple(masquerade), tuple(forwards))
+
+
+# -- overlay ------------------------------------------------------------------
+
+
+def _parse_overlay(raw: Any, key: str) -> OverlayConfig:
+    raw = _table(raw, key)
+    _check_keys(raw, key, {"backend", "network", "subnet", "public_ip", "port", "mtu", "vni", "vtep_mac", "ip_masq",
+                           "subnet_env", "device", "peers"})
+    backend = _get(raw, key, "backend", str, "udp")
+    if backend not in OVERLAY_BACKENDS:
+        raise ConfigError(f"{key}.backend", f"{backend!r} is not one of {', '.join(OVERLAY_BACKENDS)}")
+    default_port, overhead, _ = OVERLAY_BACKENDS[backend]
+    vxlan = backend == "vxlan"
+    network = _network(_require(raw, key, "network", str), f"{key}.network")
+    subnet_text = _require(raw, key, "subnet", str)
+    subnet = _network(subnet_text, f"{key}.subnet")
+    if not subnet.subnet_of(network):
+        raise ConfigError(f"{key}.subnet", f"{subnet} is not inside the network {network}")
+    if subnet.prefixlen > 30:
+        raise ConfigError(f"{key}.subnet", f"{subnet} leaves no room for containers: use /30 or shorter (flannel: /24)")
+    public_ip = _require(raw, key, "public_ip", str)
+    if _ip(public_ip, f"{key}.public_ip") in network:
+        raise ConfigError(f"{key}.public_ip", f"{public_ip} is inside the overlay network {network}: it must be an underlay address")
+    port = _get(raw, key, "port", int, default_port)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key}.port", f"must be between 1 and 65535, got {port}")
+    mtu = _get(raw, key, "mtu", int, 1500 - overhead)
+    if not 68 <= mtu <= 65535 - overhead:
+        raise ConfigError(f"{key}.mtu", f"must be between 68 and {65535 - overhead}, got {mtu}")
+    vni = _get(raw, key, "vni", int, 1)
+    if not 0 <= vni <= 0xFFFFFF:
+        raise ConfigError(f"{key}.vni", f"must be between 0 and 16777215, got {vni}")
+    if not vxlan:
+        for name in ("vni", "vtep_mac"):
+            if name in raw:
+                raise ConfigError(f"{key}.{name}", "applies to the vxlan backend only")
+    vtep_mac = _get(raw, key, "vtep_mac", str, None)
+    device = _get(raw, key, "device", str, None)
+    if device is not None and (not device or len(device) > 15 or "/" in device or device.strip() != device):
+        raise ConfigError(f"{key}.device", f"{device!r} is not a valid device name (1-15 characters, no '/' or spaces)")
+    peers = tuple(
+        _parse_peer(item, f"{key}.peers[{i}]", network, subnet, vxlan) for i, item in enumerate(_array(raw, key, "peers"))
+    )
+    seen: dict[Any, str] = {}
+    for i, peer in enumerate(peers):
+        where = f"{key}.peers[{i}]"
+        net = ipaddress.IPv4Network(peer.subnet)
+        for other_key, other in seen.items():
+            if isinstance(other_key, ipaddress.IPv4Network) and net.overlaps(other_key):
+                raise ConfigError(f"{where}.subnet", f"{net} overlaps the subnet of {other}")
+        seen[net] = where
+        for name, value in (("public_ip", peer.public_ip), ("vtep_mac", peer.vtep_mac)):
+            if value is None:
+                continue
+            if (name, value) in seen:
+                raise ConfigError(f"{where}.{name}", f"is the same as {seen[name, value]}'s: one node, one lease")
+            seen[name, value] = where
+        if peer.public_ip == public_ip:
+            raise ConfigError(f"{where}.public_ip", f"{public_ip} is this node's own public_ip")
+    return OverlayConfig(
+        backend=backend, network=str(network), subnet=str(subnet), public_ip=public_ip, port=port, mtu=mtu, vni=vni,
+        vtep_mac=_mac(vtep_mac, f"{key}.vtep_mac") if vtep_mac else None,
+        ip_masq=_get(raw, key, "ip_masq", bool, False), subnet_env=_get(raw, key, "subnet_env", str, None),
+        device=device, peers=peers,
+    )
+
+
+def _parse_peer(raw: Any, key: str, network: ipaddress.IPv4Network, own: ipaddress.IPv4Network, vxlan: bool) -> PeerConfig:
+    raw = _table(raw, key)
+    _check_keys(raw, key, {"subnet", "public_ip", "vtep_mac"})
+    subnet = _network(_require(raw, key, "subnet", str), f"{key}.subnet")
+    if not subnet.subnet_of(network):
+        raise ConfigError(f"{key}.subnet", f"{subnet} is not inside the network {network}")
+    if subnet.overlaps(own):
+        raise ConfigError(f"{key}.subnet", f"{subnet} overlaps this node's subnet {own}")
+    public_ip = _require(raw, key, "public_ip", str)
+    _ip(public_ip, f"{key}.public_ip")
+    vtep_mac = _get(raw, key, "vtep_mac", str, None)
+    if vxlan and vtep_mac is None:
+        raise ConfigError(f"{key}.vtep_mac", "the vxlan backend needs each peer's VTEP MAC (its `show peers` prints it)")
+    if not vxlan and vtep_mac is not None:
+        raise ConfigError(f"{key}.vtep_mac", "applies to the vxlan backend only")
+    return PeerConfig(str(subnet), public_ip, _mac(vtep_mac, f"{key}.vtep_mac") if vtep_mac else None)
+
+
+def _check_overlay_wiring(data: dict[str, Any], overlay: OverlayConfig, router: RouterConfig) -> None:
+    """Router mode needs the containers' gateway on the router; drop-in mode leaves everything to the host kernel."""
+    if overlay.device is not None:
+        for section in ("ports", "router", "nat"):
+            if data.get(section):
+                raise ConfigError(
+                    "overlay.device", f"drop-in mode hands containers and routing to the host kernel: remove [{section}],"
+                    " or remove device to run the overlay on the daemon's own router",
+                )
+        return
+    subnet = ipaddress.IPv4Network(overlay.subnet)
+    for i, iface in enumerate(router.interfaces):
+        if iface.name == OVERLAY_INTERFACE:
+            raise ConfigError(f"router.interfaces[{i}].name", f"{OVERLAY_INTERFACE!r} is the overlay's own interface")
+        if ipaddress.IPv4Interface(iface.address).network.overlaps(ipaddress.IPv4Network(overlay.network)) and \
+                not ipaddress.IPv4Interface(iface.address).network.subnet_of(subnet):
+            raise ConfigError(f"router.interfaces[{i}].address", f"{iface.address} reaches into the cluster network"
+                              f" {overlay.network} beyond this node's subnet {subnet}")
+    if not any(ipaddress.IPv4Interface(i.address).ip in subnet and i.port is None for i in router.interfaces):
+        first = next(subnet.hosts())
+        raise ConfigError(
+            "overlay.subnet", f"the containers of {subnet} need a gateway on the daemon's router: add [[router.interfaces]]"
+            f" with address = \"{first}/{subnet.prefixlen}\" (on the bridge), or set overlay.device for drop-in mode",
+        )
 
 
 def _array(raw: dict[str, Any], key: str, name: str) -> list[Any]:

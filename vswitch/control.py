@@ -122,18 +122,21 @@ def show_fdb(node: Any, now: float) -> list[dict[str, Any]]:
 
 def show_stats(node: Any, captures: Sequence["CaptureSession"] = ()) -> dict[str, Any]:
     switch = node.switch
-    stats = _bridge_statistics(switch.core)
+    overlay = getattr(node, "overlay", None)
+    # Drop-in mode has no bridge: the overlay alone sits between its device and the underlay.
+    stats = None if overlay is not None and getattr(node, "router", None) is None else _bridge_statistics(switch.core)
     drops = switch.drop_counts()
     tail = {s.name: s.tx.tail_dropped for s in switch.port_status()}
     return {
-        "bridge": {"unicast": stats.unicast, "flooded": stats.flooded},
+        "bridge": {"unicast": stats.unicast, "flooded": stats.flooded} if stats else None,
         "port_failures": switch.port_failures,
         "drops": {str(reason): drops.get(reason, 0) for reason in DropReason},
-        "fdb": attrs.asdict(stats.fdb),
+        "fdb": attrs.asdict(stats.fdb) if stats else None,
         "ports": {
             name: {**attrs.asdict(port), "tail_dropped": tail.get(name, 0)} for name, port in stats.ports.items()
-        },
+        } if stats else {},
         "router": _router_stats(node),
+        "overlay": _overlay_stats(overlay) if overlay is not None else None,
         "captures": [c.summary() for c in captures],
         "recent_drops": [
             {"port": d.port, "reason": str(d.reason), "bytes": len(d.frame), "head": d.frame[:14].hex()}
@@ -147,6 +150,36 @@ def _router(node: Any) -> Any:
     if router is None:
         raise ControlError("this daemon has no router: add [[router.interfaces]] to its config")
     return router
+
+
+def _overlay(node: Any) -> Any:
+    overlay = getattr(node, "overlay", None)
+    if overlay is None:
+        raise ControlError("this daemon has no overlay: add [overlay] to its config")
+    return overlay
+
+
+def _overlay_stats(overlay: Any) -> dict[str, Any]:
+    stats = overlay.statistics()
+    return {"encapsulated": stats.encapsulated, "decapsulated": stats.decapsulated,
+            "icmp_sent": dict(stats.icmp_sent), "icmp_rate_limited": stats.icmp_rate_limited}
+
+
+def show_peers(node: Any) -> dict[str, Any]:
+    """This node's lease, every peer's with its counters, and the overlay's drops."""
+    overlay = _overlay(node)
+    config = node.config.overlay
+    return {
+        "lease": {**overlay.describe(), "public_ip": config.public_ip, "mtu": config.mtu,
+                  "mode": "drop-in " + (config.device or "") if config.device else "router"},
+        "peers": [
+            {"subnet": str(p.lease.subnet), "public_ip": ip_to_str(p.lease.public_ip), "port": p.port,
+             "vtep_mac": mac_to_str(p.lease.vtep_mac) if p.lease.vtep_mac else None, **attrs.asdict(p.counters)}
+            for p in overlay.peers
+        ],
+        "statistics": _overlay_stats(overlay),
+        "drops": {str(reason): n for reason, n in sorted(overlay.drop_counts().items(), key=lambda i: str(i[0]))},
+    }
 
 
 def show_arp(node: Any, now: float) -> list[dict[str, Any]]:
@@ -292,23 +325,23 @@ def format_fdb(result: list[dict[str, Any]]) -> str:
 def format_stats(result: dict[str, Any]) -> str:
     bridge, fdb = result["bridge"], result["fdb"]
     lines = [
-        f"bridge: {bridge['unicast']} unicast, {bridge['flooded']} flooded",
+        f"bridge: {bridge['unicast']} unicast, {bridge['flooded']} flooded" if bridge else "bridge: none (drop-in mode)",
         f"ports failed: {result.get('port_failures', 0)}",
         "drops:",
     ]
     lines += ["  " + line for line in format_table(
         ["reason", "frames"], sorted(result["drops"].items()), right=[1]).splitlines()]
-    lines.append(
-        "fdb: " + ", ".join(f"{value} {key.replace('_', ' ')}" for key, value in fdb.items())
-    )
-    rows = [
-        [name, p["rx_frames"], p["rx_bytes"], p["tx_frames"], p["tx_bytes"], p["rx_dropped"], p["tail_dropped"]]
-        for name, p in result["ports"].items()
-    ]
-    lines.append("ports:")
-    lines += ["  " + line for line in format_table(
-        ["port", "rx-frames", "rx-bytes", "tx-frames", "tx-bytes", "rx-dropped", "tail-drops"], rows,
-        right=range(1, 7)).splitlines()]
+    if fdb:
+        lines.append("fdb: " + ", ".join(f"{value} {key.replace('_', ' ')}" for key, value in fdb.items()))
+    if result["ports"]:
+        rows = [
+            [name, p["rx_frames"], p["rx_bytes"], p["tx_frames"], p["tx_bytes"], p["rx_dropped"], p["tail_dropped"]]
+            for name, p in result["ports"].items()
+        ]
+        lines.append("ports:")
+        lines += ["  " + line for line in format_table(
+            ["port", "rx-frames", "rx-bytes", "tx-frames", "tx-bytes", "rx-dropped", "tail-drops"], rows,
+            right=range(1, 7)).splitlines()]
     router = result.get("router")
     if router:
         icmp = ", ".join(f"{n} {kind}" for kind, n in sorted(router["icmp_sent"].items())) or "none"
@@ -320,6 +353,11 @@ def format_stats(result: dict[str, Any]) -> str:
                          f" {n['failed']} failed, {n['queue_dropped'] + n['pending_full']} held packets dropped")
         if router.get("nat"):
             lines.append("  nat: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in router["nat"].items()))
+    overlay = result.get("overlay")
+    if overlay:
+        icmp = ", ".join(f"{n} {kind}" for kind, n in sorted(overlay["icmp_sent"].items())) or "none"
+        lines.append(f"overlay: {overlay['encapsulated']} encapsulated, {overlay['decapsulated']} decapsulated;"
+                     f" icmp sent: {icmp}")
     if result.get("captures"):
         lines.append("captures:")
         rows = [[c["port"], c["written"], c["dropped"]] for c in result["captures"]]
@@ -373,9 +411,29 @@ def format_nat(result: dict[str, Any]) -> str:
             f" {stats['early_dropped']} dropped early, {stats['translated']} packets translated")
 
 
+def format_peers(result: dict[str, Any]) -> str:
+    lease = result["lease"]
+    vxlan = f", vni {lease['vni']}, vtep {lease['vtep_mac']}" if "vni" in lease else ""
+    lines = [
+        f"this node: {lease['subnet']} of {lease['network']} at {lease['public_ip']}:{lease['port']}"
+        f" ({lease['backend']}{vxlan}, mtu {lease['mtu']}, {lease['mode']} mode)",
+    ]
+    rows = [
+        [p["subnet"], f"{p['public_ip']}:{p['port']}", p["vtep_mac"] or "-", p["tx_packets"], p["tx_bytes"],
+         p["rx_packets"], p["rx_bytes"], p["rx_dropped"]]
+        for p in result["peers"]
+    ]
+    lines += format_table(["subnet", "endpoint", "vtep-mac", "tx-packets", "tx-bytes", "rx-packets", "rx-bytes",
+                           "rx-refused"], rows, right=range(3, 8)).splitlines()
+    lines.append(f"{len(rows)} {'peer' if len(rows) == 1 else 'peers'}")
+    if result["drops"]:
+        lines.append("refused: " + ", ".join(f"{n} {reason}" for reason, n in result["drops"].items()))
+    return "\n".join(lines)
+
+
 FORMATTERS: dict[str, Callable[[Any], str]] = {
     "ports": format_ports, "fdb": format_fdb, "arp": format_arp, "routes": format_routes, "nat": format_nat,
-    "stats": format_stats,
+    "peers": format_peers, "stats": format_stats,
 }
 
 
@@ -732,6 +790,8 @@ async def _cmd_show(server: ControlServer, request: dict[str, Any]) -> Any:
         return show_routes(node)
     if what == "nat":
         return show_nat(node, trio.current_time())
+    if what == "peers":
+        return show_peers(node)
     raise ControlError(f"cannot show {what!r} (available: {', '.join(FORMATTERS)})")
 
 
@@ -761,6 +821,26 @@ async def _cmd_detach(server: ControlServer, request: dict[str, Any]) -> Any:
     return {"name": name}
 
 
+async def _cmd_reload(server: ControlServer, request: dict[str, Any]) -> Any:
+    """Read the daemon's config file again and take its peers (as SIGHUP does)."""
+    from .config import ConfigError, load
+
+    node = server.node
+    path = getattr(node, "config_path", None)
+    if path is None:
+        raise ControlError("reload: this daemon was not started from a config file")
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        raise ControlError(f"reload: {exc}") from None
+    changes = await _call(node.reload, {"config": config}, "reload")
+    return {
+        "config": path, "added": [str(lease) for lease in changes.added],
+        "removed": [str(lease) for lease in changes.removed], "changed": [str(lease) for lease in changes.changed],
+        "unchanged": changes.kept,
+    }
+
+
 async def _call(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> Any:
     """Call a Node method that may be sync or async; its refusals become errors for the client."""
     try:
@@ -773,7 +853,9 @@ async def _call(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> An
     return result
 
 
-COMMANDS: dict[str, Handler] = {"show": _cmd_show, "attach": _cmd_attach, "detach": _cmd_detach}
+COMMANDS: dict[str, Handler] = {
+    "show": _cmd_show, "attach": _cmd_attach, "detach": _cmd_detach, "reload": _cmd_reload,
+}
 
 
 # -- the client -----------------------------------------------------------------------

@@ -8,8 +8,22 @@ import signal
 import attrs
 import trio
 
+from overlay.core import Overlay
+from overlay.dropin import DeviceOverlay
+from overlay.node import (
+    apply_lease_routes,
+    build_overlay,
+    config_leases,
+    configure_device,
+    device_name,
+    masquerade_rules,
+    restart_needed,
+    write_subnet_env,
+)
+from overlay.peers import LeaseChanges
+
 from .bridge import Bridge
-from .config import Config, PortConfig
+from .config import OVERLAY_INTERFACE, Config, ConfigError, PortConfig
 from .datapath import Datapath
 from .host import Host, HostRunner
 from .nat import Forward, Masquerade, Nat
@@ -17,12 +31,15 @@ from .netns import configure_link
 from .ports import MemoryPort, PcapPort, PcapWriter, Port
 from .ports.packet import PacketPort
 from .ports.tuntap import DeviceError, TunTapPort
+from .ports.udp import MemoryUnderlay, UdpPort
 from .router import Router
 from .switch import Core, Switch
 from .wire.addr import Network, ip_from_str, mac_to_str
 from .wire.ipv4 import PROTO_TCP, PROTO_UDP
 
 log = logging.getLogger(__name__)
+
+UNDERLAY_PORT = "underlay"   # the switch port of the overlay's UDP socket
 
 
 def stable_mac(*parts: str) -> bytes:
@@ -39,6 +56,10 @@ class Node:
     switch: Switch
     hosts: list[tuple[HostRunner, tuple[str, ...], float]]
     router: Router | None = None
+    overlay: Overlay | None = None
+    vtep_mac: bytes | None = None
+    underlay: MemoryUnderlay | None = None   # a simulated underlay (tests, the demo); None: a real UDP socket
+    config_path: str | None = None           # where `reload` reads the config again
     devices_open: bool = False
 
     async def open_devices(self) -> None:
@@ -54,11 +75,54 @@ class Node:
                 port = await open_device_port(pc)
                 opened.append(port)
                 self.switch.add_port(_with_pcap(port, pc))
+            if self.overlay is not None:
+                opened += await self._open_overlay()
         except BaseException:
             for port in opened:
                 with trio.CancelScope(shield=True):
                     await port.aclose()
             raise
+
+    async def _open_overlay(self) -> list[Port]:
+        """The underlay socket, the flannel device in drop-in mode, its routes, and subnet.env."""
+        oc = self.config.overlay
+        assert oc is not None and self.overlay is not None
+        opened: list[Port] = []
+        if self.underlay is None:
+            port = UdpPort.open(UNDERLAY_PORT, oc.public_ip, oc.port, source_ports=oc.backend == "vxlan", mtu=oc.mtu)
+            opened.append(port)
+            self.switch.add_port(port)
+        if oc.device is not None:
+            name = device_name(oc)
+            device = TunTapPort.open(name, kind="tun" if oc.backend == "udp" else "tap", mtu=oc.mtu)
+            opened.append(device)
+            await configure_device(oc, self.vtep_mac)
+            self.switch.add_port(device)
+            await apply_lease_routes(oc, LeaseChanges(added=tuple(p.lease for p in self.overlay.peers)))
+        if oc.subnet_env:
+            write_subnet_env(oc.subnet_env, oc)
+        return opened
+
+    async def reload(self, config: Config) -> LeaseChanges:
+        """Take the peers of a re-read config; unchanged peers carry on untouched.
+
+        Only ``[[overlay.peers]]`` changes under a running daemon: any other
+        change raises ValueError naming the keys, and nothing changes.
+        """
+        if self.overlay is None or self.config.overlay is None:
+            raise ValueError("this daemon has no overlay: nothing to reload")
+        if config.overlay is None:
+            raise ValueError("the new config has no [overlay]: restart the daemon to remove it")
+        keys = restart_needed(self.config.overlay, config.overlay)
+        if keys:
+            raise ValueError(f"overlay.{', overlay.'.join(keys)} changed: a restart takes those (peers reload alone)")
+        changes = self.overlay.set_leases(config_leases(config.overlay))
+        self.config = attrs.evolve(self.config, overlay=config.overlay)
+        if self.devices_open:
+            await apply_lease_routes(config.overlay, changes)
+        log.info("reloaded leases: %d added, %d removed, %d changed, %d unchanged",
+                 len(changes.added), len(changes.removed), len(changes.changed), changes.kept)
+        return changes
 
     async def attach(
         self, *, netns: str, name: str, address: str | None = None, gateway: str | None = None, mtu: int = 1500,
@@ -104,9 +168,13 @@ def _with_pcap(port: Port, pc: PortConfig) -> Port:
     return PcapPort(port, writer)
 
 
-def build(config: Config) -> Node:
-    """The node with its memory ports; device ports open in :meth:`Node.open_devices`."""
-    core, router = build_core(config)
+def build(config: Config, *, underlay: MemoryUnderlay | None = None, config_path: str | None = None) -> Node:
+    """The node with its memory ports; device ports open in :meth:`Node.open_devices`.
+
+    ``underlay`` puts the overlay on a simulated UDP network instead of a
+    real socket (several nodes in one process: tests, the demo).
+    """
+    core, router, overlay, vtep_mac = build_core(config)
     switch = Switch(core)
     hosts = []
     for pc in config.ports:
@@ -115,14 +183,29 @@ def build(config: Config) -> Node:
         port, runner = _build_memory_port(config, pc)
         switch.add_port(port)
         hosts.append((runner, pc.host.ping, pc.host.ping_interval))
-    return Node(config, switch, hosts, router)
+    if overlay is not None and underlay is not None:
+        assert config.overlay is not None
+        switch.add_port(underlay.port(UNDERLAY_PORT, config.overlay.public_ip, config.overlay.port, mtu=config.overlay.mtu))
+    return Node(config, switch, hosts, router, overlay, vtep_mac, underlay, config_path)
 
 
-def build_core(config: Config) -> tuple[Core, Router | None]:
-    """The bridge alone, or the bridge and the router joined in a :class:`Datapath`."""
+def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, bytes | None]:
+    """The bridge alone, the bridge and the router joined in a :class:`Datapath` (with the overlay as one
+    of the router's interfaces), or, in drop-in mode, the overlay alone between its device and the underlay."""
+    overlay = vtep_mac = None
+    oc = config.overlay
+    if oc is not None:
+        vtep_mac = (oc.vtep_mac or stable_mac(config.node.name, "vtep")) if oc.backend == "vxlan" else None
+        overlay = build_overlay(oc, vtep_mac)
+        try:
+            overlay.set_leases(config_leases(oc))
+        except ValueError as exc:
+            raise ConfigError("overlay.peers", str(exc)) from None
+        if oc.device is not None:
+            return DeviceOverlay(overlay, device_name(oc), UNDERLAY_PORT), None, overlay, vtep_mac
     bridge = Bridge(ageing=config.bridge.ageing, max_entries=config.bridge.max_entries)
     if not config.router.interfaces:
-        return bridge, None
+        return bridge, None, None, None
     router = Router()
     port_types = {p.name: p.type for p in config.ports}
     for ic in config.router.interfaces:
@@ -136,14 +219,23 @@ def build_core(config: Config) -> tuple[Core, Router | None]:
         router.add_route(Network.parse(rc.to), via=ip_from_str(rc.via) if rc.via else None, interface=rc.interface)
     for nc in config.router.neighbours:
         router.add_neighbour(nc.interface, ip_from_str(nc.address), nc.mac)
+    masquerade = tuple(
+        Masquerade(Network.parse(m.source), m.out, tuple(Network.parse(e) for e in m.exclude)) for m in config.nat.masquerade
+    )
+    if overlay is not None:
+        assert oc is not None
+        # The overlay is an L3 interface with flannel0's address; the whole cluster network is routed to it,
+        # so an address no lease holds gets ICMP net unreachable, as flannel's proxy sends.
+        router.add_interface(OVERLAY_INTERFACE, overlay.address, 32, mac=None, mtu=oc.mtu)
+        router.add_route(overlay.network, interface=OVERLAY_INTERFACE)
+        if oc.ip_masq:
+            networks = {name: iface.network for name, iface in router.interfaces.items()}
+            masquerade += masquerade_rules(oc, networks, OVERLAY_INTERFACE)
     nat = config.nat
-    if nat.masquerade or nat.forward:
+    if masquerade or nat.forward:
         router.nat = Nat(
             router,
-            masquerade=tuple(
-                Masquerade(Network.parse(m.source), m.out, tuple(Network.parse(e) for e in m.exclude))
-                for m in nat.masquerade
-            ),
+            masquerade=masquerade,
             forwards=tuple(
                 Forward(PROTO_TCP if f.protocol == "tcp" else PROTO_UDP, f.port, ip_from_str(f.to), f.to_port, f.interface)
                 for f in nat.forward
@@ -153,7 +245,9 @@ def build_core(config: Config) -> tuple[Core, Router | None]:
     datapath = Datapath(bridge, router)
     for ic in config.router.interfaces:
         datapath.attach_interface(ic.name, ic.port)
-    return datapath, router
+    if overlay is not None:
+        datapath.attach_overlay(overlay, OVERLAY_INTERFACE, UNDERLAY_PORT)
+    return datapath, router, overlay, vtep_mac
 
 
 def _build_memory_port(config: Config, pc: PortConfig) -> tuple[Port, HostRunner]:
@@ -195,17 +289,35 @@ async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
 
 
 async def run_until_signal(node: Node) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down within the switch's bounded timeout."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Serve until SIGINT or SIGTERM, then shut down within the switch's bounded timeout.
+
+    SIGHUP reads the config again and takes its peers (see :meth:`Node.reload`).
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         await node.open_devices()  # before any nursery, so a DeviceError reaches the CLI as itself
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, node)
             log.info(
-                "node %s running with %d port(s): %s", node.config.node.name, len(node.config.ports),
-                ", ".join(p.name for p in node.config.ports) or "none",
+                "node %s running with %d port(s): %s", node.config.node.name, len(node.switch.ports),
+                ", ".join(node.switch.ports) or "none",
             )
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await _reload_from_file(node)
+                    continue
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 break
             nursery.cancel_scope.cancel()
     log.info("node %s stopped", node.config.node.name)
+
+
+async def _reload_from_file(node: Node) -> None:
+    from .config import load
+
+    if node.config_path is None:
+        log.warning("SIGHUP: this daemon was not started from a config file; nothing to reload")
+        return
+    try:
+        await node.reload(load(node.config_path))
+    except (ConfigError, ValueError, OSError) as exc:
+        log.error("SIGHUP: reload refused, the running leases stay: %s", exc)

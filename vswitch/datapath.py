@@ -10,9 +10,18 @@ a container's frame to the gateway MAC comes out of the bridge towards the
 router port, the routed packet comes out of the router towards another
 interface on the bridge, and so on. A frame that needs more rounds than any
 real path does is dropped as a routing loop.
+
+The overlay, when there is one, is a third part: an L3 router interface
+whose packets the :class:`~overlay.core.Overlay` wraps into datagrams for
+the underlay port, and whose datagrams from the underlay come back into the
+router unwrapped. A container's packet for another node goes bridge →
+router → overlay → underlay port, its answer underlay port → overlay →
+router → bridge, each in one call.
 """
 
 from collections.abc import Sequence
+
+from overlay.core import INSIDE, UNDERLAY, Overlay, OverlayAction, Unreachable
 
 from .actions import Action, Drop, DropReason, Transmit
 from .bridge import Bridge, BridgeStatistics
@@ -31,6 +40,9 @@ class Datapath:
         self._internal: dict[str, str] = {}            # internal bridge port → router interface
         self._bridge_interface: dict[str, str] = {}    # router interface → internal bridge port
         self._ports_present: dict[str, bool] = {}      # router-owned device ports that exist: up?
+        self.overlay: Overlay | None = None
+        self._overlay_interface: str | None = None     # the router interface the overlay is
+        self._underlay: str | None = None              # the port its datagrams use
 
     # -- wiring -------------------------------------------------------------------
 
@@ -51,6 +63,18 @@ class Datapath:
             self._port_interface[port] = interface
             self._interface_port[interface] = port
             self.router.set_interface_up(interface, False)  # until the device port exists
+
+    def attach_overlay(self, overlay: Overlay, interface: str, underlay: str) -> None:
+        """Make router interface ``interface`` (an L3 one) the overlay, its datagrams on port ``underlay``."""
+        if self.router.interfaces[interface].mac is not None:
+            raise ValueError(f"router interface {interface!r} has a MAC: the overlay needs an L3 interface")
+        if underlay in self._port_interface or self.overlay is not None:
+            raise ValueError("the datapath has an overlay already, or the underlay port carries an interface")
+        self.overlay = overlay
+        self._overlay_interface = interface
+        self._underlay = underlay
+        self._port_interface[underlay] = interface     # the port belongs to the router's side
+        self.router.set_interface_up(interface, False)  # until the underlay port exists
 
     def interface_of(self, port: str) -> str | None:
         """The router interface a device port carries, if it is not on the bridge."""
@@ -92,6 +116,11 @@ class Datapath:
     def handle_frames(self, port: str, frames: Sequence[bytes], now: float) -> list[Action]:
         interface = self._port_interface.get(port)
         if interface is not None:
+            if port == self._underlay:
+                assert self.overlay is not None
+                result: list[Action] = []
+                to_router = self._from_overlay(self.overlay.decapsulate(frames, now), result, now)
+                return result + self._settle([], to_router, now)
             return self._settle([], self.router.handle_frames(interface, list(frames), now), now)
         actions = self.bridge.handle_frames(port, frames, now)
         internal = self._internal
@@ -116,6 +145,10 @@ class Datapath:
                     result.append(action)
             for action in from_router:
                 if type(action) is Transmit:
+                    if action.port == self._overlay_interface:
+                        assert self.overlay is not None
+                        to_router += self._from_overlay(self.overlay.encapsulate(action.frames, now), result, now)
+                        continue
                     port = on_port.get(action.port)
                     if port is not None:
                         result.append(Transmit(port, action.frames))
@@ -130,6 +163,24 @@ class Datapath:
             else:
                 result.append(action)
         return result
+
+    def _from_overlay(self, actions: list[OverlayAction], result: list[Action], now: float) -> list[Action]:
+        """Datagrams and drops go to ``result``; inside packets and owed ICMP errors go back to the router."""
+        to_router: list[Action] = []
+        interface, underlay = self._overlay_interface, self._underlay
+        assert interface is not None and underlay is not None
+        for action in actions:
+            if type(action) is Transmit:
+                if action.port == UNDERLAY:
+                    result.append(Transmit(underlay, action.frames))
+                else:
+                    to_router += self.router.handle_frames(interface, action.frames, now)
+            elif type(action) is Unreachable:
+                to_router += self.router.icmp_error(action.packet, action.type, action.code, now)
+            else:
+                assert type(action) is Drop
+                result.append(Drop(interface if action.port == INSIDE else underlay, action.reason, action.frame))
+        return to_router
 
     def poll_at(self) -> float | None:
         deadlines = [d for d in (self.bridge.poll_at(), self.router.poll_at()) if d is not None]

@@ -162,14 +162,20 @@ class Rewrite:
 
 @attrs.frozen
 class Masquerade:
-    """Translate sources in ``source`` leaving through interface ``out`` to its address."""
+    """Translate sources in ``source`` leaving through interface ``out`` to its address.
+
+    ``exclude`` lists destinations left alone, ``exclude_sources`` sources
+    (iptables' ``! -d`` and ``! -s``).
+    """
 
     source: Network
     out: str
     exclude: tuple[Network, ...] = ()
+    exclude_sources: tuple[Network, ...] = ()
 
     def matches(self, src: bytes, dst: bytes, out: str) -> bool:
-        return out == self.out and src in self.source and not any(dst in net for net in self.exclude)
+        return (out == self.out and src in self.source and not any(dst in net for net in self.exclude)
+                and not any(src in net for net in self.exclude_sources))
 
 
 @attrs.frozen

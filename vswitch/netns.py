@@ -20,14 +20,14 @@ def missing_netns(netns: str) -> DeviceError:
     return DeviceError(2, f"network namespace {netns!r} does not exist: create it with `ip netns add {netns}`")
 
 
-async def ip(*args: str, netns: str | None = None) -> str:
-    """Run ``ip [-n NETNS] ARGS``; raise DeviceError with ip's own message on failure."""
+async def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
+    """Run ``ip [-n NETNS] ARGS``; raise DeviceError with ip's own message on failure (unless ``check`` is false)."""
     if shutil.which("ip") is None:
         raise DeviceError(2, "the `ip` command is missing: install iproute2")
     command = ["ip", *(("-n", netns) if netns else ()), *args]
     log.debug("running: %s", " ".join(command))
     result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
-    if result.returncode != 0:
+    if result.returncode != 0 and check:
         message = result.stderr.decode(errors="replace").strip()
         if netns is not None and "Cannot open network namespace" in message:
             raise missing_netns(netns)

@@ -24,6 +24,7 @@ with the header it sent.
 
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
 
 import attrs
 
@@ -88,28 +89,37 @@ class Route:
         return f"{self.network}{via} dev {self.interface}{' proto kernel' if self.connected else ''}"
 
 
-class RouteTable:
+class Prefixed(Protocol):
+    @property
+    def network(self) -> Network: ...
+
+
+R = TypeVar("R", bound=Prefixed)
+
+
+class RouteTable(Generic[R]):
     """Longest-prefix match: one dict per prefix length, longest first, behind a cache of destinations.
 
     A lookup costs one dict probe when the destination was seen before, and
     at most one per distinct prefix length in the table otherwise, whatever
-    the number of routes.
+    the number of routes. Entries are anything with a ``network``: routes
+    here, the overlay's peers.
     """
 
     def __init__(self, *, cache_size: int = ROUTE_CACHE) -> None:
-        self._by_length: dict[int, dict[int, Route]] = {}
-        self._lengths: list[tuple[int, int, dict[int, Route]]] = []  # (length, mask, routes), longest first
-        self._cache: dict[bytes, Route | None] = {}
+        self._by_length: dict[int, dict[int, R]] = {}
+        self._lengths: list[tuple[int, int, dict[int, R]]] = []  # (length, mask, routes), longest first
+        self._cache: dict[bytes, R | None] = {}
         self._cache_size = cache_size
 
-    def add(self, route: Route) -> None:
+    def add(self, route: R) -> None:
         """Add or replace the route for ``route.network``."""
         length = route.network.prefix_len
         routes = self._by_length.setdefault(length, {})
         routes[route.network.address] = route
         self._changed()
 
-    def remove(self, network: Network) -> Route:
+    def remove(self, network: Network) -> R:
         routes = self._by_length[network.prefix_len]
         route = routes.pop(network.address)
         if not routes:
@@ -117,7 +127,7 @@ class RouteTable:
         self._changed()
         return route
 
-    def lookup(self, dst: bytes) -> Route | None:
+    def lookup(self, dst: bytes) -> R | None:
         cache = self._cache
         try:
             return cache[dst]
@@ -134,7 +144,7 @@ class RouteTable:
         cache[dst] = route
         return route
 
-    def __iter__(self) -> Iterator[Route]:
+    def __iter__(self) -> Iterator[R]:
         return iter([r for _, _, routes in self._lengths for r in routes.values()])
 
     def __len__(self) -> int:
@@ -148,7 +158,7 @@ class RouteTable:
         self._cache.clear()
 
 
-class _TokenBucket:
+class TokenBucket:
     __slots__ = ("stamp", "tokens")
 
     def __init__(self, tokens: float, stamp: float) -> None:
@@ -197,12 +207,12 @@ class Router:
         self._interfaces: dict[str, Interface] = {}
         self._local: dict[bytes, Interface] = {}     # own address → interface
         self._macs: set[bytes] = set()
-        self.routes = RouteTable()
+        self.routes: RouteTable[Route] = RouteTable()
         self.nat: Nat | None = None
         self._neighbour_options = neighbour_options or {}
         self._announce: set[str] = set()               # interfaces owed a gratuitous ARP
-        self._icmp_bucket = _TokenBucket(ICMP_BURST, float("-inf"))
-        self._icmp_peers: OrderedDict[bytes, _TokenBucket] = OrderedDict()
+        self._icmp_bucket = TokenBucket(ICMP_BURST, float("-inf"))
+        self._icmp_peers: OrderedDict[bytes, TokenBucket] = OrderedDict()
         self._drops: Counter[DropReason] = Counter()
         self._stats = RouterStatistics()
         self._ident = 0
@@ -476,6 +486,16 @@ class Router:
 
     # -- ICMP errors ----------------------------------------------------------------
 
+    def icmp_error(self, packet: bytes, type_: int, code: int, now: float) -> list[Action]:
+        """An ICMP error about ``packet`` that a hop beyond an interface (the overlay) owes its sender.
+
+        The same rules as the router's own errors: RFC 1812, the rate
+        limits, NAT, and the address of the interface it leaves by.
+        """
+        emit = _Out()
+        self._icmp_error(packet, type_, code, now, emit)
+        return self._actions(emit)
+
     def _icmp_error(self, packet: bytes, type_: int, code: int, now: float, emit: _Out, *, mtu: int = 0) -> None:
         """Tell ``packet``'s sender why it went no further, when RFC 1812 allows and the rate limit agrees."""
         src = packet[12:16]
@@ -513,7 +533,7 @@ class Router:
         peers = self._icmp_peers
         bucket = peers.get(dst)
         if bucket is None:
-            bucket = peers[dst] = _TokenBucket(ICMP_PEER_BURST, now)
+            bucket = peers[dst] = TokenBucket(ICMP_PEER_BURST, now)
             if len(peers) > ICMP_PEERS:
                 peers.popitem(last=False)
         else:

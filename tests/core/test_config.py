@@ -105,7 +105,7 @@ def test_defaults():
         ("[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.1/24'}\n"
          "[[ports]]\nname = 'p1'\ntype = 'memory'\nhost = {address = '10.0.0.2/24'}", "ports[1].name",
          "already used by ports[0]"),
-        ("[overlay]\nbackend = 'udp'", "overlay", "does not implement"),
+        ("[overlay]\nbackend = 'udp'", "overlay.network", "is required"),
         ("[node\nname = 'x'", "config", "not valid TOML"),
     ],
 )

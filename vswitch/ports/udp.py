@@ -1,0 +1,211 @@
+"""Underlay ports: UDP datagrams to and from peer daemons.
+
+An underlay port's "frames" are datagrams with the 8-byte address header of
+:mod:`overlay.codec` in front: the peer's IPv4 address and port, and our
+local port (0: the port the socket is bound to). :class:`UdpPort` carries
+them over a real UDP socket; :class:`MemoryUnderlay` is a simulated UDP
+network for tests and the demo, where every node's port is an address.
+
+A datagram with a local port of its own — VXLAN's source port hashed from
+the inner flow, as Linux's vxlan sends it — cannot leave a socket bound to
+one port: :class:`UdpPort` sends those through a raw ``IPPROTO_RAW`` socket
+(send only; it never receives), with an IPv4 and UDP header it builds itself
+and a zero UDP checksum (allowed over IPv4, and what the kernel's vxlan
+sends). Without the privilege for a raw socket every datagram leaves the
+bound port, and the log says so.
+"""
+
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from overlay.codec import ADDRESS_LEN, address_header
+
+from .base import DEFAULT_BATCH, DEFAULT_MTU, PortClosed, PortStatistics
+from .fd import READ_SIZE, FdPort
+from .tuntap import DeviceError
+
+log = logging.getLogger(__name__)
+
+SOCKET_BUFFER = 4 << 20   # bytes: room for bursts of a fast peer
+_UDP = struct.Struct("!HHHH")
+
+
+def _sockaddr(header: bytes) -> tuple[str, int]:
+    return socket.inet_ntoa(header[0:4]), (header[4] << 8) | header[5]
+
+
+class UdpPort(FdPort):
+    """A UDP socket bound to ``(address, port)``, carrying datagrams with their address header."""
+
+    kind = "udp"
+    gone_errnos = frozenset({errno.EBADF})
+
+    def __init__(self, name: str, sock: socket.socket, *, raw: socket.socket | None = None, mtu: int = DEFAULT_MTU) -> None:
+        super().__init__(name, sock.fileno(), mtu=mtu)
+        self._sock = sock
+        self._raw = raw
+        self.address, self.port = sock.getsockname()
+        self._local = socket.inet_aton(self.address)
+        self._headers: dict[tuple[str, int], bytes] = {}   # sender -> address header (a few peers: bounded below)
+        self._sockaddrs: dict[bytes, tuple[str, int]] = {}
+        self.hashed_source_ports = raw is not None
+
+    @classmethod
+    def open(cls, name: str, address: str, port: int, *, source_ports: bool = False, mtu: int = DEFAULT_MTU) -> "UdpPort":
+        """Bind ``address:port``; with ``source_ports``, also open the raw socket that sends from any port."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            sock.bind((address, port))
+        except OSError as exc:
+            sock.close()
+            hint = {
+                errno.EADDRNOTAVAIL: f"{address} is not an address of this host: set overlay.public_ip to one it has",
+                errno.EADDRINUSE: f"UDP port {port} is in use on {address} (another daemon, flanneld, or a kernel vxlan"
+                                  " device with that dstport?)",
+                errno.EACCES: f"no permission to bind UDP port {port}: run as root or choose a port above 1023",
+            }.get(exc.errno or 0, exc.strerror)
+            raise DeviceError(exc.errno or 1, f"overlay: cannot bind {address}:{port}: {hint}") from None
+        raw = None
+        if source_ports:
+            try:
+                raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+                raw.setblocking(False)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            except PermissionError:
+                log.warning("overlay: no raw socket (needs CAP_NET_RAW): every datagram leaves from port %d,"
+                            " not from a port hashed from its flow", port)
+        return cls(name, sock, raw=raw, mtu=mtu)
+
+    def _read_one(self, frames: list[bytes]) -> None:
+        data, sender = self._sock.recvfrom(READ_SIZE)
+        header = self._headers.get(sender)
+        if header is None:
+            if len(self._headers) >= 4096:
+                self._headers.clear()
+            header = self._headers[sender] = address_header(socket.inet_aton(sender[0]), sender[1], self.port)
+        frames.append(header + data)
+
+    def _write_one(self, frame: bytes) -> None:
+        header = frame[:ADDRESS_LEN]
+        sockaddr = self._sockaddrs.get(header[:6])
+        if sockaddr is None:
+            if len(self._sockaddrs) >= 4096:
+                self._sockaddrs.clear()
+            sockaddr = self._sockaddrs[header[:6]] = _sockaddr(header)
+        source_port = (frame[6] << 8) | frame[7]
+        if source_port == 0 or self._raw is None:
+            self._sock.sendto(memoryview(frame)[ADDRESS_LEN:], sockaddr)
+            return
+        length = len(frame) - ADDRESS_LEN + 8
+        # IPv4 header: the kernel fills in the identification, total length and checksum of an IPPROTO_RAW packet.
+        ip_header = b"\x45\x00" + (length + 20).to_bytes(2, "big") + b"\0\0\0\0\x40\x11\0\0" + self._local + frame[0:4]
+        udp_header = _UDP.pack(source_port, sockaddr[1], length, 0)
+        self._raw.sendto(b"".join((ip_header, udp_header, memoryview(frame)[ADDRESS_LEN:])), (sockaddr[0], 0))
+
+    def _write_failed(self, exc: OSError) -> None:
+        if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE):
+            self._stats.tx_dropped += 1   # a peer not listening (an ICMP error came back), no route, too big
+        else:
+            self._stats.tx_errors += 1
+
+    def _close_device(self) -> None:
+        self._sock.close()
+        if self._raw is not None:
+            self._raw.close()
+
+
+class MemoryUnderlay:
+    """A simulated UDP network: ports join at an address and port, datagrams go by the address header."""
+
+    def __init__(self, *, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._endpoints: dict[bytes, "MemoryUdpPort"] = {}   # IPv4 address + port -> port
+
+    def port(self, name: str, address: str, port: int, *, mtu: int = DEFAULT_MTU) -> "MemoryUdpPort":
+        key = socket.inet_aton(address) + port.to_bytes(2, "big")
+        if key in self._endpoints:
+            raise DeviceError(errno.EADDRINUSE, f"overlay: {address}:{port} is already bound on this memory underlay")
+        endpoint = self._endpoints[key] = MemoryUdpPort(name, self, key, self._capacity, mtu=mtu)
+        return endpoint
+
+    def _deliver(self, sender: "MemoryUdpPort", frames: Sequence[bytes]) -> int:
+        """Hand each datagram to the port it is addressed to; returns how many found no one (or no room)."""
+        batches: dict[bytes, list[bytes]] = {}
+        lost = 0
+        for frame in frames:
+            destination = frame[0:6]
+            if destination not in self._endpoints:
+                lost += 1
+                continue
+            local_port = frame[6:8] if frame[6:8] != b"\0\0" else sender.key[4:6]
+            batches.setdefault(destination, []).append(sender.key[0:4] + local_port + destination[4:6] + frame[ADDRESS_LEN:])
+        for destination, batch in batches.items():
+            try:
+                self._endpoints[destination]._inbox.send_nowait(batch)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                lost += len(batch)    # UDP: a full receive buffer loses datagrams
+        return lost
+
+    def _leave(self, endpoint: "MemoryUdpPort") -> None:
+        if self._endpoints.get(endpoint.key) is endpoint:
+            del self._endpoints[endpoint.key]
+
+
+class MemoryUdpPort:
+    kind = "udp"
+
+    def __init__(self, name: str, network: MemoryUnderlay, key: bytes, capacity: int, *, mtu: int = DEFAULT_MTU) -> None:
+        self.name = name
+        self.mtu = mtu
+        self.key = key
+        self.address, self.port = socket.inet_ntoa(key[0:4]), int.from_bytes(key[4:6], "big")
+        self._network = network
+        self._inbox, self._outbox = trio.open_memory_channel[list[bytes]](capacity)
+        self._pending: list[bytes] = []
+        self._closed = False
+        self._stats = PortStatistics()
+
+    async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
+        frames = self._pending
+        if not frames:
+            try:
+                frames = await self._outbox.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise PortClosed(f"{self.name}: closed") from None
+            while len(frames) < max_frames:
+                try:
+                    frames += self._outbox.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+        else:
+            await trio.lowlevel.checkpoint()
+        frames, self._pending = frames[:max_frames], frames[max_frames:]
+        self._stats.count_rx(frames)
+        return frames
+
+    async def send_batch(self, frames: Sequence[bytes]) -> None:
+        if self._closed:
+            raise PortClosed(f"{self.name}: closed")
+        lost = self._network._deliver(self, frames)
+        self._stats.count_tx(frames)
+        self._stats.tx_dropped += lost
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> PortStatistics:
+        return attrs.evolve(self._stats)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._network._leave(self)
+        self._inbox.close()
+        self._outbox.close()
+        await trio.lowlevel.checkpoint()
