@@ -70,6 +70,8 @@ class _PortRunner:
         self.stats = TxStatistics()
         self.closed = False
         self.monitors: list[Monitor] = []  # usually empty: one falsy check per batch
+        self.sending = False               # the send task has a batch in flight
+        self.send_nowait: Callable[[Sequence[bytes]], int] | None = getattr(port, "send_nowait", None)
 
     def end_monitors(self) -> None:
         for monitor in self.monitors:
@@ -226,11 +228,14 @@ class Switch:
                 queue.clear()
             else:
                 batch = [queue.popleft() for _ in range(limit)]
+            runner.sending = True
             try:
                 await port.send_batch(batch)
             except PortClosed as exc:
                 self._port_failed(runner, exc)
                 return
+            finally:
+                runner.sending = False
             runner.stats.sent_batches += 1
             if monitors:
                 for monitor in monitors:
@@ -245,7 +250,12 @@ class Switch:
             self.dispatch(self.core.handle_timer(self._clock()))
 
     def dispatch(self, actions: list[Action]) -> None:
-        """Queue the core's transmissions; count its drops."""
+        """Send or queue the core's transmissions; count its drops.
+
+        When a port's queue is empty and nothing is in flight, the frames are
+        written at once without waiting (``send_nowait``), which saves a task
+        switch per batch; whatever the device does not take is queued, in order.
+        """
         runners = self._runners
         for action in actions:
             if type(action) is Transmit:
@@ -253,7 +263,22 @@ class Switch:
                 if runner is None or runner.closed:
                     self._drops[DropReason.PORT_DOWN] += len(action.frames)
                     continue
-                dropped = runner.enqueue(action.frames)
+                frames = action.frames
+                if runner.send_nowait is not None and not runner.queue and not runner.sending:
+                    try:
+                        done = runner.send_nowait(frames)
+                    except PortClosed as exc:
+                        self._port_failed(runner, exc)
+                        self._drops[DropReason.PORT_DOWN] += len(frames)
+                        continue
+                    if done:
+                        runner.stats.sent_batches += 1
+                        for monitor in runner.monitors:
+                            monitor.callback(frames[:done])
+                        if done == len(frames):
+                            continue
+                        frames = frames[done:]
+                dropped = runner.enqueue(frames)
                 if dropped:
                     self._drops[DropReason.TX_QUEUE_FULL] += dropped
             else:

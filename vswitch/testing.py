@@ -94,19 +94,22 @@ class Namespaces:
 
 
 class Daemon:
-    """``vswitch run -c CONFIG`` as a subprocess; its log is collected by a thread."""
+    """``vswitch run -c CONFIG`` as a subprocess (in network namespace ``netns`` if given: a "VM"); its log is
+    collected by a thread."""
 
-    def __init__(self, config_path: Path, control: Path | None = None) -> None:
+    def __init__(self, config_path: Path, control: Path | None = None, *, netns: str | None = None) -> None:
         self.config_path = config_path
         self.control = control
+        self.netns = netns
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._eof = False  # the daemon closed its log: it has exited
         self.proc: subprocess.Popen | None = None
 
     def start(self, *, ready: str = "running", timeout: float = 20) -> "Daemon":
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vswitch", "run", "-c", str(self.config_path)],
+            [*inside, sys.executable, "-m", "vswitch", "run", "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         threading.Thread(target=self._collect, daemon=True).start()

@@ -42,6 +42,11 @@ class FdPort:
     def _write_one(self, frame: bytes) -> None:
         raise NotImplementedError
 
+    def _write_some(self, frames: Sequence[bytes], start: int) -> int:
+        """Write ``frames[start]`` (or more, where a device can take several in one call); returns how many."""
+        self._write_one(frames[start])
+        return 1
+
     def _write_failed(self, exc: OSError) -> None:
         """A write failed for a reason other than the device being gone: count it."""
         self._stats.tx_errors += 1
@@ -79,30 +84,46 @@ class FdPort:
                 raise PortClosed(f"{self.name}: closed") from None
 
     async def send_batch(self, frames: Sequence[bytes]) -> None:
-        write_one = self._write_one
-        sent = sent_bytes = 0
-        for frame in frames:
-            while True:
-                if self._closed:
-                    raise PortClosed(f"{self.name}: closed")
+        position = 0
+        while position < len(frames):
+            position += self.send_nowait(frames[position:] if position else frames)
+            if position < len(frames):
                 try:
-                    write_one(frame)
-                    sent += 1
-                    sent_bytes += len(frame)
-                    break
-                except BlockingIOError:
-                    try:
-                        await trio.lowlevel.wait_writable(self._fd)
-                    except trio.ClosedResourceError:
-                        raise PortClosed(f"{self.name}: closed") from None
-                except OSError as exc:
-                    if exc.errno in self.gone_errnos:
-                        raise self._gone(exc) from None
-                    self._write_failed(exc)
-                    break
+                    await trio.lowlevel.wait_writable(self._fd)
+                except trio.ClosedResourceError:
+                    raise PortClosed(f"{self.name}: closed") from None
+        await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, frames: Sequence[bytes]) -> int:
+        """Write frames until the device would block; returns how many it took (written or counted as failed).
+
+        The switch calls this from a receiving task when the port's queue is
+        empty, saving the hand-over to the port's send task; what is left
+        goes through the queue as usual.
+        """
+        if self._closed:
+            raise PortClosed(f"{self.name}: closed")
+        write_some = self._write_some
+        done = sent = sent_bytes = 0
+        count = len(frames)
+        while done < count:
+            try:
+                taken = write_some(frames, done)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in self.gone_errnos:
+                    raise self._gone(exc) from None
+                self._write_failed(exc)
+                done += 1
+                continue
+            sent += taken
+            for i in range(done, done + taken):
+                sent_bytes += len(frames[i])
+            done += taken
         self._stats.tx_frames += sent
         self._stats.tx_bytes += sent_bytes
-        await trio.lowlevel.checkpoint()
+        return done
 
     def statistics(self) -> PortStatistics:
         return attrs.evolve(self._stats)

@@ -6,13 +6,20 @@ local port (0: the port the socket is bound to). :class:`UdpPort` carries
 them over a real UDP socket; :class:`MemoryUnderlay` is a simulated UDP
 network for tests and the demo, where every node's port is an address.
 
+Offloads carry the speed: datagrams to one peer leave several per
+``sendmsg`` with UDP GSO (the kernel cuts them apart; a veth passes them on
+whole), and the socket takes UDP GRO, so a run of one flow's datagrams
+arrives in one read with their size in a control message. On the wire
+every datagram is what it would be without them.
+
 A datagram with a local port of its own — VXLAN's source port hashed from
-the inner flow, as Linux's vxlan sends it — cannot leave a socket bound to
-one port: :class:`UdpPort` sends those through a raw ``IPPROTO_RAW`` socket
-(send only; it never receives), with an IPv4 and UDP header it builds itself
-and a zero UDP checksum (allowed over IPv4, and what the kernel's vxlan
-sends). Without the privilege for a raw socket every datagram leaves the
-bound port, and the log says so.
+the inner flow, as Linux's vxlan sends it — leaves from a socket bound to
+that port and connected to the peer (made when first needed, at most
+:data:`FLOW_SOCKETS`; it never receives, as the peer sends to our bound
+port). Where that port is taken, a raw ``IPPROTO_RAW`` socket (send only)
+sends the datagram with IPv4 and UDP headers built here and a zero UDP
+checksum (allowed over IPv4, and what the kernel's vxlan sends); without
+the privilege for one, it leaves the bound port, and the log says so.
 """
 
 import errno
@@ -33,7 +40,14 @@ from .tuntap import DeviceError
 log = logging.getLogger(__name__)
 
 SOCKET_BUFFER = 4 << 20   # bytes: room for bursts of a fast peer
+SOL_UDP = 17
+UDP_SEGMENT = 103         # send: the kernel cuts one buffer into datagrams of this size (GSO)
+UDP_GRO = 104             # receive: datagrams of one flow arrive joined, their size in a control message
+GSO_MAX_SEGMENTS = 64     # the kernel's UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65000     # below the 64 KiB limit of one IPv4 packet with its headers
+FLOW_SOCKETS = 256        # sockets bound to a flow's hashed source port (VXLAN), least recently made go first
 _UDP = struct.Struct("!HHHH")
+_GRO_SPACE = socket.CMSG_SPACE(4)
 
 
 def _sockaddr(header: bytes) -> tuple[str, int]:
@@ -55,6 +69,8 @@ class UdpPort(FdPort):
         self._headers: dict[tuple[str, int], bytes] = {}   # sender -> address header (a few peers: bounded below)
         self._sockaddrs: dict[bytes, tuple[str, int]] = {}
         self.hashed_source_ports = raw is not None
+        self.offloads = _enable_gro(sock)   # and GSO with it: both came in Linux 5.0 (GSO 4.18)
+        self._flows: dict[bytes, socket.socket | None] = {}   # address header -> its flow socket (oldest first)
 
     @classmethod
     def open(cls, name: str, address: str, port: int, *, source_ports: bool = False, mtu: int = DEFAULT_MTU) -> "UdpPort":
@@ -86,29 +102,114 @@ class UdpPort(FdPort):
         return cls(name, sock, raw=raw, mtu=mtu)
 
     def _read_one(self, frames: list[bytes]) -> None:
-        data, sender = self._sock.recvfrom(READ_SIZE)
+        if self.offloads:
+            data, ancillary, _, sender = self._sock.recvmsg(READ_SIZE, _GRO_SPACE)
+        else:
+            data, sender = self._sock.recvfrom(READ_SIZE)
+            ancillary = ()
         header = self._headers.get(sender)
         if header is None:
             if len(self._headers) >= 4096:
                 self._headers.clear()
             header = self._headers[sender] = address_header(socket.inet_aton(sender[0]), sender[1], self.port)
+        if ancillary:
+            level, kind, value = ancillary[0]
+            if level == SOL_UDP and kind == UDP_GRO:
+                size = int.from_bytes(value[:4], "little") if len(value) >= 4 else int.from_bytes(value, "little")
+                if 0 < size < len(data):   # several datagrams of one flow, joined by GRO: cut them apart
+                    frames.extend([header + data[i:i + size] for i in range(0, len(data), size)])
+                    return
         frames.append(header + data)
 
+    def _write_some(self, frames: Sequence[bytes], start: int) -> int:
+        """Send ``frames[start]``, with the datagrams after it that can share one ``sendmsg``.
+
+        Consecutive datagrams to one peer from one local port, all of one size
+        but the last, leave together with UDP GSO: the kernel cuts them apart
+        (a veth passes them on whole, to a peer that joins them with GRO). A
+        datagram with a local port of its own leaves from a socket bound to
+        that port and connected to the peer, made the first time it is needed.
+        """
+        frame = frames[start]
+        key = frame[:ADDRESS_LEN]
+        if frame[6:8] == b"\0\0":
+            sock, sockaddr = self._sock, self._sockaddrs.get(key[:6]) or self._sockaddr_of(key)
+        else:
+            sock, sockaddr = self._flow_socket(key), None
+            if sock is None:
+                self._write_raw(frame)
+                return 1
+        end = start + 1
+        if self.offloads:
+            size, total, limit = len(frame), len(frame) - ADDRESS_LEN, min(len(frames), start + GSO_MAX_SEGMENTS)
+            while end < limit:
+                following = frames[end]
+                if following[:ADDRESS_LEN] != key or len(following) > size or total + len(following) > GSO_MAX_BYTES:
+                    break
+                total += len(following) - ADDRESS_LEN
+                end += 1
+                if len(following) < size:
+                    break   # a shorter one ends the run
+        try:
+            if end - start == 1:
+                payload = memoryview(frame)[ADDRESS_LEN:]
+                if sockaddr:
+                    sock.sendto(payload, sockaddr)
+                else:
+                    sock.send(payload)
+            else:
+                buffers = [memoryview(f)[ADDRESS_LEN:] for f in frames[start:end]]
+                control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(frame) - ADDRESS_LEN))]
+                if sockaddr:
+                    sock.sendmsg(buffers, control, 0, sockaddr)
+                else:
+                    sock.sendmsg(buffers, control)
+        except BlockingIOError:
+            if sock is self._sock:
+                raise   # the port waits until the socket can take more
+            self._stats.tx_dropped += end - start   # a full flow socket: lost, as UDP may lose
+        return end - start
+
+    def _sockaddr_of(self, header: bytes) -> tuple[str, int]:
+        if len(self._sockaddrs) >= 4096:
+            self._sockaddrs.clear()
+        sockaddr = self._sockaddrs[header[:6]] = _sockaddr(header)
+        return sockaddr
+
+    def _flow_socket(self, key: bytes) -> socket.socket | None:
+        """The socket bound to the datagram's local port and connected to its peer; None if the port is taken."""
+        flows = self._flows
+        sock = flows.get(key, False)
+        if sock is not False:
+            return sock
+        if len(flows) >= FLOW_SOCKETS:
+            stale = flows.pop(next(iter(flows)))
+            if stale is not None:
+                stale.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.bind((self.address, (key[6] << 8) | key[7]))
+            sock.connect(_sockaddr(key))
+        except OSError:
+            sock.close()
+            sock = None   # the port is another socket's: these datagrams take the raw socket
+        flows[key] = sock
+        return sock
+
     def _write_one(self, frame: bytes) -> None:
-        header = frame[:ADDRESS_LEN]
-        sockaddr = self._sockaddrs.get(header[:6])
-        if sockaddr is None:
-            if len(self._sockaddrs) >= 4096:
-                self._sockaddrs.clear()
-            sockaddr = self._sockaddrs[header[:6]] = _sockaddr(header)
-        source_port = (frame[6] << 8) | frame[7]
-        if source_port == 0 or self._raw is None:
-            self._sock.sendto(memoryview(frame)[ADDRESS_LEN:], sockaddr)
+        self._write_some([frame], 0)
+
+    def _write_raw(self, frame: bytes) -> None:
+        sockaddr = self._sockaddrs.get(frame[:6]) or self._sockaddr_of(frame)
+        if self._raw is None:
+            self._sock.sendto(memoryview(frame)[ADDRESS_LEN:], sockaddr)   # from the bound port
             return
         length = len(frame) - ADDRESS_LEN + 8
         # IPv4 header: the kernel fills in the identification, total length and checksum of an IPPROTO_RAW packet.
         ip_header = b"\x45\x00" + (length + 20).to_bytes(2, "big") + b"\0\0\0\0\x40\x11\0\0" + self._local + frame[0:4]
-        udp_header = _UDP.pack(source_port, sockaddr[1], length, 0)
+        udp_header = _UDP.pack((frame[6] << 8) | frame[7], sockaddr[1], length, 0)
         self._raw.sendto(b"".join((ip_header, udp_header, memoryview(frame)[ADDRESS_LEN:])), (sockaddr[0], 0))
 
     def _write_failed(self, exc: OSError) -> None:
@@ -121,6 +222,17 @@ class UdpPort(FdPort):
         self._sock.close()
         if self._raw is not None:
             self._raw.close()
+        for sock in self._flows.values():
+            if sock is not None:
+                sock.close()
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False   # an old kernel: one datagram per call
+    return True
 
 
 class MemoryUnderlay:
