@@ -10,8 +10,8 @@ from scapy.all import IP, TCP, UDP, Ether, raw
 from vswitch.wire import Malformed, Truncated
 from vswitch.wire.ipv4 import pseudo_header_sum
 from vswitch.wire.offload import (
-    F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_UDP, VNET_HDR, UnsupportedOffload, complete_checksum, from_vnet,
-    segment_tcp4,
+    F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_UDP, VNET_HDR, VNET_HDR_NONE, UnsupportedOffload, coalesce_tcp4,
+    complete_checksum, from_vnet, segment_tcp4,
 )
 
 ETH = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -97,3 +97,69 @@ def test_from_vnet_rejects_what_it_cannot_do():
         from_vnet(bytes(5))
     with pytest.raises(Malformed):
         from_vnet(VNET_HDR.pack(0, GSO_TCPV4, 0, 0, 0, 0) + _super_frame(100)[0])  # gso_size 0
+
+
+# -- coalescing: GRO's rules, for writing super-frames to a TAP ------------------------------------
+
+
+def _stream(sizes, *, seq=1000, flags=None, options=(), sport=40000):
+    frames = []
+    for i, size in enumerate(sizes):
+        tcp = TCP(sport=sport, dport=5201, seq=seq, ack=7, flags=(flags or {}).get(i, "A"), window=512, options=list(options))
+        frames.append(raw(Ether(**ETH) / IP(src="10.244.1.2", dst="10.244.2.2", id=i, flags="DF") / tcp / (bytes([i]) * size)))
+        seq += size
+    return frames
+
+
+def test_a_run_of_one_flow_becomes_one_super_frame_that_segments_back_to_the_same_segments():
+    frames = _stream([1400, 1400, 1400, 600], flags={3: "PA"}, options=[("Timestamp", (5, 6))])
+    joined, count = coalesce_tcp4(frames, 0)
+    assert count == 4
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(joined)
+    assert (flags, gso_type, gso_size, csum_start, csum_offset) == (F_NEEDS_CSUM, GSO_TCPV4, 1400, 34, 16)
+    assert hdr_len == 14 + 20 + 32
+    whole = Ether(joined[VNET_HDR.size:])
+    assert whole[IP].len == 20 + 32 + 4800 and whole[TCP].flags == "PA" and whole[TCP].seq == 1000
+    recomputed = whole[IP].copy()
+    del recomputed.chksum
+    assert whole[IP].chksum == IP(raw(recomputed)).chksum
+    again = from_vnet(joined)   # the kernel's segmentation, done by our own segmenter
+    assert [bytes(Ether(f)[TCP].payload) for f in again] == [bytes(Ether(f)[TCP].payload) for f in frames]
+    for ours, theirs in zip(again, frames):
+        check = Ether(ours)
+        del check[IP].chksum, check[TCP].chksum
+        assert Ether(raw(check))[TCP].chksum == Ether(ours)[TCP].chksum   # full, valid checksums
+        assert Ether(ours)[TCP].seq == Ether(theirs)[TCP].seq
+
+
+@pytest.mark.parametrize("break_at, change", [
+    (2, dict(sport=40001)),                 # another flow
+    (2, dict(seq=99999)),                   # a gap in the sequence
+    (2, dict(flags={0: "S"})),              # not a plain ACK
+    (2, dict(options=[("Timestamp", (9, 6))])),   # other options (GRO compares them)
+])
+def test_a_run_stops_where_a_segment_does_not_follow(break_at, change):
+    head = _stream([1000, 1000])
+    tail = _stream([1000], seq=3000 if "seq" not in change else change["seq"], sport=change.get("sport", 40000),
+                   flags=change.get("flags"), options=change.get("options", ()))
+    joined, count = coalesce_tcp4(head + tail, 0)
+    assert count == break_at
+    assert Ether(joined[VNET_HDR.size:])[IP].len == 20 + 20 + 2000
+
+
+def test_a_shorter_segment_or_psh_ends_the_run_and_the_limit_holds():
+    frames = _stream([1000, 500, 1000])
+    assert coalesce_tcp4(frames, 0)[1] == 2
+    frames = _stream([1000, 1000, 1000], flags={1: "PA"})
+    assert coalesce_tcp4(frames, 0)[1] == 2
+    frames = _stream([100] * 10)
+    assert coalesce_tcp4(frames, 0, limit=4)[1] == 4
+    assert coalesce_tcp4(frames, 8)[1] == 2
+
+
+def test_what_cannot_join_goes_alone_with_an_empty_header():
+    udp = raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"x")
+    lone = _stream([1000])[0]
+    fragment = raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP(flags="A") / b"y")
+    for frame in (udp, lone, fragment, b"short"):
+        assert coalesce_tcp4([frame, frame], 0) == (VNET_HDR_NONE + frame, 1)

@@ -5,6 +5,14 @@ devices: one ``os.read`` returns one frame. Reading is the Trio way: the fd is
 non-blocking, a batch is drained until ``BlockingIOError`` (or the batch
 limit), and only then does the task wait in ``wait_readable``.
 
+A TAP is opened with ``IFF_VNET_HDR`` and no offloads asked for: every
+frame the kernel hands over is whole (complete checksums, no super-frames)
+behind a virtio-net header that says so. What the daemon writes may then
+be a super-frame: runs of one TCP flow's segments in a batch are joined
+into one (:func:`~vswitch.wire.offload.coalesce_tcp4`, GRO's rules), so
+the container's stack takes one packet where there were dozens, and the
+daemon makes one ``write``.
+
 When the device disappears (deleted, its namespace removed) reads and writes
 fail with EBADFD and the port raises :class:`PortClosed`; the switch takes it
 down. A write to a device whose link is down fails with EIO: that frame is a
@@ -16,6 +24,8 @@ import fcntl
 import os
 import struct
 
+from ..wire.errors import WireError
+from ..wire.offload import VNET_HDR_LEN, VNET_HDR_NONE, coalesce_tcp4, from_vnet
 from .base import DEFAULT_MTU
 from .fd import READ_SIZE, FdPort
 
@@ -24,6 +34,7 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 _IFREQ = struct.Struct("16sH")
 
 
@@ -62,22 +73,43 @@ def open_tun_device(name: str, flags: int) -> int:
 class TunTapPort(FdPort):
     """A TAP (``kind="tap"``, Ethernet frames) or TUN (``kind="tun"``, IP packets) device."""
 
-    def __init__(self, name: str, fd: int, *, kind: str = "tap", mtu: int = DEFAULT_MTU) -> None:
+    def __init__(self, name: str, fd: int, *, kind: str = "tap", mtu: int = DEFAULT_MTU, vnet: bool = False) -> None:
         super().__init__(name, fd, mtu=mtu)
         self.kind = kind
+        self.vnet = vnet
 
     @classmethod
     def open(cls, name: str, *, kind: str = "tap", mtu: int = DEFAULT_MTU) -> "TunTapPort":
         if kind not in ("tap", "tun"):
             raise ValueError(f"kind must be 'tap' or 'tun', not {kind!r}")
-        flags = (IFF_TAP if kind == "tap" else IFF_TUN) | IFF_NO_PI
-        return cls(name, open_tun_device(name, flags), kind=kind, mtu=mtu)
+        flags = (IFF_TAP | IFF_VNET_HDR if kind == "tap" else IFF_TUN) | IFF_NO_PI
+        return cls(name, open_tun_device(name, flags), kind=kind, mtu=mtu, vnet=kind == "tap")
 
     def _read_one(self, frames: list[bytes]) -> None:
-        frames.append(os.read(self._fd, READ_SIZE))
+        packet = os.read(self._fd, READ_SIZE)
+        if not self.vnet:
+            frames.append(packet)
+        elif packet[0:2] == b"\0\0":       # no flags, no GSO: the frame as it is
+            frames.append(packet[VNET_HDR_LEN:])
+        else:
+            try:
+                frames.extend(from_vnet(packet))
+            except WireError:
+                self._stats.rx_errors += 1
 
     def _write_one(self, frame: bytes) -> None:
-        os.write(self._fd, frame)
+        if self.vnet:
+            os.writev(self._fd, (VNET_HDR_NONE, frame))
+        else:
+            os.write(self._fd, frame)
+
+    def _write_some(self, frames, start: int) -> int:  # type: ignore[no-untyped-def]
+        if not self.vnet:
+            os.write(self._fd, frames[start])
+            return 1
+        joined, count = coalesce_tcp4(frames, start)
+        os.write(self._fd, joined)
+        return count
 
     def _write_failed(self, exc: OSError) -> None:
         if exc.errno == errno.EIO:

@@ -104,3 +104,71 @@ def from_vnet(packet: bytes) -> list[bytes]:
     if gso == GSO_TCPV4:
         return segment_tcp4(frame, gso_size)  # every segment gets a full checksum
     raise UnsupportedOffload(f"GSO type {gso_type:#x}")
+
+
+MAX_COALESCED = 65535 - 20 - 60   # payload of one IPv4 packet with the longest TCP header
+_ACK, _ACK_PSH = 0x10, 0x18
+
+
+def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[bytes, int]:
+    """Join ``frames[start]`` and the segments after it of the same TCP flow into one TSO super-frame.
+
+    The reverse of :func:`segment_tcp4`, for writing to a TAP with
+    ``IFF_VNET_HDR``: the receiving stack takes one packet where there were
+    many (what GRO does on a NIC). Frames join while they are plain
+    Ethernet/IPv4/TCP (no IP options, not fragments) of one flow with equal
+    headers but for the IP length, identification and checksum and the TCP
+    sequence number, flags ACK (PSH on the last), each sequence number
+    following the one before, all of one size but the last: Linux's
+    ``tcp_gro_receive`` rules. Returns (virtio-net header + frame, frames
+    used); a frame that joins nothing comes back with an empty header.
+    """
+    first = frames[start]
+    if (len(first) < 54 or first[12:14] != b"\x08\x00" or first[14] != 0x45 or first[23] != PROTO_TCP
+            or first[20] & 0x3F or first[21] or first[47] != _ACK):
+        return VNET_HDR_NONE + first, 1
+    headers = 34 + ((first[46] >> 4) << 2)
+    total = (first[16] << 8) | first[17]
+    size = total - (headers - 14)
+    if size <= 0 or len(first) < 14 + total:
+        return VNET_HDR_NONE + first, 1
+    end = start + 1
+    last = min(len(frames), start + limit)
+    seq = int.from_bytes(first[38:42], "big") + size
+    payloads = [first[headers:14 + total]]
+    joined = size
+    psh = False
+    while end < last:
+        frame = frames[end]
+        if (len(frame) < headers or frame[0:16] != first[0:16] or frame[20:24] != first[20:24]
+                or frame[26:38] != first[26:38] or frame[42:47] != first[42:47] or frame[48:50] != first[48:50]
+                or frame[52:headers] != first[52:headers] or frame[47] not in (_ACK, _ACK_PSH)):
+            break
+        length = ((frame[16] << 8) | frame[17]) - (headers - 14)
+        if (length <= 0 or length > size or joined + length > MAX_COALESCED or len(frame) < headers + length
+                or int.from_bytes(frame[38:42], "big") != seq & 0xFFFFFFFF):
+            break
+        payloads.append(frame[headers:headers + length])
+        joined += length
+        seq += length
+        end += 1
+        if frame[47] == _ACK_PSH or length < size:
+            psh = frame[47] == _ACK_PSH
+            break   # PSH or a shorter segment ends the run
+    if end - start == 1:
+        return VNET_HDR_NONE + first, 1
+    ip_length = headers - 14 + joined
+    ip = bytearray(first[14:34])
+    ip[2:4] = ip_length.to_bytes(2, "big")
+    ip[10:12] = b"\0\0"
+    ip[10:12] = internet_checksum(ip).to_bytes(2, "big")
+    tcp = bytearray(first[34:headers])
+    if psh:
+        tcp[13] = _ACK_PSH
+    # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, the kernel takes the rest as valid.
+    partial = pseudo_header_sum(first[26:30], first[30:34], PROTO_TCP, ip_length - 20)
+    while partial >> 16:
+        partial = (partial & 0xFFFF) + (partial >> 16)
+    tcp[16:18] = partial.to_bytes(2, "big")
+    vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, headers, size, 34, 16)
+    return b"".join((vnet, first[:14], ip, tcp, *payloads)), end - start
