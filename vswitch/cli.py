@@ -23,9 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the daemon in the foreground until SIGINT/SIGTERM")
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="the node's TOML configuration")
 
-    demo = commands.add_parser("demo", help="an in-memory topology with simulated hosts; needs no root")
-    demo.add_argument("--pcap", metavar="FILE", help="record every frame to this pcap file")
-    demo.add_argument("--hosts", type=int, default=3, metavar="N", help="how many hosts (default 3)")
+    demo = commands.add_parser(
+        "demo", help="two nodes joined by the overlay, with simulated hosts, all in memory; needs no root"
+    )
+    demo.add_argument("--pcap", metavar="FILE", help="record every frame the simulated hosts send to this pcap file")
+    demo.add_argument("--hosts", type=int, default=2, metavar="N", help="simulated hosts on each node (default 2)")
+    demo.add_argument("--backend", choices=("udp", "vxlan"), default="udp",
+                      help="the overlay's wire format: flannel's UDP backend (default) or VXLAN")
+    demo.add_argument("--print-config", action="store_true",
+                      help="print the two nodes' configurations (what `vswitch run -c` reads) and exit")
 
     show = commands.add_parser("show", help="ask a running daemon: ports, fdb, arp, routes, nat, peers or stats")
     show.add_argument("what", metavar="ports|fdb|arp|routes|nat|peers|stats", help="what to show")
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "demo":
-        return _demo(args.pcap, args.hosts)
+        return _demo(args)
     if args.command in ("show", "capture", "attach", "detach", "reload"):
         return _talk(args)
     parser.error(f"unknown command {args.command}")
@@ -229,18 +235,34 @@ def _capture(path: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(pcap: str | None, hosts: int) -> int:
-    from .demo import run_demo
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import node_config, run_demo
 
-    if not 2 <= hosts <= 50:
+    if not 2 <= args.hosts <= 50:
         print("vswitch demo: --hosts must be between 2 and 50", file=sys.stderr)
         return 2
+    if args.print_config:
+        for n in (1, 2):
+            print(node_config(n, backend=args.backend, hosts=args.hosts))
+        return 0
+    root = logging.getLogger()
+    level = root.level
+    if not args.verbose:   # the nodes' start-up lines would interleave with the demo's own account
+        root.setLevel(logging.WARNING)
+    status = 1
     try:
-        summary = trio.run(lambda: run_demo(pcap=pcap, hosts=hosts))
-    except OSError as exc:
-        print(f"vswitch demo: {exc}", file=sys.stderr)
-        return 1
-    return 0 if summary["received"] == summary["sent"] else 1
+        summary = trio.run(lambda: run_demo(pcap=args.pcap, hosts=args.hosts, backend=args.backend))
+        status = 0 if summary["received"] == summary["sent"] else 1
+    except* BrokenPipeError:
+        # The reader (head, less) went away: not the demo's failure.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    except* OSError as group:   # --pcap FILE cannot be written
+        for exc in _leaves(group):
+            print(f"vswitch demo: {exc}", file=sys.stderr)
+    finally:
+        root.setLevel(level)
+    return status
 
 
 if __name__ == "__main__":
