@@ -147,7 +147,7 @@ class Overlay:
         headers = self._frame_headers
         for packet in packets:
             if len(packet) < 20 or packet[0] >> 4 != 4:
-                result.append(self._drop(INSIDE, DropReason.IP_VERSION if packet else DropReason.IP_TRUNCATED, packet))
+                result.append(self._drop(INSIDE, DropReason.IP_TRUNCATED if len(packet) < 20 else DropReason.IP_VERSION, packet))
                 continue
             peer = lookup(packet[16:20])
             if peer is None:
@@ -261,8 +261,8 @@ class Overlay:
 
     # -- ICMP in front of a flannel device -------------------------------------------------
 
-    def icmp_error(self, error: Unreachable, now: float) -> bytes | None:
-        """The ICMP error for ``error``, from this node's overlay address, as flannel's proxy writes it.
+    def icmp_error(self, error: Unreachable, now: float, source: bytes | None = None) -> bytes | None:
+        """The ICMP error for ``error``, from ``source`` (default: this node's overlay address, as flannel's proxy).
 
         None when RFC 1812 forbids one (about an ICMP error, a fragment after
         the first, a multicast or unspecified source) or the rate limit
@@ -273,6 +273,8 @@ class Overlay:
         src = packet[12:16]
         if int.from_bytes(packet[6:8], "big") & ipv4.OFFSET_MASK or src[0] >= 224 or src == _ZERO_IP:
             return None
+        if packet[16] >= 224:
+            return None  # nor about a packet to a multicast or broadcast address (RFC 1812 4.3.2.7)
         if packet[9] == ipv4.PROTO_ICMP and len(packet) > ihl and packet[ihl] in icmp.ERROR_TYPES:
             return None
         if not self._icmp_bucket.take(now, ICMP_RATE, ICMP_BURST):
@@ -281,7 +283,7 @@ class Overlay:
         kind = "time-exceeded" if error.type == icmp.TIME_EXCEEDED else "net-unreachable"
         self._stats.icmp_sent[kind] += 1
         body = icmp.build_error(error.type, error.code, packet)
-        return ipv4.build_ipv4(self.address, src, ipv4.PROTO_ICMP, body, ttl=ICMP_ERROR_TTL, flags_offset=0)
+        return ipv4.build_ipv4(source or self.address, src, ipv4.PROTO_ICMP, body, ttl=ICMP_ERROR_TTL, flags_offset=0)
 
     # -- counters -----------------------------------------------------------------------------
 

@@ -7,6 +7,16 @@ joins the two through the same :class:`~overlay.core.Overlay` that router
 mode uses, and writes its ICMP errors as flannel's proxy does: an error
 about a packet from the device goes back into the device, one about a
 packet from a peer (its TTL ran out on arrival) goes back to that peer.
+
+One departure from flannel: an error written into the device does not come
+from the device's own address (10.244.N.0), as flannel's proxy writes it,
+since the host kernel drops a packet arriving with one of its own addresses
+as source ("martian source", unless accept_local is set), so flannel's
+"net unreachable" never reaches anyone. It comes from the cluster network's
+own address (10.244.0.0): not the host's, routed into the device (udp: the
+network's route), never a node's address with flannel's default SubnetMin,
+and it names the sender truly: the overlay itself, not any one node. (If
+this node holds the network's first subnet, the network's last address.)
 """
 
 from collections.abc import Sequence
@@ -24,6 +34,9 @@ class DeviceOverlay:
         self.device = device
         self.underlay = underlay
         self._up: dict[str, bool] = {}
+        network = overlay.network   # the source of ICMP errors written into the device: see the module's docstring
+        self.error_source = network.network if network.network not in overlay.subnet else \
+            (network.address | (~network.mask & 0xFFFFFFFF)).to_bytes(4, "big")
 
     # -- the Core protocol (switch.py) --------------------------------------------------
 
@@ -57,7 +70,7 @@ class DeviceOverlay:
             if type(action) is Transmit:
                 result.append(Transmit(self.device if action.port == INSIDE else self.underlay, action.frames))
             elif type(action) is Unreachable:
-                error = self.overlay.icmp_error(action, now)
+                error = self.overlay.icmp_error(action, now, self.error_source if errors_inside else None)
                 if error is not None:
                     errors.append(error)
             else:

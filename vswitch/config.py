@@ -222,7 +222,7 @@ def _section(data: dict[str, Any], key: str, parse_fn: Callable[[dict[str, Any],
 def _parse_node(raw: dict[str, Any], key: str) -> NodeConfig:
     _check_keys(raw, key, {"name", "control"})
     return NodeConfig(
-        name=_get(raw, key, "name", str, NodeConfig.name),
+        name=_get(raw, key, "name", str, NodeConfig().name),  # NodeConfig.name is the slot, not the default
         control=_get(raw, key, "control", str, None),
     )
 

@@ -16,7 +16,9 @@ from overlay.node import (
     config_leases,
     configure_device,
     device_name,
+    install_masquerade,
     masquerade_rules,
+    remove_masquerade,
     restart_needed,
     write_subnet_env,
 )
@@ -61,6 +63,7 @@ class Node:
     underlay: MemoryUnderlay | None = None   # a simulated underlay (tests, the demo); None: a real UDP socket
     config_path: str | None = None           # where `reload` reads the config again
     devices_open: bool = False
+    masquerading: bool = False               # drop-in ip_masq: flannel's iptables rules are (being) installed
 
     async def open_devices(self) -> None:
         """Open the device ports of the config and link them into their namespaces (once)."""
@@ -81,10 +84,18 @@ class Node:
             for port in opened:
                 with trio.CancelScope(shield=True):
                     await port.aclose()
+            with trio.CancelScope(shield=True):
+                await self.remove_host_rules()
             raise
 
+    async def remove_host_rules(self) -> None:
+        """Take out what the daemon put into the host beyond its devices: drop-in ip_masq's iptables rules."""
+        if self.masquerading:
+            self.masquerading = False
+            await remove_masquerade()
+
     async def _open_overlay(self) -> list[Port]:
-        """The underlay socket, the flannel device in drop-in mode, its routes, and subnet.env."""
+        """The underlay socket, the flannel device in drop-in mode, its routes and ip-masq rules, and subnet.env."""
         oc = self.config.overlay
         assert oc is not None and self.overlay is not None
         opened: list[Port] = []
@@ -99,6 +110,9 @@ class Node:
             await configure_device(oc, self.vtep_mac)
             self.switch.add_port(device)
             await apply_lease_routes(oc, LeaseChanges(added=tuple(p.lease for p in self.overlay.peers)))
+            if oc.ip_masq:   # in router mode the router masquerades (masquerade_rules); here the host kernel does
+                self.masquerading = True
+                await install_masquerade(oc)
         if oc.subnet_env:
             write_subnet_env(oc.subnet_env, oc)
         return opened
@@ -113,9 +127,18 @@ class Node:
             raise ValueError("this daemon has no overlay: nothing to reload")
         if config.overlay is None:
             raise ValueError("the new config has no [overlay]: restart the daemon to remove it")
-        keys = restart_needed(self.config.overlay, config.overlay)
+        keys = [f"overlay.{key}" for key in restart_needed(self.config.overlay, config.overlay)]
+        for section in attrs.fields(Config):   # the other sections: a reload would silently ignore them
+            old, new = getattr(self.config, section.name), getattr(config, section.name)
+            if section.name == "overlay" or old == new:
+                continue
+            if attrs.has(type(old)):
+                keys += [f"{section.name}.{f.name}" for f in attrs.fields(type(old))
+                         if getattr(old, f.name) != getattr(new, f.name)]
+            else:
+                keys.append(section.name)
         if keys:
-            raise ValueError(f"overlay.{', overlay.'.join(keys)} changed: a restart takes those (peers reload alone)")
+            raise ValueError(f"{', '.join(keys)} changed: a restart takes those (peers reload alone)")
         changes = self.overlay.set_leases(config_leases(config.overlay))
         self.config = attrs.evolve(self.config, overlay=config.overlay)
         if self.devices_open:
@@ -273,6 +296,14 @@ async def _pinger(runner: HostRunner, targets: tuple[str, ...], interval: float)
 async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Run the node until cancelled."""
     await node.open_devices()
+    try:
+        await _serve_opened(node, task_status)
+    finally:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 15):
+            await node.remove_host_rules()
+
+
+async def _serve_opened(node: Node, task_status: trio.TaskStatus) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(node.switch.run)
         for runner, targets, interval in node.hosts:
