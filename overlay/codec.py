@@ -22,6 +22,8 @@ queues, counters and batches as they are for frames.
 import struct
 import zlib
 
+from vswitch.wire.ipv4 import PROTO_UDP, build_ipv4
+
 FLANNEL_UDP_PORT = 8285
 VXLAN_PORT = 8472           # Linux's and flannel's default
 VXLAN_IANA_PORT = 4789
@@ -84,3 +86,22 @@ def flow_source_port(packet: bytes, offset: int = 0) -> int:
     else:
         key = packet[offset + 9:offset + 10] + packet[offset + 12:offset + 20] + packet[offset + ihl:offset + ihl + 4]
     return SOURCE_PORT_MIN + zlib.crc32(key) % (SOURCE_PORT_MAX - SOURCE_PORT_MIN + 1)
+
+
+_CAPTURE_MACS = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
+
+
+def capture_frame(datagram: bytes, local_ip: bytes, local_port: int) -> bytes:
+    """A datagram as the Ethernet/IPv4/UDP frame a capture of the underlay shows (Wireshark decodes the rest).
+
+    A datagram whose local port is the bound port arrived; any other left.
+    The UDP checksum is zero (none), the MACs are placeholders.
+    """
+    peer_ip, peer_port, port = _ADDRESS.unpack_from(datagram)
+    payload = datagram[ADDRESS_LEN:]
+    if port == local_port:
+        src, dst, sport, dport = peer_ip, local_ip, peer_port, local_port
+    else:
+        src, dst, sport, dport = local_ip, peer_ip, port or local_port, peer_port
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return _CAPTURE_MACS + build_ipv4(src, dst, PROTO_UDP, udp, ttl=64, flags_offset=0)

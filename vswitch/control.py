@@ -32,6 +32,8 @@ from typing import Any, BinaryIO
 import attrs
 import trio
 
+from overlay.codec import capture_frame
+
 from .actions import DropReason
 from .ports.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter
 from .nat import PROTOCOL_NAMES, describe
@@ -705,7 +707,14 @@ class ControlServer:
         if port not in switch.ports:
             raise ControlError(f"no port named {port!r} (ports: {', '.join(switch.ports) or 'none'})")
         session = CaptureSession(port, count=count, max_frames=self.capture_frames, max_bytes=self.capture_bytes)
-        monitor = switch.add_monitor(port, session.push)
+        device = switch.ports[port]
+        if device.kind == "udp":   # the underlay: datagrams become the UDP frames they are on the wire
+            local_ip, local_port = socket.inet_aton(device.address), device.port
+            monitor = switch.add_monitor(
+                port, lambda frames: session.push([capture_frame(f, local_ip, local_port) for f in frames])
+            )
+        else:
+            monitor = switch.add_monitor(port, session.push)
         try:
             await self._reply(stream, result={"port": port, "snaplen": SNAPLEN, "linktype": LINKTYPE_ETHERNET})
         except BaseException:
