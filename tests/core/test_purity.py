@@ -16,7 +16,8 @@ def core_modules() -> list[Path]:
     paths = [vswitch / "bridge.py", vswitch / "fdb.py", vswitch / "actions.py"]
     paths += sorted((vswitch / "wire").glob("*.py"))
     paths += [p for p in (vswitch / "arp.py", vswitch / "router.py", vswitch / "nat.py", vswitch / "datapath.py",
-                          overlay / "peers.py") if p.exists()]
+                          overlay / "__init__.py", overlay / "peers.py", overlay / "core.py", overlay / "dropin.py")
+              if p.exists()]
     paths += sorted(overlay.glob("codec*.py"))
     paths += sorted(p for d in overlay.glob("codec*") if d.is_dir() for p in d.rglob("*.py"))
     return paths
@@ -94,6 +95,9 @@ def forbidden_imports(path: Path) -> list[str]:
 def test_the_core_exists():
     names = {module_name(p) for p in core_modules()}
     assert {"vswitch.bridge", "vswitch.fdb", "vswitch.actions", "vswitch.wire.checksum", "vswitch.wire.ethernet"} <= names
+    # the overlay's cores (overlay/node.py is its shell side: leases, files, devices)
+    assert {"overlay.codec", "overlay.peers", "overlay.core", "overlay.dropin"} <= names
+    assert "overlay.node" not in names
 
 
 @pytest.mark.parametrize("path", core_modules(), ids=module_name)
