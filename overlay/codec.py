@@ -75,16 +75,21 @@ def decrement_ttl(packet: bytes, offset: int = 0) -> bytes | None:
 def flow_source_port(packet: bytes, offset: int = 0) -> int:
     """The outer source port for the inner IPv4 packet at ``packet[offset:]``: a hash of its flow.
 
-    The flow is the addresses and protocol, plus the first four bytes of the
-    transport header (the ports of TCP and UDP) unless the packet is a later
-    fragment. CRC-32 is deterministic across runs and costs well under a
-    microsecond.
+    The flow is Linux's: the addresses and protocol, plus the ports of TCP
+    and UDP (the first four bytes of the transport header) or, for ICMP,
+    its type, code and identifier — unless the packet is a fragment, whose
+    pieces then all hash alike. CRC-32 is deterministic across runs and
+    costs well under a microsecond.
     """
     ihl = (packet[offset] & 0x0F) * 4
-    if packet[offset + 6] & 0x1F or packet[offset + 7]:   # a fragment after the first: no ports
-        key = packet[offset + 9:offset + 10] + packet[offset + 12:offset + 20]
+    addresses = packet[offset + 9:offset + 10] + packet[offset + 12:offset + 20]
+    if packet[offset + 6] & 0x3F or packet[offset + 7]:   # more fragments, or an offset: no ports
+        key = addresses
+    elif packet[offset + 9] == 1:   # ICMP: type and code, then the identifier (not the checksum)
+        start = offset + ihl
+        key = addresses + packet[start:start + 2] + packet[start + 4:start + 6]
     else:
-        key = packet[offset + 9:offset + 10] + packet[offset + 12:offset + 20] + packet[offset + ihl:offset + ihl + 4]
+        key = addresses + packet[offset + ihl:offset + ihl + 4]
     return SOURCE_PORT_MIN + zlib.crc32(key) % (SOURCE_PORT_MAX - SOURCE_PORT_MIN + 1)
 
 

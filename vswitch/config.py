@@ -533,7 +533,8 @@ def _parse_peer(raw: Any, key: str, network: ipaddress.IPv4Network, own: ipaddre
     if subnet.overlaps(own):
         raise ConfigError(f"{key}.subnet", f"{subnet} overlaps this node's subnet {own}")
     public_ip = _require(raw, key, "public_ip", str)
-    _ip(public_ip, f"{key}.public_ip")
+    if _ip(public_ip, f"{key}.public_ip") in network:
+        raise ConfigError(f"{key}.public_ip", f"{public_ip} is inside the overlay network {network}: it must be an underlay address")
     vtep_mac = _get(raw, key, "vtep_mac", str, None)
     if vxlan and vtep_mac is None:
         raise ConfigError(f"{key}.vtep_mac", "the vxlan backend needs each peer's VTEP MAC (its `show peers` prints it)")

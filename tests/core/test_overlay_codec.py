@@ -166,3 +166,18 @@ def test_later_fragments_hash_without_ports():
 def test_flow_hash_reads_at_an_offset():
     pkt = raw(packet(sport=4321))
     assert flow_source_port(b"\0" * 14 + pkt, 14) == flow_source_port(pkt)
+
+
+def test_one_ping_session_keeps_its_source_port_and_sessions_spread():
+    from scapy.all import ICMP
+
+    def port(ident, seq):
+        return flow_source_port(raw(IP(src="10.244.1.2", dst="10.244.2.2") / ICMP(id=ident, seq=seq) / (b"x" * seq)))
+
+    assert len({port(7, seq) for seq in range(20)}) == 1   # the checksum changes with seq; the flow does not
+    assert len({port(ident, 1) for ident in range(64)}) > 32
+
+
+def test_every_fragment_of_a_datagram_hashes_alike():
+    pieces = fragment(IP(src="10.244.1.2", dst="10.244.2.2") / UDP(sport=1, dport=2) / (b"z" * 3000), fragsize=1000)
+    assert len({flow_source_port(raw(p)) for p in pieces}) == 1
