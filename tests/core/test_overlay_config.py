@@ -188,6 +188,7 @@ def test_vxlan_vni_out_of_range():
     ("vxlan", peer(vtep_mac="02:00:00:00:02:ff") + peer("10.244.3.0/24", "10.99.0.3", "02:00:00:00:02:ff"),
      "overlay.peers[1].vtep_mac", "same as overlay.peers[0]"),
     ("udp", peer(public_ip="10.99.0.1"), "overlay.peers[0].public_ip", "this node's own public_ip"),
+    ("udp", peer(public_ip="10.244.7.7"), "overlay.peers[0].public_ip", "inside the overlay network"),
     ("udp", peer(public_ip="10.99.0.300"), "overlay.peers[0].public_ip", "not an IPv4 address"),
     ("udp", '[[overlay.peers]]\nsubnet = "10.244.2.0/24"\n', "overlay.peers[0].public_ip", "is required"),
     ("udp", '[[overlay.peers]]\nsubnet = "10.244.2.0/24"\npublic_ip = "10.99.0.2"\nport = 1\n', "overlay.peers[0].port",
