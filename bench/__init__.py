@@ -12,20 +12,21 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
-from . import core, memory, nat, tap
+from . import core, memory, nat, overlay, tap
 from .common import Options
 
 Suite = Callable[[Options], Iterable[dict[str, Any]]]
 
-# suite name -> run(options); future: "overlay"
+# suite name -> run(options)
 SUITES: dict[str, Suite] = {
     "core": core.run,
     "memory": memory.run,
     "tap": tap.run,  # needs root: real namespaces and iperf3
     "nat": nat.run,  # the router's core always; its device part needs root and iperf3 (skipped with a note)
+    "overlay": overlay.run,  # needs root, iperf3 and tincd: two VM namespaces, kernel vxlan and tinc baselines
 }
 # suite name -> why it cannot run on this machine (None when it can)
-UNAVAILABLE: dict[str, Callable[[], str | None]] = {"tap": tap.unavailable}
+UNAVAILABLE: dict[str, Callable[[], str | None]] = {"tap": tap.unavailable, "overlay": overlay.unavailable}
 
 
 def run_suites(names: Sequence[str], options: Options = Options(), out: TextIO | None = None) -> list[dict[str, Any]]:
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("suite", choices=[*SUITES, "all"], help="which suite to run ('all' runs every suite in turn)")
     parser.add_argument("--duration", type=float, help="seconds per measured round (default: per suite; core 0.5, memory 0.7, "
-                        "tap 10 and nat 5 for iperf3 (whole seconds), nat 0.5 for its core)")
+                        "tap 10, nat and overlay 5 for iperf3 (whole seconds), nat 0.5 for its core)")
     parser.add_argument("--rounds", type=int, help="measured rounds, best reported (default: 3)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before measuring (default: core 0.2, memory 0.5)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of each measured part to stderr")

@@ -15,6 +15,7 @@ import pytest
 
 import bench
 from bench.common import Options
+from vswitch.testing import sh
 
 ROOT = Path(__file__).parents[2]
 TINY = ["--duration", "0.02", "--rounds", "1", "--warmup", "0.01", "--quick"]
@@ -113,6 +114,43 @@ def test_nat_suite_without_devices_says_so(monkeypatch: pytest.MonkeyPatch, caps
     lines = check_lines(bench.run_suites(["nat"], QUICK, out) and out.getvalue())
     assert all(line["name"].startswith("nat.core.") for line in lines)
     assert "skipping the device part: needs root (test)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(bool(bench.overlay.unavailable()), reason=str(bench.overlay.unavailable()))
+def test_overlay_baselines_measure_kernel_vxlan_and_tinc() -> None:
+    lines = check_lines("".join(json.dumps(line) + "\n" for line in bench.overlay.run_baselines(Options(duration=1))))
+    values = {line["name"]: line for line in lines}
+    assert set(values) == {"overlay.kernel_vxlan.tcp", "overlay.tinc.tcp"}
+    assert all(line["unit"] == "Gbit/s" and line["seconds"] == 1 for line in lines)
+    assert values["overlay.tinc.tcp"]["ratio_to_kernel_vxlan"] > 0
+
+
+@pytest.mark.skipif(bool(bench.overlay.unavailable()), reason=str(bench.overlay.unavailable()))
+def test_overlay_vswitch_part_measures_both_backends_with_ratios() -> None:
+    lines = check_lines("".join(
+        json.dumps(line) + "\n" for line in bench.overlay.run_vswitch(Options(duration=1), kernel_vxlan=10.0, tinc=0.5)
+    ))
+    assert [line["name"] for line in lines] == ["overlay.vswitch_udp.tcp", "overlay.vswitch_vxlan.tcp"]
+    for line in lines:
+        assert line["ratio_to_tinc"] == round(line["value"] / 0.5, 3)
+        assert line["meets_target"] == (line["value"] >= 0.5)
+    assert [line["mtu"] for line in lines] == [1472, 1450]
+
+
+@pytest.mark.skipif(bool(bench.overlay.unavailable()), reason=str(bench.overlay.unavailable()))
+def test_overlay_topology_and_tinc_are_removed_even_on_failure(tmp_path: Path) -> None:
+    def pids(ns: str) -> list[str]:
+        return sh("ip", "netns", "pids", ns).stdout.split()
+
+    with pytest.raises(RuntimeError, match="on purpose"), bench.overlay.two_nodes(bench.overlay.cni_bridge) as topo:
+        names = [name for node in topo.nodes for name in (node.vm, node.container)]
+        with pytest.raises(RuntimeError, match="on purpose"), bench.overlay.tinc(topo, tmp_path):
+            assert all(pids(node.vm) for node in topo.nodes)
+            raise RuntimeError("on purpose")
+        assert not any(pids(node.vm) for node in topo.nodes), "tincd still runs"
+        raise RuntimeError("on purpose")
+    listed = sh("ip", "netns", "list").stdout
+    assert not [name for name in names if name in listed]
 
 
 def test_command_line_help() -> None:
