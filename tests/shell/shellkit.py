@@ -135,3 +135,24 @@ async def start_switch(
 
     await nursery.start(run)
     return rig
+
+
+# -- daemons built from configs (vswitch.daemon.build) ---------------------------------------
+
+
+def host(node, port: str):
+    """The simulated host on memory port ``port`` of a built node."""
+    return next(runner for runner, _, _ in node.hosts if runner.host.name == f"{port}-host")
+
+
+def watch(node, port: str) -> list:
+    """Every IPv4 packet the switch receives or sends on ``port``, parsed by scapy (a live list)."""
+    from scapy.layers.inet import IP
+
+    seen: list = []
+
+    def record(frames: list[bytes]) -> None:
+        seen.extend(Ether(frame)[IP] for frame in frames if IP in Ether(frame))
+
+    node.switch.add_monitor(port, record)
+    return seen

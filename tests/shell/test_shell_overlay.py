@@ -11,6 +11,7 @@ import trio
 from scapy.layers.inet import ICMP, IP, IPerror
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
+from shellkit import host, watch
 
 from overlay.codec import address_header
 from vswitch import config, control, daemon, demo
@@ -88,21 +89,6 @@ async def cluster(
             await nursery.start(daemon.serve, node)
         yield nodes, underlay
         nursery.cancel_scope.cancel()
-
-
-def host(node: daemon.Node, port: str):
-    return next(runner for runner, _, _ in node.hosts if runner.host.name == f"{port}-host")
-
-
-def watch(node: daemon.Node, port: str) -> list[IP]:
-    """Every IPv4 packet the switch receives or sends on ``port``, parsed by scapy."""
-    seen: list[IP] = []
-
-    def record(frames: list[bytes]) -> None:
-        seen.extend(Ether(frame)[IP] for frame in frames if IP in Ether(frame))
-
-    node.switch.add_monitor(port, record)
-    return seen
 
 
 async def ping(node: daemon.Node, port: str, dst: str, count: int = 1) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.l2 import Ether
+from scapy.layers.inet import ICMP
+from shellkit import host, watch
 
 from vswitch import config, control, daemon
 from vswitch.control import ControlError
@@ -59,24 +59,6 @@ async def running(tmp_path: Path, *, nat: str = MASQUERADE) -> AsyncIterator[dae
         await nursery.start(daemon.serve, node)
         yield node
         nursery.cancel_scope.cancel()
-
-
-def host(node: daemon.Node, port: str):
-    return next(runner for runner, _, _ in node.hosts if runner.host.name == f"{port}-host")
-
-
-def watch(node: daemon.Node, port: str) -> list[IP]:
-    """Every IPv4 packet the switch sends or receives on ``port``, parsed by scapy."""
-    seen: list[IP] = []
-
-    def record(frames: list[bytes]) -> None:
-        for frame in frames:
-            packet = Ether(frame)
-            if IP in packet:
-                seen.append(packet[IP])
-
-    node.switch.add_monitor(port, record)
-    return seen
 
 
 async def ask(node: daemon.Node, what: str) -> object:

@@ -10,7 +10,37 @@ from .base import DEFAULT_BATCH, DEFAULT_MTU, PortClosed, PortStatistics
 DEFAULT_CAPACITY = 256  # batches in flight per direction
 
 
-class MemoryPort:
+class ChannelReceiver:
+    """Receiving batches from a Trio channel of lists of frames, at most ``max_frames`` at a time.
+
+    Needs ``name``, ``_receive`` (the channel), ``_pending`` (a list) and ``_stats``.
+    """
+
+    name: str
+    _receive: trio.MemoryReceiveChannel
+    _pending: list[bytes]
+    _stats: PortStatistics
+
+    async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
+        frames = self._pending
+        if not frames:
+            try:
+                frames = await self._receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise PortClosed(f"{self.name}: link closed") from None
+            while len(frames) < max_frames:
+                try:
+                    frames += self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+        else:
+            await trio.lowlevel.checkpoint()
+        frames, self._pending = frames[:max_frames], frames[max_frames:]
+        self._stats.count_rx(frames)
+        return frames
+
+
+class MemoryPort(ChannelReceiver):
     """One end of an in-memory link. Create the two ends with :meth:`pair`.
 
     Batches travel whole through a bounded Trio channel, so a full link makes
@@ -39,24 +69,6 @@ class MemoryPort:
         a = cls(name_a, a_to_b_send, b_to_a_receive, mtu=mtu)
         b = cls(name_b or f"{name_a}-peer", b_to_a_send, a_to_b_receive, mtu=mtu)
         return a, b
-
-    async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
-        frames = self._pending
-        if not frames:
-            try:
-                frames = await self._receive.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise PortClosed(f"{self.name}: link closed") from None
-            while len(frames) < max_frames:
-                try:
-                    frames += self._receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-        else:
-            await trio.lowlevel.checkpoint()
-        frames, self._pending = frames[:max_frames], frames[max_frames:]
-        self._stats.count_rx(frames)
-        return frames
 
     async def send_batch(self, frames: Sequence[bytes]) -> None:
         if not frames:

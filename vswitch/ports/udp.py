@@ -33,8 +33,9 @@ import trio
 
 from overlay.codec import ADDRESS_LEN, address_header
 
-from .base import DEFAULT_BATCH, DEFAULT_MTU, PortClosed, PortStatistics
+from .base import DEFAULT_MTU, PortClosed, PortStatistics
 from .fd import READ_SIZE, FdPort
+from .memory import ChannelReceiver
 from .tuntap import DeviceError
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class MemoryUnderlay:
 
     def __init__(self, *, capacity: int = 256) -> None:
         self._capacity = capacity
-        self._endpoints: dict[bytes, "MemoryUdpPort"] = {}   # IPv4 address + port -> port
+        self._endpoints: dict[bytes, MemoryUdpPort] = {}   # IPv4 address + port -> port
 
     def port(self, name: str, address: str, port: int, *, mtu: int = DEFAULT_MTU) -> "MemoryUdpPort":
         key = socket.inet_aton(address) + port.to_bytes(2, "big")
@@ -272,7 +273,7 @@ class MemoryUnderlay:
             del self._endpoints[endpoint.key]
 
 
-class MemoryUdpPort:
+class MemoryUdpPort(ChannelReceiver):
     kind = "udp"
 
     def __init__(self, name: str, network: MemoryUnderlay, key: bytes, capacity: int, *, mtu: int = DEFAULT_MTU) -> None:
@@ -281,28 +282,10 @@ class MemoryUdpPort:
         self.key = key
         self.address, self.port = socket.inet_ntoa(key[0:4]), int.from_bytes(key[4:6], "big")
         self._network = network
-        self._inbox, self._outbox = trio.open_memory_channel[list[bytes]](capacity)
+        self._inbox, self._receive = trio.open_memory_channel[list[bytes]](capacity)
         self._pending: list[bytes] = []
         self._closed = False
         self._stats = PortStatistics()
-
-    async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
-        frames = self._pending
-        if not frames:
-            try:
-                frames = await self._outbox.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise PortClosed(f"{self.name}: closed") from None
-            while len(frames) < max_frames:
-                try:
-                    frames += self._outbox.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-        else:
-            await trio.lowlevel.checkpoint()
-        frames, self._pending = frames[:max_frames], frames[max_frames:]
-        self._stats.count_rx(frames)
-        return frames
 
     async def send_batch(self, frames: Sequence[bytes]) -> None:
         if self._closed:
@@ -319,5 +302,5 @@ class MemoryUdpPort:
         self._closed = True
         self._network._leave(self)
         self._inbox.close()
-        self._outbox.close()
+        self._receive.close()
         await trio.lowlevel.checkpoint()
