@@ -35,8 +35,8 @@ import trio
 from overlay.codec import capture_frame
 
 from .actions import DropReason
-from .ports.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter
 from .nat import PROTOCOL_NAMES, describe
+from .ports.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter
 from .wire.addr import ip_to_str, mac_to_str
 
 log = logging.getLogger(__name__)
@@ -416,10 +416,10 @@ def format_nat(result: dict[str, Any]) -> str:
 def format_peers(result: dict[str, Any]) -> str:
     lease = result["lease"]
     vxlan = f", vni {lease['vni']}, vtep {lease['vtep_mac']}" if "vni" in lease else ""
-    lines = [
+    lines = [(
         f"this node: {lease['subnet']} of {lease['network']} at {lease['public_ip']}:{lease['port']}"
-        f" ({lease['backend']}{vxlan}, mtu {lease['mtu']}, {lease['mode']} mode)",
-    ]
+        f" ({lease['backend']}{vxlan}, mtu {lease['mtu']}, {lease['mode']} mode)"
+    )]
     rows = [
         [p["subnet"], f"{p['public_ip']}:{p['port']}", p["vtep_mac"] or "-", p["tx_packets"], p["tx_bytes"],
          p["rx_packets"], p["rx_bytes"], p["rx_dropped"]]

@@ -11,6 +11,7 @@ import trio
 from overlay.core import Overlay
 from overlay.dropin import DeviceOverlay
 from overlay.node import (
+    StaticLeases,
     apply_lease_routes,
     build_overlay,
     config_leases,
@@ -139,7 +140,7 @@ class Node:
                 keys.append(section.name)
         if keys:
             raise ValueError(f"{', '.join(keys)} changed: a restart takes those (peers reload alone)")
-        changes = self.overlay.set_leases(config_leases(config.overlay))
+        changes = self.overlay.set_leases(await StaticLeases(config.overlay, self.vtep_mac).peer_leases())
         self.config = attrs.evolve(self.config, overlay=config.overlay)
         if self.devices_open:
             await apply_lease_routes(config.overlay, changes)
@@ -148,11 +149,13 @@ class Node:
         return changes
 
     async def attach(
-        self, *, netns: str, name: str, address: str | None = None, gateway: str | None = None, mtu: int = 1500,
+        self, *, netns: str, name: str, address: str | None = None, gateway: str | None = None, mtu: int | None = None,
     ) -> None:
-        """Link a container at run time: a new TAP in ``netns``, on the bridge."""
+        """Link a container at run time: a new TAP in ``netns``, on the bridge (MTU: the overlay's, or 1500)."""
         if name in self.switch.ports:
             raise ValueError(f"port {name!r} already exists")
+        if mtu is None:
+            mtu = self.config.overlay.mtu if self.config.overlay is not None else 1500
         pc = PortConfig(name=name, type="tap", netns=netns, address=address, gateway=gateway, mtu=mtu)
         port = await open_device_port(pc)
         self.switch.add_port(port)
