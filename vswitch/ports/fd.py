@@ -3,7 +3,8 @@
 ``BlockingIOError`` or the batch limit, then wait in ``wait_readable``; on
 close, ``notify_closing`` first.
 
-A subclass reads or writes one frame (``_read_one``/``_write_one``) and says
+A subclass reads or writes one frame (``_read_one``/``_write_one``, or
+``_write_some`` for several in one call) and says
 which errno values mean the device is gone; this class does the rest.
 """
 
@@ -43,7 +44,8 @@ class FdPort:
         raise NotImplementedError
 
     def _write_some(self, frames: Sequence[bytes], start: int) -> int:
-        """Write ``frames[start]`` (or more, where a device can take several in one call); returns how many."""
+        """Write ``frames[start]`` with ``_write_one``; a device that takes several in one call (a TAP
+        taking a super-frame, UDP GSO) overrides this instead. Returns how many were written."""
         self._write_one(frames[start])
         return 1
 

@@ -23,9 +23,10 @@ import errno
 import fcntl
 import os
 import struct
+from collections.abc import Sequence
 
 from ..wire.errors import WireError
-from ..wire.offload import VNET_HDR_LEN, VNET_HDR_NONE, coalesce_tcp4, from_vnet
+from ..wire.offload import VNET_HDR_LEN, coalesce_tcp4, from_vnet
 from .base import DEFAULT_MTU
 from .fd import READ_SIZE, FdPort
 
@@ -97,17 +98,11 @@ class TunTapPort(FdPort):
             except WireError:
                 self._stats.rx_errors += 1
 
-    def _write_one(self, frame: bytes) -> None:
-        if self.vnet:
-            os.writev(self._fd, (VNET_HDR_NONE, frame))
-        else:
-            os.write(self._fd, frame)
-
-    def _write_some(self, frames, start: int) -> int:  # type: ignore[no-untyped-def]
+    def _write_some(self, frames: Sequence[bytes], start: int) -> int:
         if not self.vnet:
             os.write(self._fd, frames[start])
             return 1
-        joined, count = coalesce_tcp4(frames, start)
+        joined, count = coalesce_tcp4(frames, start)   # a lone frame comes back behind an empty header
         os.write(self._fd, joined)
         return count
 

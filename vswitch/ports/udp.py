@@ -199,9 +199,6 @@ class UdpPort(FdPort):
         flows[key] = sock
         return sock
 
-    def _write_one(self, frame: bytes) -> None:
-        self._write_some([frame], 0)
-
     def _write_raw(self, frame: bytes) -> None:
         sockaddr = self._sockaddrs.get(frame[:6]) or self._sockaddr_of(frame)
         if self._raw is None:
