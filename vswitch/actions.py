@@ -23,6 +23,7 @@ class DropReason(enum.Enum):
     PORT_DOWN = "port-down"            # ingress or egress port is administratively down
     NO_EGRESS = "no-egress"            # flooded, but no other port is up
     TX_QUEUE_FULL = "tx-queue-full"    # the shell's bounded egress queue was full (tail drop)
+    INTERNAL_ERROR = "internal-error"  # lost with a batch to an unexpected exception (a bug), contained by the shell
     # the router
     NOT_FOR_ROUTER = "not-for-router"  # unicast to another MAC on a router-owned port
     NOT_ROUTED = "not-routed"          # broadcast or multicast IP: delivered nowhere, never forwarded

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -14,7 +15,19 @@ from . import __version__
 from .ports.tuntap import DeviceError
 
 
+INTERRUPTED = 128 + signal.SIGINT   # the exit status of a command stopped by Ctrl-C, as shells report it
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``vswitch`` command; Ctrl-C anywhere ends it quietly with status 130."""
+    try:
+        return _command(argv)
+    except* KeyboardInterrupt:   # Ctrl-C before a command took SIGINT over (importing, loading, ...)
+        pass
+    return INTERRUPTED
+
+
+def _command(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="vswitch", description="A userspace virtual switch and overlay daemon.")
     parser.add_argument("--version", action="version", version=f"vswitch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
@@ -80,24 +93,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(path: str) -> int:
+    """Validate the config, make sure no daemon already serves its control socket, then start.
+
+    Both checks come before anything is opened, so a refused start touches
+    no file, device or socket (the daemon then opens devices and sockets
+    first and its pcap files last: :func:`vswitch.daemon.serve`).
+    """
     from . import config as config_mod
     from . import daemon
-    from .control import ControlError
+    from .control import ControlError, daemon_listening
 
     try:
         cfg = config_mod.load(path)
+        cfg.check_runnable()
     except config_mod.ConfigError as exc:
         print(f"vswitch: configuration error: {exc}", file=sys.stderr)
         return 2
+    if cfg.node.control and daemon_listening(cfg.node.control):
+        print(f"vswitch: another daemon is already listening on {cfg.node.control}", file=sys.stderr)
+        return 1
     # Start-up failures surface from the daemon's nurseries inside exception groups.
-    status = 0
+    stopped_by = None
     try:
-        trio.run(daemon.run_until_signal, daemon.build(cfg, config_path=path))
+        stopped_by = trio.run(daemon.run_until_signal, daemon.build(cfg, config_path=path))
     except* (DeviceError, ControlError, config_mod.ConfigError) as group:
         for exc in _leaves(group):
             print(f"vswitch: {exc}", file=sys.stderr)
-        status = 1
-    return status
+    if stopped_by is None:
+        return 1
+    return INTERRUPTED if stopped_by == signal.SIGINT else 0
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
@@ -207,21 +231,11 @@ def _capture(path: str, args: argparse.Namespace) -> int:
         return 1
 
     records = control.PcapRecords()
-
-    async def record() -> None:
-        # Ctrl-C / SIGTERM end the capture between records: the file stays a valid pcap.
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(stop_on_signal)
-                await control.capture(path, args.port, out, count=args.count, records=records)
-                nursery.cancel_scope.cancel()
-
+    stopped_by = None
     try:
-        trio.run(record)
+        # Ctrl-C / SIGTERM end the capture between records: the file stays a valid pcap.
+        stopped_by = trio.run(_until_signal, lambda: control.capture(path, args.port, out, count=args.count,
+                                                                     records=records))
     except* BrokenPipeError:
         # The reader (tshark, head) went away: the end of a capture, not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -232,7 +246,28 @@ def _capture(path: str, args: argparse.Namespace) -> int:
             if not started:
                 os.unlink(target)  # the capture never began: leave no empty file behind
     print(f"vswitch capture: {records.records} frames from {args.port}", file=sys.stderr)
-    return 0
+    return INTERRUPTED if stopped_by == signal.SIGINT else 0
+
+
+async def _until_signal(work: Callable[[], Awaitable[object]]) -> int | None:
+    """Run ``work`` until it returns or SIGINT/SIGTERM arrives; returns that signal, or None.
+
+    The signal cancels ``work`` at its next checkpoint, never in the middle
+    of writing a record, so what it wrote stays whole.
+    """
+    stopped_by = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                nonlocal stopped_by
+                async for signum in signals:
+                    stopped_by = signum
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            await work()
+            nursery.cancel_scope.cancel()
+    return stopped_by
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -250,8 +285,14 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.verbose:   # the nodes' start-up lines would interleave with the demo's own account
         root.setLevel(logging.WARNING)
     status = 1
+    summary: dict[str, Any] = {}
+
+    async def demo() -> None:
+        summary.update(await run_demo(pcap=args.pcap, hosts=args.hosts, backend=args.backend))
+
     try:
-        summary = trio.run(lambda: run_demo(pcap=args.pcap, hosts=args.hosts, backend=args.backend))
+        if trio.run(_until_signal, demo) is not None:
+            return INTERRUPTED   # the pcap so far is whole: the demo closes it on its way out
         status = 0 if summary["received"] == summary["sent"] else 1
     except* BrokenPipeError:
         # The reader (head, less) went away: not the demo's failure.

@@ -5,6 +5,8 @@ keys are errors, so a typo never silently does nothing.
 """
 
 import ipaddress
+import math
+import os
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,12 @@ PORT_TYPES = ("tap", "tun", "packet", "memory")
 NAT_PROTOCOLS = ("tcp", "udp")
 OVERLAY_BACKENDS = {"udp": (8285, 28, "flannel0"), "vxlan": (8472, 50, "flannel.1")}  # port, overhead, device
 OVERLAY_INTERFACE = "overlay"   # the router interface the overlay is, in router mode
+# Documented maxima: beyond them a value is a typo, or a table that would take the node's memory.
+MAX_BRIDGE_ENTRIES = 1 << 20    # FDB entries (about 200 bytes each)
+MAX_AGEING = 1_000_000.0        # seconds (11.6 days)
+MAX_PING_INTERVAL = 3600.0      # seconds
+IFNAMSIZ = 16                   # Linux: a device name is at most 15 bytes and a NUL
+SUN_PATH_MAX = 107              # a Unix socket path: sockaddr_un.sun_path holds 108 bytes with the NUL
 
 
 class ConfigError(ValueError):
@@ -163,6 +171,13 @@ class Config:
         """The router interface that ``port`` carries, if any (such a port is not on the bridge)."""
         return next((i for i in self.router.interfaces if i.port == port), None)
 
+    def check_runnable(self) -> None:
+        """Refuse a config a daemon could do nothing with (an empty file, say): no port, no overlay, and no
+        control socket through which containers could be attached later."""
+        if not self.ports and self.overlay is None and not self.node.control:
+            raise ConfigError("config", "nothing to run: no [[ports]], no [overlay], and no [node] control socket"
+                                        " to attach containers through at run time")
+
 
 # -- loading -----------------------------------------------------------------
 
@@ -221,30 +236,28 @@ def _section(data: dict[str, Any], key: str, parse_fn: Callable[[dict[str, Any],
 
 def _parse_node(raw: dict[str, Any], key: str) -> NodeConfig:
     _check_keys(raw, key, {"name", "control"})
+    control = _get(raw, key, "control", str, None)
+    if control is not None and len(os.fsencode(control)) > SUN_PATH_MAX:
+        raise ConfigError(f"{key}.control", f"a Unix socket path holds at most {SUN_PATH_MAX} bytes, this one has"
+                          f" {len(os.fsencode(control))}: choose a shorter path")
     return NodeConfig(
         name=_get(raw, key, "name", str, NodeConfig().name),  # NodeConfig.name is the slot, not the default
-        control=_get(raw, key, "control", str, None),
+        control=control,
     )
 
 
 def _parse_bridge(raw: dict[str, Any], key: str) -> BridgeConfig:
     _check_keys(raw, key, {"ageing", "max_entries"})
-    ageing = _get(raw, key, "ageing", (int, float), DEFAULT_AGEING)
-    if ageing <= 0:
-        raise ConfigError(f"{key}.ageing", f"must be a positive number of seconds, got {ageing}")
-    max_entries = _get(raw, key, "max_entries", int, DEFAULT_MAX_ENTRIES)
-    if max_entries < 1:
-        raise ConfigError(f"{key}.max_entries", f"must be at least 1, got {max_entries}")
-    return BridgeConfig(float(ageing), max_entries)
+    ageing = _seconds(raw, key, "ageing", DEFAULT_AGEING, MAX_AGEING)
+    max_entries = _count(raw, key, "max_entries", DEFAULT_MAX_ENTRIES, MAX_BRIDGE_ENTRIES)
+    return BridgeConfig(ageing, max_entries)
 
 
 def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
     if not isinstance(raw, dict):
         raise ConfigError(key, "must be a table")
     _check_keys(raw, key, {"name", "type", "netns", "address", "gateway", "mtu", "pcap", "device", "host"})
-    name = _require(raw, key, "name", str)
-    if not name or len(name) > 15 or "/" in name or name.strip() != name:
-        raise ConfigError(f"{key}.name", f"{name!r} is not a valid device name (1-15 characters, no '/' or spaces)")
+    name = _device_name(_require(raw, key, "name", str), f"{key}.name")
     type_ = _require(raw, key, "type", str)
     if type_ not in PORT_TYPES:
         raise ConfigError(f"{key}.type", f"{type_!r} is not one of {', '.join(PORT_TYPES)}")
@@ -263,7 +276,11 @@ def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
             raise ConfigError(f"{key}.host", "must be a table")
         host = _parse_host(raw["host"], f"{key}.host")
     netns = _get(raw, key, "netns", str, None)
+    if netns is not None:
+        _netns_name(netns, f"{key}.netns")
     device = _get(raw, key, "device", str, None)
+    if device is not None:
+        _device_name(device, f"{key}.device")
     if type_ == "memory" and host is None:
         raise ConfigError(f"{key}.host", "a memory port needs a simulated host on its other end ([ports.host])")
     if type_ != "memory" and host is not None:
@@ -300,10 +317,8 @@ def _parse_host(raw: dict[str, Any], key: str) -> HostConfig:
         if not isinstance(target, str):
             raise ConfigError(f"{key}.ping[{i}]", "must be an IPv4 address string")
         _ip(target, f"{key}.ping[{i}]")
-    interval = _get(raw, key, "ping_interval", (int, float), 1.0)
-    if interval <= 0:
-        raise ConfigError(f"{key}.ping_interval", f"must be positive, got {interval}")
-    return HostConfig(address, mac_bytes, gateway, tuple(ping), float(interval))
+    interval = _seconds(raw, key, "ping_interval", 1.0, MAX_PING_INTERVAL)
+    return HostConfig(address, mac_bytes, gateway, tuple(ping), interval)
 
 
 # -- router and NAT -------------------------------------------------------
@@ -319,17 +334,19 @@ def _parse_router(
         for i, item in enumerate(_array(raw, key, "interfaces"))
     )
     names: dict[str, str] = {}
-    addresses: dict[str, str] = {}
+    networks_seen: dict[ipaddress.IPv4Network, str] = {}
     carried: dict[str, str] = {}
     for i, iface in enumerate(interfaces):
         where = f"{key}.interfaces[{i}]"
         if iface.name in names:
             raise ConfigError(f"{where}.name", f"{iface.name!r} is already used by {names[iface.name]}")
         names[iface.name] = where
-        ip = iface.address.split("/")[0]
-        if ip in addresses:
-            raise ConfigError(f"{where}.address", f"{ip} is already the address of {addresses[ip]}")
-        addresses[ip] = where
+        network = ipaddress.IPv4Interface(iface.address).network
+        for other, other_where in networks_seen.items():
+            if network.overlaps(other):
+                # one address, one interface: the router could not tell which of the two a packet leaves by
+                raise ConfigError(f"{where}.address", f"{iface.address} overlaps {other_where}'s network {other}")
+        networks_seen[network] = where
         if iface.port is not None:
             if iface.port in carried:
                 raise ConfigError(f"{where}.port", f"port {iface.port!r} already carries {carried[iface.port]}")
@@ -354,7 +371,7 @@ def _parse_interface(raw: Any, key: str, ports: dict[str, PortConfig], bridge_mt
     raw = _table(raw, key)
     _check_keys(raw, key, {"name", "address", "port", "mtu", "mac", "proxy_arp"})
     name = _require(raw, key, "name", str)
-    if not name or "/" in name or name.strip() != name:
+    if "/" in name or name.strip() != name:
         raise ConfigError(f"{key}.name", f"{name!r} is not a valid interface name (no '/' or spaces)")
     address = _require(raw, key, "address", str)
     _interface(address, f"{key}.address")
@@ -495,8 +512,8 @@ def _parse_overlay(raw: Any, key: str) -> OverlayConfig:
                 raise ConfigError(f"{key}.{name}", "applies to the vxlan backend only")
     vtep_mac = _get(raw, key, "vtep_mac", str, None)
     device = _get(raw, key, "device", str, None)
-    if device is not None and (not device or len(device) > 15 or "/" in device or device.strip() != device):
-        raise ConfigError(f"{key}.device", f"{device!r} is not a valid device name (1-15 characters, no '/' or spaces)")
+    if device is not None:
+        _device_name(device, f"{key}.device")
     peers = tuple(
         _parse_peer(item, f"{key}.peers[{i}]", network, subnet, vxlan) for i, item in enumerate(_array(raw, key, "peers"))
     )
@@ -596,7 +613,43 @@ def _mac(text: str, key: str) -> bytes:
         raise ConfigError(key, f"{text!r} is not a MAC address like 02:00:00:00:00:01") from None
     if mac[0] & 1:
         raise ConfigError(key, f"{text} is a multicast address; a unicast one is needed")
+    if not any(mac):
+        raise ConfigError(key, f"{text} is the all-zero address, which no interface may have")
     return mac
+
+
+def _device_name(name: str, key: str) -> str:
+    """A Linux network device name (the kernel's dev_valid_name): 1-15 bytes, not . or .., no '/', ':' or space."""
+    size = len(os.fsencode(name))
+    if size >= IFNAMSIZ:
+        raise ConfigError(key, f"{name!r} is not a valid device name: {size} bytes, at most {IFNAMSIZ - 1}")
+    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
+        raise ConfigError(key, f"{name!r} is not a valid device name (no '/', ':' or spaces, not . or ..)")
+    return name
+
+
+def _netns_name(name: str, key: str) -> None:
+    """A network namespace name as `ip netns` takes it: a file name under /var/run/netns."""
+    if name in (".", "..") or "/" in name or "\0" in name or len(os.fsencode(name)) > 255:
+        raise ConfigError(key, f"{name!r} is not a network namespace name (a file name under /var/run/netns:"
+                          " no '/', not . or ..)")
+
+
+def _seconds(raw: dict[str, Any], key: str, name: str, default: float, maximum: float) -> float:
+    """A positive, finite number of seconds up to ``maximum``."""
+    value = _get(raw, key, name, (int, float), default)
+    if not math.isfinite(value) or not 0 < value <= maximum:
+        raise ConfigError(f"{key}.{name}", f"must be a positive, finite number of seconds, at most {maximum:g};"
+                                           f" got {value}")
+    return float(value)
+
+
+def _count(raw: dict[str, Any], key: str, name: str, default: int, maximum: int) -> int:
+    """A size from 1 to ``maximum``."""
+    value = _get(raw, key, name, int, default)
+    if not 1 <= value <= maximum:
+        raise ConfigError(f"{key}.{name}", f"must be at least 1 and at most {maximum:,}, got {value:,}")
+    return value
 
 
 # -- helpers -------------------------------------------------------------
@@ -618,6 +671,8 @@ def _get(raw: dict[str, Any], key: str, name: str, type_: Any, default: Any) -> 
     value = raw[name]
     if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
         raise ConfigError(f"{key}.{name}", f"must be {_TYPE_NAMES.get(type_, type_)}, got {value!r}")
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{key}.{name}", "must not be empty")
     return value
 
 

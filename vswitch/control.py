@@ -58,6 +58,20 @@ def not_listening(path: str) -> str:
     return f"no daemon is listening on {path} (is `vswitch run` running? is [node] control set?)"
 
 
+def daemon_listening(path: str, *, timeout: float = 2.0) -> bool:
+    """Whether a daemon accepts connections on the control socket ``path``: the check a start makes before
+    it opens anything (blocking; no Trio)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(path)
+        except TimeoutError:
+            return True    # a listener with a full backlog: still alive
+        except OSError:
+            return False   # nothing there, a stale socket, or a path the server will report on itself
+    return True
+
+
 # -- line I/O shared by both sides ---------------------------------------------
 
 
@@ -140,6 +154,7 @@ def show_stats(node: Any, captures: Sequence["CaptureSession"] = ()) -> dict[str
         "router": _router_stats(node),
         "overlay": _overlay_stats(overlay) if overlay is not None else None,
         "captures": [c.summary() for c in captures],
+        "faults": switch.faults.describe(),
         "recent_drops": [
             {"port": d.port, "reason": str(d.reason), "bytes": len(d.frame), "head": d.frame[:14].hex()}
             for d in switch.recent_drops
@@ -364,6 +379,15 @@ def format_stats(result: dict[str, Any]) -> str:
         lines.append("captures:")
         rows = [[c["port"], c["written"], c["dropped"]] for c in result["captures"]]
         lines += ["  " + line for line in format_table(["port", "written", "dropped"], rows, right=[1, 2]).splitlines()]
+    faults = result.get("faults")
+    if faults and faults["total"]:
+        where = f"; their frames are in {faults['pcap']}" if faults["pcap"] else ""
+        lines.append(f"internal errors: {faults['total']} batches lost to bugs, contained{where}")
+        lines += ["  " + line for line in format_table(
+            ["site", "port", "faults"], [[f["site"], f["port"] or "-", f["faults"]] for f in faults["by_site"]],
+            right=[2]).splitlines()]
+        for fault in faults["recent"][-3:]:
+            lines.append(f"  latest: {fault['site']} on {fault['port'] or '-'}: {fault['error']} at {fault['where']}")
     if result.get("recent_drops"):
         lines.append("recent drops (newest last; first 14 bytes):")
         rows = [[d["port"], d["reason"], d["bytes"], d["head"]] for d in result["recent_drops"][-10:]]

@@ -3,7 +3,9 @@
 import hashlib
 import ipaddress
 import logging
+import os
 import signal
+import tempfile
 
 import attrs
 import trio
@@ -31,7 +33,9 @@ from .datapath import Datapath
 from .host import Host, HostRunner
 from .nat import Forward, Masquerade, Nat
 from .netns import configure_link
+from .faults import Faults
 from .ports import MemoryPort, PcapPort, PcapWriter, Port
+from .ports.pcap import open_pcaps
 from .ports.packet import PacketPort
 from .ports.tuntap import DeviceError, TunTapPort
 from .ports.udp import MemoryUnderlay, UdpPort
@@ -65,9 +69,14 @@ class Node:
     config_path: str | None = None           # where `reload` reads the config again
     devices_open: bool = False
     masquerading: bool = False               # drop-in ip_masq: flannel's iptables rules are (being) installed
+    pcaps: list[PcapWriter] = attrs.Factory(list)   # the config's pcap files, opened last (open_pcaps)
 
     async def open_devices(self) -> None:
-        """Open the device ports of the config and link them into their namespaces (once)."""
+        """Open the device ports of the config and link them into their namespaces (once).
+
+        On failure every device opened so far is closed again: a refused
+        start leaves no device behind.
+        """
         if self.devices_open:
             return
         self.devices_open = True
@@ -78,7 +87,7 @@ class Node:
                     continue
                 port = await open_device_port(pc)
                 opened.append(port)
-                self.switch.add_port(_with_pcap(port, pc))
+                self.switch.add_port(_with_pcap(port, pc, self.pcaps))
             if self.overlay is not None:
                 opened += await self._open_overlay()
         except BaseException:
@@ -88,6 +97,13 @@ class Node:
             with trio.CancelScope(shield=True):
                 await self.remove_host_rules()
             raise
+
+    def open_pcaps(self) -> None:
+        """Open (and so truncate) the config's pcap files: the last step of a start, once nothing can refuse it."""
+        try:
+            open_pcaps(writer for writer in self.pcaps if not writer.opened)
+        except OSError as exc:
+            raise DeviceError(exc.errno or 1, exc.strerror or str(exc)) from None
 
     async def remove_host_rules(self) -> None:
         """Take out what the daemon put into the host beyond its devices: drop-in ip_masq's iptables rules."""
@@ -184,13 +200,12 @@ async def open_device_port(pc: PortConfig) -> Port:
     return port
 
 
-def _with_pcap(port: Port, pc: PortConfig) -> Port:
+def _with_pcap(port: Port, pc: PortConfig, pcaps: list[PcapWriter]) -> Port:
+    """``port`` recording to its pcap file, if it has one; the file opens with the others (Node.open_pcaps)."""
     if not pc.pcap:
         return port
-    try:
-        writer = PcapWriter.open(pc.pcap)
-    except OSError as exc:
-        raise DeviceError(exc.errno or 1, f"ports {pc.name}: cannot write pcap {pc.pcap}: {exc.strerror}") from None
+    writer = PcapWriter.deferred(pc.pcap)
+    pcaps.append(writer)
     return PcapPort(port, writer)
 
 
@@ -201,18 +216,28 @@ def build(config: Config, *, underlay: MemoryUnderlay | None = None, config_path
     real socket (several nodes in one process: tests, the demo).
     """
     core, router, overlay, vtep_mac = build_core(config)
-    switch = Switch(core)
+    switch = Switch(core, faults=Faults(faults_pcap(config)))
     hosts = []
+    pcaps: list[PcapWriter] = []
     for pc in config.ports:
         if pc.type != "memory":
             continue
-        port, runner = _build_memory_port(config, pc)
+        port, runner = _build_memory_port(config, pc, pcaps)
         switch.add_port(port)
         hosts.append((runner, pc.host.ping, pc.host.ping_interval))
     if overlay is not None and underlay is not None:
         assert config.overlay is not None
         switch.add_port(underlay.port(UNDERLAY_PORT, config.overlay.public_ip, config.overlay.port, mtu=config.overlay.mtu))
-    return Node(config, switch, hosts, router, overlay, vtep_mac, underlay, config_path)
+    return Node(config, switch, hosts, router, overlay, vtep_mac, underlay, config_path, pcaps=pcaps)
+
+
+def faults_pcap(config: Config) -> str:
+    """Where the frames of contained internal errors go, should there be any (vswitch.faults): beside the
+    control socket, or else in the temporary directory."""
+    name = f"{config.node.name}.internal-errors.pcap"
+    if config.node.control:
+        return os.path.join(os.path.dirname(os.path.abspath(config.node.control)), name)
+    return os.path.join(tempfile.gettempdir(), f"vswitch-{os.getpid()}-{name}")
 
 
 def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, bytes | None]:
@@ -276,10 +301,10 @@ def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, byt
     return datapath, router, overlay, vtep_mac
 
 
-def _build_memory_port(config: Config, pc: PortConfig) -> tuple[Port, HostRunner]:
+def _build_memory_port(config: Config, pc: PortConfig, pcaps: list[PcapWriter]) -> tuple[Port, HostRunner]:
     assert pc.host is not None  # config validation guarantees it for memory ports
     port, far_end = MemoryPort.pair(pc.name, f"{pc.name}-host", mtu=pc.mtu)
-    port = _with_pcap(port, pc)
+    port = _with_pcap(port, pc, pcaps)
     mac = pc.host.mac or stable_mac(config.node.name, pc.name)
     host = Host(f"{pc.name}-host", mac, pc.host.address, gateway=pc.host.gateway)
     return port, HostRunner(host, far_end)
@@ -297,52 +322,66 @@ async def _pinger(runner: HostRunner, targets: tuple[str, ...], interval: float)
 
 
 async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the node until cancelled."""
-    await node.open_devices()
+    """Run the node until cancelled.
+
+    Start-up goes in the order that lets a refused start leave nothing
+    behind: devices and sockets first (closed again if anything after them
+    fails), then the control socket (which refuses if another daemon is
+    listening on it), then the pcap files, which opening truncates; only
+    then do frames flow.
+    """
     try:
-        await _serve_opened(node, task_status)
+        async with trio.open_nursery() as nursery:
+            try:
+                await node.open_devices()
+                if node.config.node.control:
+                    from .control import ControlServer
+
+                    path = await nursery.start(ControlServer(node, node.config.node.control).run)
+                    log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
+                node.open_pcaps()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await node.switch.aclose()
+                raise
+            await nursery.start(node.switch.run)
+            for runner, targets, interval in node.hosts:
+                await nursery.start(runner.run)
+                log.info("%s: %s %s", runner.host.name, mac_to_str(runner.host.mac), runner.host.interface)
+                if targets:
+                    nursery.start_soon(_pinger, runner, targets, interval)
+            task_status.started(node)
     finally:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 15):
             await node.remove_host_rules()
 
 
-async def _serve_opened(node: Node, task_status: trio.TaskStatus) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.switch.run)
-        for runner, targets, interval in node.hosts:
-            await nursery.start(runner.run)
-            log.info("%s: %s %s", runner.host.name, mac_to_str(runner.host.mac), runner.host.interface)
-            if targets:
-                nursery.start_soon(_pinger, runner, targets, interval)
-        if node.config.node.control:
-            from .control import ControlServer
-
-            path = await nursery.start(ControlServer(node, node.config.node.control).run)
-            log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
-        task_status.started(node)
-
-
-async def run_until_signal(node: Node) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down within the switch's bounded timeout.
+async def run_until_signal(node: Node) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down within the switch's bounded timeout; returns that signal.
 
     SIGHUP reads the config again and takes its peers (see :meth:`Node.reload`).
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        await node.open_devices()  # before any nursery, so a DeviceError reaches the CLI as itself
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, node)
             log.info(
                 "node %s running with %d port(s): %s", node.config.node.name, len(node.switch.ports),
                 ", ".join(node.switch.ports) or "none",
             )
+            if not node.switch.ports:
+                log.warning("no ports yet: link containers with `vswitch attach` (control socket %s)",
+                            node.config.node.control)
+            stopped_by = signal.SIGTERM
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     await _reload_from_file(node)
                     continue
                 log.info("%s: shutting down", signal.Signals(signum).name)
+                stopped_by = signum
                 break
             nursery.cancel_scope.cancel()
     log.info("node %s stopped", node.config.node.name)
+    return stopped_by
 
 
 async def _reload_from_file(node: Node) -> None:

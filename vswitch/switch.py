@@ -5,6 +5,13 @@ in one call, queue the resulting frames) and a tx task (drain that port's
 bounded queue in batches), plus one timer task driven by the core's
 ``poll_at()``. Trio switches tasks only at ``await``, so every task calls the
 core directly, with no locks.
+
+The switch is the bulkhead between the outside and the daemon: each task
+catches what it expects by name (:class:`PortClosed`), and any other
+exception while one batch is received, passed through the core, sent,
+timed or monitored costs that batch alone (:mod:`vswitch.faults`: counted
+as ``internal-error``, logged once per site, the frames kept), never the
+task or the daemon.
 """
 
 import logging
@@ -17,6 +24,7 @@ import attrs
 import trio
 
 from .actions import Action, Drop, DropReason, Transmit
+from .faults import Faults
 from .ports.base import DEFAULT_BATCH, Port, PortClosed, PortStatistics
 
 log = logging.getLogger(__name__)
@@ -24,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TX_QUEUE = 1024  # frames per port
 SHUTDOWN_TIMEOUT = 2.0   # seconds to close devices once cancelled
 RECENT_DROPS = 64
+RECENT_FAULT_FRAMES = 4  # frames of one contained fault shown among the recent drops
+TIMER_FAULT_BACKOFF = 0.1  # seconds before a timer that raised runs again
 
 
 class Core(Protocol):
@@ -108,6 +118,7 @@ class Switch:
         batch_size: int = DEFAULT_BATCH,
         tx_queue: int = DEFAULT_TX_QUEUE,
         clock: Callable[[], float] = trio.current_time,
+        faults: Faults | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -123,6 +134,7 @@ class Switch:
         self._drops: Counter[DropReason] = Counter()
         self.port_failures = 0  # ports taken down because their device or link failed
         self.recent_drops: deque[Drop] = deque(maxlen=RECENT_DROPS)
+        self.faults = faults if faults is not None else Faults()
 
     # -- ports ------------------------------------------------------------
 
@@ -189,11 +201,17 @@ class Switch:
                 task_status.started(self)
         finally:
             self._nursery = None
-            # Close concurrently: one wedged device must not keep the others open.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
-                async with trio.open_nursery() as closing:
-                    for runner in self._runners.values():
-                        closing.start_soon(self._close, runner)
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every port within SHUTDOWN_TIMEOUT (``run`` does this on its way out; a start that fails
+        before the switch runs calls it itself)."""
+        # Close concurrently: one wedged device must not keep the others open.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_TIMEOUT):
+            async with trio.open_nursery() as closing:
+                for runner in self._runners.values():
+                    closing.start_soon(self._close, runner)
+        self.faults.close()
 
     async def _run_port(self, runner: _PortRunner) -> None:
         with runner.scope:
@@ -202,23 +220,29 @@ class Switch:
                 nursery.start_soon(self._tx_loop, runner)
 
     async def _rx_loop(self, runner: _PortRunner) -> None:
-        port, name, core, monitors = runner.port, runner.port.name, self.core, runner.monitors
+        port, name, core = runner.port, runner.port.name, self.core
         while True:
             try:
                 frames = await port.receive_batch(self.batch_size)
             except PortClosed as exc:
                 self._port_failed(runner, exc)
                 return
-            if monitors:
-                for monitor in monitors:
-                    monitor.callback(frames)
-            self.dispatch(core.handle_frames(name, frames, self._clock()))
-            deadline = core.poll_at()
-            if deadline is not None and deadline < self._timer_scope.deadline:
-                self._timer_scope.deadline = deadline
+            except Exception as exc:   # a bug in the port's decoding: that batch is lost
+                self._contain("receive", name, exc, ())
+                await trio.lowlevel.checkpoint()
+                continue
+            if runner.monitors:
+                self._notify(runner, frames)
+            try:
+                actions = core.handle_frames(name, frames, self._clock())
+            except Exception as exc:   # a bug in the core: the batch is lost, forwarding carries on
+                self._contain("core", name, exc, frames)
+                continue
+            self.dispatch(actions)
+            self._wake_timer()
 
     async def _tx_loop(self, runner: _PortRunner) -> None:
-        port, queue, limit, monitors = runner.port, runner.queue, self.batch_size, runner.monitors
+        port, name, queue, limit = runner.port, runner.port.name, runner.queue, self.batch_size
         while True:
             while not queue:
                 runner.wakeup = trio.Event()
@@ -234,20 +258,60 @@ class Switch:
             except PortClosed as exc:
                 self._port_failed(runner, exc)
                 return
+            except Exception as exc:   # a bug in the port's encoding: what was not written is lost
+                self._contain("send", name, exc, batch)
+                continue
             finally:
                 runner.sending = False
             runner.stats.sent_batches += 1
-            if monitors:
-                for monitor in monitors:
-                    monitor.callback(batch)
+            if runner.monitors:
+                self._notify(runner, batch)
 
     async def _run_timer(self) -> None:
         while True:
-            deadline = self.core.poll_at()
+            try:
+                deadline = self.core.poll_at()
+            except Exception as exc:
+                self._contain("timer", "", exc, ())
+                deadline = self._clock() + TIMER_FAULT_BACKOFF
             self._timer_scope = trio.CancelScope(deadline=math.inf if deadline is None else deadline)
             with self._timer_scope:
                 await trio.sleep_forever()
-            self.dispatch(self.core.handle_timer(self._clock()))
+            try:
+                actions = self.core.handle_timer(self._clock())
+            except Exception as exc:
+                self._contain("timer", "", exc, ())
+                # Whatever raised may raise again at once: give the ports the CPU for a moment.
+                await trio.sleep(TIMER_FAULT_BACKOFF)
+                continue
+            self.dispatch(actions)
+
+    def _wake_timer(self) -> None:
+        """Bring the timer task forward if the batch just handled set an earlier deadline."""
+        try:
+            deadline = self.core.poll_at()
+        except Exception as exc:
+            self._contain("timer", "", exc, ())
+            return
+        if deadline is not None and deadline < self._timer_scope.deadline:
+            self._timer_scope.deadline = deadline
+
+    def _notify(self, runner: _PortRunner, frames: list[bytes]) -> None:
+        """Give a batch to the port's monitors; a monitor that raises is ended (its capture stops)."""
+        for monitor in list(runner.monitors):
+            try:
+                monitor.callback(frames)
+            except Exception as exc:
+                self._contain("monitor", runner.port.name, exc, frames)
+                runner.monitors.remove(monitor)
+                monitor.ended.set()
+
+    def _contain(self, site: str, port: str, exc: Exception, frames: Sequence[bytes]) -> None:
+        """Count, log once per site and keep a batch lost to an unexpected exception (:mod:`vswitch.faults`)."""
+        lost = self.faults.record(site, port, exc, frames)
+        self._drops[DropReason.INTERNAL_ERROR] += len(lost)
+        for frame in lost[:RECENT_FAULT_FRAMES]:
+            self.recent_drops.append(Drop(port, DropReason.INTERNAL_ERROR, frame))
 
     def dispatch(self, actions: list[Action]) -> None:
         """Send or queue the core's transmissions; count its drops.
@@ -271,10 +335,13 @@ class Switch:
                         self._port_failed(runner, exc)
                         self._drops[DropReason.PORT_DOWN] += len(frames)
                         continue
+                    except Exception as exc:   # a bug in the port's encoding: these frames are lost
+                        self._contain("send", action.port, exc, frames)
+                        continue
                     if done:
                         runner.stats.sent_batches += 1
-                        for monitor in runner.monitors:
-                            monitor.callback(frames[:done])
+                        if runner.monitors:
+                            self._notify(runner, frames[:done])
                         if done == len(frames):
                             continue
                         frames = frames[done:]
@@ -303,6 +370,8 @@ class Switch:
             await runner.port.aclose()
         except OSError as exc:
             log.warning("closing port %s: %s", runner.port.name, exc)
+        except Exception as exc:   # a bug while closing one port must not leave the others open
+            self._contain("close", runner.port.name, exc, ())
 
     # -- introspection ------------------------------------------------------
 

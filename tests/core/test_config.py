@@ -117,6 +117,76 @@ def test_bad_config_names_key_and_reason(text, key, reason):
     assert str(info.value).startswith(f"node.toml: {key}: ")
 
 
+MEMORY_PORT = "[[ports]]\nname = 'p1'\ntype = 'memory'\n"
+ROUTER = "[[router.interfaces]]\nname = 'gw'\naddress = '10.0.0.1/24'\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        # non-finite and out-of-range numbers
+        ("[bridge]\nageing = nan", "bridge.ageing", "finite"),
+        ("[bridge]\nageing = inf", "bridge.ageing", "finite"),
+        ("[bridge]\nageing = -inf", "bridge.ageing", "positive"),
+        ("[bridge]\nageing = 1e7", "bridge.ageing", "at most 1e+06"),
+        (MEMORY_PORT + "host = {address = '10.0.0.1/24', ping_interval = nan}", "ports[0].host.ping_interval",
+         "finite"),
+        (MEMORY_PORT + "host = {address = '10.0.0.1/24', ping_interval = inf}", "ports[0].host.ping_interval",
+         "finite"),
+        ("[bridge]\nmax_entries = 1000000000000", "bridge.max_entries", "at most 1,048,576"),
+        # MACs that no interface may have
+        (MEMORY_PORT + "host = {address = '10.0.0.1/24', mac = '00:00:00:00:00:00'}", "ports[0].host.mac", "all-zero"),
+        (ROUTER + "mac = '00:00:00:00:00:00'", "router.interfaces[0].mac", "all-zero"),
+        (ROUTER + "mac = 'ff:ff:ff:ff:ff:ff'", "router.interfaces[0].mac", "multicast"),
+        (ROUTER + "[[router.neighbours]]\ninterface = 'gw'\naddress = '10.0.0.9'\nmac = '00:00:00:00:00:00'",
+         "router.neighbours[0].mac", "all-zero"),
+        # empty names and paths
+        ("[node]\nname = ''", "node.name", "must not be empty"),
+        ("[node]\ncontrol = ''", "node.control", "must not be empty"),
+        ("[node]\ncontrol = '/run/" + "x" * 120 + ".sock'", "node.control", "at most 107 bytes"),
+        ("[[ports]]\nname = ''\ntype = 'tap'", "ports[0].name", "must not be empty"),
+        ("[[ports]]\nname = 'c1'\ntype = 'tap'\nnetns = ''", "ports[0].netns", "must not be empty"),
+        ("[[ports]]\nname = 'c1'\ntype = 'tap'\npcap = ''", "ports[0].pcap", "must not be empty"),
+        ("[[ports]]\nname = 'c1'\ntype = 'tap'\npcap = '  '", "ports[0].pcap", "must not be empty"),
+        ("[[ports]]\nname = 'up'\ntype = 'packet'\ndevice = ''", "ports[0].device", "must not be empty"),
+        ("[[router.interfaces]]\nname = ''\naddress = '10.0.0.1/24'", "router.interfaces[0].name", "must not be empty"),
+        # device and namespace names the kernel would refuse
+        ("[[ports]]\nname = 'sixteen-chars-xx'\ntype = 'tap'", "ports[0].name", "16 bytes, at most 15"),
+        ("[[ports]]\nname = 'c:1'\ntype = 'tap'", "ports[0].name", "not a valid device name"),
+        ("[[ports]]\nname = '..'\ntype = 'tap'", "ports[0].name", "not a valid device name"),
+        ("[[ports]]\nname = 'up'\ntype = 'packet'\ndevice = 'sixteen-chars-xx'", "ports[0].device",
+         "16 bytes, at most 15"),
+        ("[[ports]]\nname = 'c1'\ntype = 'tap'\nnetns = 'a/b'", "ports[0].netns", "not a network namespace name"),
+        ("[[ports]]\nname = 'c1'\ntype = 'tap'\nnetns = '..'", "ports[0].netns", "not a network namespace name"),
+        # router interfaces whose networks overlap: a packet could leave by either
+        (ROUTER + "[[router.interfaces]]\nname = 'gw2'\naddress = '10.0.0.254/32'", "router.interfaces[1].address",
+         "overlaps router.interfaces[0]'s network 10.0.0.0/24"),
+        (ROUTER + "[[router.interfaces]]\nname = 'big'\naddress = '10.0.0.0/8'\n", "router.interfaces[1].address",
+         "overlaps"),
+    ],
+)
+def test_values_beyond_their_bounds_are_refused_naming_the_key(text, key, reason):
+    with pytest.raises(ConfigError) as info:
+        config.loads(text)
+    assert info.value.key == key
+    assert reason in info.value.reason
+
+
+def test_the_largest_values_within_bounds_load():
+    cfg = config.loads(f"[bridge]\nageing = {config.MAX_AGEING}\nmax_entries = {config.MAX_BRIDGE_ENTRIES}\n"
+                       + MEMORY_PORT + f"host = {{address = '10.0.0.1/24', ping_interval = {config.MAX_PING_INTERVAL}}}"
+                       + "\n[[ports]]\nname = 'fifteen-chars-x'\ntype = 'tap'\nnetns = 'ns-1.a_b'")
+    assert cfg.bridge.max_entries == 1 << 20 and cfg.ports[1].name == "fifteen-chars-x"
+
+
+def test_a_config_with_nothing_to_run_is_refused():
+    with pytest.raises(ConfigError) as info:
+        config.loads("").check_runnable()
+    assert info.value.key == "config" and "nothing to run" in info.value.reason
+    config.loads("[node]\ncontrol = '/run/vswitch/n.sock'").check_runnable()   # containers attach at run time
+    config.loads(MEMORY_PORT + "host = {address = '10.0.0.1/24'}").check_runnable()
+
+
 def test_missing_file_says_so(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         config.load(tmp_path / "absent.toml")

@@ -104,7 +104,7 @@ address = "192.0.2.1/24"
 port = "uplink"
 [[router.interfaces]]
 name = "jumbo"
-address = "10.244.1.254/32"
+address = "203.0.113.1/24"
 mtu = 9000
 """
 
@@ -168,6 +168,18 @@ def test_bad_overlay_key(extra, key, reason):
 ])
 def test_bad_addresses(change, key, reason):
     error = error_of(GATEWAY + overlay_text().replace(*change))
+    assert error.key == key and reason in error.reason, error
+
+
+@pytest.mark.parametrize("extra, peers, key, reason", [
+    ('vtep_mac = "00:00:00:00:00:00"', "", "overlay.vtep_mac", "all-zero"),
+    ("", peer(vtep_mac="00:00:00:00:00:00"), "overlay.peers[0].vtep_mac", "all-zero"),
+    ('device = "flannel.1-sixtee"', "", "overlay.device", "16 bytes, at most 15"),
+    ('device = ""', "", "overlay.device", "must not be empty"),
+    ('subnet_env = ""', "", "overlay.subnet_env", "must not be empty"),
+])
+def test_vxlan_values_beyond_bounds_name_the_key(extra, peers, key, reason):
+    error = error_of(GATEWAY + overlay_text("vxlan", extra, peers))
     assert error.key == key and reason in error.reason, error
 
 

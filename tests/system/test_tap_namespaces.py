@@ -123,7 +123,7 @@ def test_signal_stops_cleanly_and_removes_devices(tmp_path, namespaces, daemons,
     path, spaces, ports = _node(tmp_path, namespaces, 2)
     daemon = daemons(path)
     assert all(link_exists(ns, p["name"]) for ns, p in zip(spaces, ports))
-    assert daemon.stop(sig) == 0
+    assert daemon.stop(sig) == (130 if sig == signal.SIGINT else 0)
     assert "stopped" in daemon.log
     assert not any(link_exists(ns, p["name"]) for ns, p in zip(spaces, ports))
     assert not (tmp_path / "ctl.sock").exists()

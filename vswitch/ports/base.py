@@ -20,6 +20,19 @@ class PortClosed(Exception):
     """The port's device or link is gone (closed, deleted, peer hung up)."""
 
 
+class PortFault(Exception):
+    """A bug met while a port decoded or encoded a batch, raised ``from`` the original exception.
+
+    It carries the bytes that broke it (``frames``), so the switch, which
+    contains every unexpected exception at the batch boundary, can keep
+    them for a bug report (see :mod:`vswitch.faults`).
+    """
+
+    def __init__(self, port: str, frames: Sequence[bytes]) -> None:
+        super().__init__(f"{port}: unexpected error on {len(frames)} frame(s)")
+        self.frames = list(frames)
+
+
 @attrs.define(slots=True)
 class PortStatistics:
     """Device-level counters, as ``ip -s link`` shows them."""

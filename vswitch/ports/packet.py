@@ -15,8 +15,7 @@ import errno
 import socket
 import struct
 
-from ..wire.errors import WireError
-from ..wire.offload import VNET_HDR_LEN, VNET_HDR_NONE, from_vnet
+from ..wire.offload import VNET_HDR_LEN, VNET_HDR_NONE
 from .base import DEFAULT_MTU, PortClosed
 from .fd import READ_SIZE, FdPort
 from .tuntap import DeviceError
@@ -70,10 +69,7 @@ class PacketPort(FdPort):
         if packet[:2] == b"\0\0":  # no checksum to complete, no segmentation
             frames.append(packet[VNET_HDR_LEN:])
             return
-        try:
-            frames += from_vnet(packet)
-        except WireError:
-            self._stats.rx_errors += 1
+        self._from_vnet(packet, frames)
 
     def _write_one(self, frame: bytes) -> None:
         self._send(VNET_HDR_NONE + frame)

@@ -25,8 +25,7 @@ import os
 import struct
 from collections.abc import Sequence
 
-from ..wire.errors import WireError
-from ..wire.offload import VNET_HDR_LEN, coalesce_tcp4, from_vnet
+from ..wire.offload import VNET_HDR_LEN, coalesce_tcp4
 from .base import DEFAULT_MTU
 from .fd import READ_SIZE, FdPort
 
@@ -93,10 +92,7 @@ class TunTapPort(FdPort):
         elif packet[0:2] == b"\0\0":       # no flags, no GSO: the frame as it is
             frames.append(packet[VNET_HDR_LEN:])
         else:
-            try:
-                frames.extend(from_vnet(packet))
-            except WireError:
-                self._stats.rx_errors += 1
+            self._from_vnet(packet, frames)
 
     def _write_some(self, frames: Sequence[bytes], start: int) -> int:
         if not self.vnet:
