@@ -640,15 +640,15 @@ class ControlServer:
         self.capture_frames = capture_frames
         self.capture_bytes = capture_bytes
         self.captures: list[CaptureSession] = []
-        self._requests = Pool(max_requests)
-        self._captures = Pool(max_captures)
+        self._request_pool = Pool(max_requests)
+        self._capture_pool = Pool(max_captures)
         self._timed_out = 0
         self._stalled = 0
         self._failed = 0
         self._logged_sites: set[tuple[str, str, int]] = set()
 
     def statistics(self) -> ControlStatistics:
-        return ControlStatistics(attrs.evolve(self._requests), attrs.evolve(self._captures),
+        return ControlStatistics(attrs.evolve(self._request_pool), attrs.evolve(self._capture_pool),
                                  self._timed_out, self._stalled, self._failed)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -732,7 +732,7 @@ class ControlServer:
                 log.warning("control socket: %s; pausing accept for 100 ms", exc.strerror)
                 await trio.sleep(0.1)  # back off while descriptors are short (as trio.serve_listeners does)
                 continue
-            pool = self._requests
+            pool = self._request_pool
             if pool.active >= pool.limit:
                 pool.refused += 1
                 await _refuse(stream, f"too many requests at once (at most {pool.limit})", patience=0.1)
@@ -745,7 +745,7 @@ class ControlServer:
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
         """One connection, from accept to close: whatever goes wrong here costs this client alone."""
-        pool, what = self._requests, "a control client"
+        pool, what = self._request_pool, "a control client"
         try:
             async with stream:
                 try:
@@ -756,11 +756,11 @@ class ControlServer:
                         if request["command"] != "capture":
                             await stream.send_all(_response(result=await self._dispatch(request)))
                             return
-                        if self._captures.active >= self._captures.limit:
-                            self._captures.refused += 1
-                            raise ControlError(f"too many captures at once (at most {self._captures.limit})")
+                        if self._capture_pool.active >= self._capture_pool.limit:
+                            self._capture_pool.refused += 1
+                            raise ControlError(f"too many captures at once (at most {self._capture_pool.limit})")
                         pool.active -= 1
-                        pool = self._captures
+                        pool = self._capture_pool
                         pool.active += 1
                         session, monitor = await self._start_capture(stream, request)
                 except ControlError as exc:
