@@ -10,9 +10,20 @@ header, then records) until the client hangs up, ``count`` frames have been
 written, the port goes away, or the daemon stops.
 
 Everything is bounded: the request line (``MAX_REQUEST`` bytes), the time a
-client has to send it and get its answer, the number of concurrent clients,
-and each capture's buffer (a slow reader loses frames, counted, and never
-slows the switch).
+client has to send it and take its answer (``CLIENT_TIMEOUT``), and each
+capture's buffer (a slow reader loses frames, counted, and never slows the
+switch). Connections come from two pools with their own limits, so captures
+can never lock out ``show``: a connection counts against the request pool
+(``MAX_REQUESTS``) until its request line asks for a capture, and then against
+the capture pool (``MAX_CAPTURES``). A capture has no time limit, but one whose
+client takes nothing of what waits for it for ``STALL_TIMEOUT`` seconds is
+ended; a quiet port's capture, with nothing to send, never is. Refusals,
+timeouts, stalls and failures are counted (``show stats``, ``control``).
+
+Each connection is a bulkhead: an unexpected exception while serving one
+client (a handler, the capture stream, the monitor callback a capture
+installs in a port's task) closes that client, is counted and logged with its
+traceback once per place it was raised, and never reaches the server's task.
 """
 
 import errno
@@ -43,10 +54,14 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST = 16 * 1024          # bytes in a request line
 MAX_RESPONSE = 64 * 1024 * 1024  # bytes in a response line (an FDB of 65536 entries is ~6 MB)
-CLIENT_TIMEOUT = 10.0            # seconds to send a request and receive the answer
-MAX_CLIENTS = 16                 # concurrent connections, captures included
+CLIENT_TIMEOUT = 10.0            # seconds to send a request and take the answer
+MAX_REQUESTS = 16                # concurrent connections that are not (yet) captures
+MAX_CAPTURES = 16                # concurrent captures, apart from the requests
+STALL_TIMEOUT = 10.0             # seconds a capture waits for its client to take the next piece
+SEND_PIECE = 64 * 1024           # bytes a capture sends at a time: progress is measured per piece
 CAPTURE_FRAMES = 4096            # frames a capture buffers for a slow reader ...
 CAPTURE_BYTES = 8 * 1024 * 1024  # ... and bytes; beyond either, frames are dropped and counted
+MAX_LOGGED_SITES = 64            # places whose failures have had their traceback logged
 _SUN_PATH_MAX = 107              # sockaddr_un.sun_path holds 108 bytes including the NUL
 
 
@@ -99,6 +114,10 @@ def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
+def _response(*, result: Any = None, error: str | None = None) -> bytes:
+    return _encode({"ok": False, "error": error} if error is not None else {"ok": True, "result": result})
+
+
 # -- what `show` reports ----------------------------------------------------------
 
 
@@ -136,7 +155,8 @@ def show_fdb(node: Any, now: float) -> list[dict[str, Any]]:
     ]
 
 
-def show_stats(node: Any, captures: Sequence["CaptureSession"] = ()) -> dict[str, Any]:
+def show_stats(node: Any, server: "ControlServer | None" = None) -> dict[str, Any]:
+    """The node's counters; with ``server``, its captures and the control socket's own."""
     switch = node.switch
     overlay = getattr(node, "overlay", None)
     # Drop-in mode has no bridge: the overlay alone sits between its device and the underlay.
@@ -153,7 +173,8 @@ def show_stats(node: Any, captures: Sequence["CaptureSession"] = ()) -> dict[str
         } if stats else {},
         "router": _router_stats(node),
         "overlay": _overlay_stats(overlay) if overlay is not None else None,
-        "captures": [c.summary() for c in captures],
+        "captures": [c.summary() for c in server.captures] if server else [],
+        "control": attrs.asdict(server.statistics()) if server else None,
         "faults": switch.faults.describe(),
         "recent_drops": [
             {"port": d.port, "reason": str(d.reason), "bytes": len(d.frame), "head": d.frame[:14].hex()}
@@ -375,6 +396,8 @@ def format_stats(result: dict[str, Any]) -> str:
         icmp = ", ".join(f"{n} {kind}" for kind, n in sorted(overlay["icmp_sent"].items())) or "none"
         lines.append(f"overlay: {overlay['encapsulated']} encapsulated, {overlay['decapsulated']} decapsulated;"
                      f" icmp sent: {icmp}")
+    if result.get("control"):
+        lines.append(format_control(result["control"]))
     if result.get("captures"):
         lines.append("captures:")
         rows = [[c["port"], c["written"], c["dropped"]] for c in result["captures"]]
@@ -394,6 +417,13 @@ def format_stats(result: dict[str, Any]) -> str:
         lines += ["  " + line for line in format_table(
             ["port", "reason", "bytes", "head"], rows, right=[2]).splitlines()]
     return "\n".join(lines)
+
+
+def format_control(control: dict[str, Any]) -> str:
+    requests, captures = control["requests"], control["captures"]
+    return (f"control: {requests['active']}/{requests['limit']} requests, {captures['active']}/{captures['limit']}"
+            f" captures; refused {requests['refused']} requests, {captures['refused']} captures;"
+            f" {control['timed_out']} timed out, {control['stalled']} stalled, {control['failed']} failed")
 
 
 def format_arp(result: list[dict[str, Any]]) -> str:
@@ -489,31 +519,52 @@ class _Chunk:
 
 class CaptureSession:
     """One client's live capture of a port: a bounded buffer between the
-    switch's tasks (:meth:`push`, sync, never blocks) and the client's socket
-    (:meth:`stream`)."""
+    switch's tasks (:meth:`push`, sync, never blocks, never raises) and the
+    client's socket (:meth:`stream`).
+
+    ``convert`` turns the port's frames into what is recorded (the underlay's
+    datagrams into UDP frames).
+    """
 
     def __init__(
         self, port: str, *, count: int | None = None, max_frames: int = CAPTURE_FRAMES,
         max_bytes: int = CAPTURE_BYTES, clock: Callable[[], float] = time.time,
+        convert: Callable[[list[bytes]], list[bytes]] | None = None,
     ) -> None:
         self.port = port
         self.count = count
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self._clock = clock
+        self._convert = convert
         self._batches: deque[tuple[float, list[bytes]]] = deque()
         self._frames = 0
         self._bytes = 0
         self._wakeup = trio.Event()
         self.written = 0
         self.dropped = 0
+        self.stalled = False                   # ended because the client took nothing for the stall timeout
+        self.failure: Exception | None = None  # what :meth:`push` raised; :meth:`stream` raises it
 
     def summary(self) -> dict[str, Any]:
         return {"port": self.port, "written": self.written, "dropped": self.dropped,
                 "buffered": self._frames, "count": self.count}
 
     def push(self, frames: list[bytes]) -> None:
-        """The switch's monitor callback: keep what fits, count the rest."""
+        """The switch's monitor callback, run in a port's task: keep what fits, count the rest.
+
+        An exception here would end the port's task; it is kept instead, and
+        ends this capture in the client's task, where :meth:`stream` raises it.
+        """
+        if self.failure is not None:
+            return
+        try:
+            self._keep(self._convert(frames) if self._convert is not None else frames)
+        except Exception as exc:  # the port's task is not this capture's to end
+            self.failure = exc
+            self._wakeup.set()
+
+    def _keep(self, frames: list[bytes]) -> None:
         room = min(self.max_frames - self._frames, len(frames))
         size = 0
         for i in range(room):
@@ -530,27 +581,47 @@ class CaptureSession:
         self.dropped += len(frames) - room
 
     async def _next(self) -> list[tuple[float, list[bytes]]]:
-        while not self._batches:
+        while not self._batches and self.failure is None:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
+        if self.failure is not None:
+            raise self.failure
         batches = list(self._batches)
         self._batches.clear()
         self._frames = self._bytes = 0
         return batches
 
-    async def stream(self, out: trio.abc.SendStream) -> None:
-        """Write the pcap header, then records, until ``count`` frames are written (forever if None)."""
+    async def stream(self, out: trio.abc.SendStream, *, stall_timeout: float = STALL_TIMEOUT) -> None:
+        """Write the pcap header, then records, until ``count`` frames are written (forever if None).
+
+        Returns early, with ``stalled`` set, when the client has taken nothing
+        of what waits for it for ``stall_timeout`` seconds. Waiting for frames
+        is not a stall: a quiet port's capture waits as long as its client.
+        """
         ts = 0.0
         chunk = _Chunk()
         writer = PcapWriter(chunk, linktype=LINKTYPE_ETHERNET, clock=lambda: ts)
-        await out.send_all(chunk.take())
+        if not await self._send(out, chunk.take(), stall_timeout):
+            return
         while self.count is None or self.written < self.count:
             for ts, frames in await self._next():
                 if self.count is not None:
                     frames = frames[: self.count - self.written]
                 writer.write(frames)
                 self.written += len(frames)
-            await out.send_all(chunk.take())
+            if not await self._send(out, chunk.take(), stall_timeout):
+                return
+
+    async def _send(self, out: trio.abc.SendStream, data: bytes, stall_timeout: float) -> bool:
+        """Send ``data`` a piece at a time; False, and ``stalled``, if a piece waits ``stall_timeout``."""
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_PIECE):
+            with trio.move_on_after(stall_timeout) as scope:
+                await out.send_all(view[start:start + SEND_PIECE])
+            if scope.cancelled_caught:
+                self.stalled = True
+                return False
+        return True
 
 
 # -- the server ----------------------------------------------------------------------
@@ -559,22 +630,50 @@ class CaptureSession:
 Handler = Callable[["ControlServer", dict[str, Any]], Awaitable[Any]]
 
 
+@attrs.define
+class Pool:
+    """One kind of connection's share of the socket: how many now, at most, and turned away."""
+
+    limit: int
+    active: int = 0
+    refused: int = 0   # turned away because ``active`` was at ``limit``
+
+
+@attrs.frozen
+class ControlStatistics:
+    requests: Pool   # connections until their request line says they are captures
+    captures: Pool
+    timed_out: int   # requests not sent, or answers not taken, within the client timeout
+    stalled: int     # captures ended because their client took nothing for the stall timeout
+    failed: int      # clients closed by an unexpected exception (a bug; its traceback is logged)
+
+
 class ControlServer:
     """Serves the control protocol for ``node`` on the Unix socket ``path``."""
 
     def __init__(
-        self, node: Any, path: str, *, max_clients: int = MAX_CLIENTS, timeout: float = CLIENT_TIMEOUT,
-        max_request: int = MAX_REQUEST, capture_frames: int = CAPTURE_FRAMES, capture_bytes: int = CAPTURE_BYTES,
+        self, node: Any, path: str, *, max_requests: int = MAX_REQUESTS, max_captures: int = MAX_CAPTURES,
+        timeout: float = CLIENT_TIMEOUT, stall_timeout: float = STALL_TIMEOUT, max_request: int = MAX_REQUEST,
+        capture_frames: int = CAPTURE_FRAMES, capture_bytes: int = CAPTURE_BYTES,
     ) -> None:
         self.node = node
         self.path = str(path)
-        self.max_clients = max_clients
         self.timeout = timeout
+        self.stall_timeout = stall_timeout
         self.max_request = max_request
         self.capture_frames = capture_frames
         self.capture_bytes = capture_bytes
         self.captures: list[CaptureSession] = []
-        self.clients = 0
+        self._request_pool = Pool(max_requests)
+        self._capture_pool = Pool(max_captures)
+        self._timed_out = 0
+        self._stalled = 0
+        self._failed = 0
+        self._logged_sites: set[tuple[str, str, int]] = set()
+
+    def statistics(self) -> ControlStatistics:
+        return ControlStatistics(attrs.evolve(self._request_pool), attrs.evolve(self._capture_pool),
+                                 self._timed_out, self._stalled, self._failed)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; the socket file is removed on the way out."""
@@ -657,54 +756,62 @@ class ControlServer:
                 log.warning("control socket: %s; pausing accept for 100 ms", exc.strerror)
                 await trio.sleep(0.1)  # back off while descriptors are short (as trio.serve_listeners does)
                 continue
-            if self.clients >= self.max_clients:
-                with trio.move_on_after(0.1):
-                    try:
-                        await self._reply(stream, error=f"too many clients (at most {self.max_clients} at once)")
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass  # it already hung up
+            pool = self._request_pool
+            if pool.active >= pool.limit:
+                pool.refused += 1
+                await _refuse(stream, f"too many requests at once (at most {pool.limit})", patience=0.1)
                 await stream.aclose()
                 continue
-            self.clients += 1
+            pool.active += 1
             nursery.start_soon(self._serve_client, stream)
 
     # -- one connection ----------------------------------------------------------
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
+        """One connection, from accept to close: whatever goes wrong here costs this client alone."""
+        pool, what = self._request_pool, "a control client"
         try:
             async with stream:
-                await self._converse(stream)
-        finally:
-            self.clients -= 1
-
-    async def _converse(self, stream: trio.SocketStream) -> None:
-        try:
-            try:
-                with trio.fail_after(self.timeout):
-                    line, _ = await _read_line(stream, self.max_request, "request")
-                    request = parse_request(line)
-                    if request["command"] == "capture":
+                try:
+                    with trio.fail_after(self.timeout):
+                        line, _ = await _read_line(stream, self.max_request, "request")
+                        request = parse_request(line)
+                        what = f"a control client's {request['command']!r}"
+                        if request["command"] != "capture":
+                            await stream.send_all(_response(result=await self._dispatch(request)))
+                            return
+                        if self._capture_pool.active >= self._capture_pool.limit:
+                            self._capture_pool.refused += 1
+                            raise ControlError(f"too many captures at once (at most {self._capture_pool.limit})")
+                        pool.active -= 1
+                        pool = self._capture_pool
+                        pool.active += 1
                         session, monitor = await self._start_capture(stream, request)
-                    else:
-                        result = await self._dispatch(request)
-                        await self._reply(stream, result=result)
-                        return
-            except ControlError as exc:
-                with trio.move_on_after(1.0):
-                    await self._reply(stream, error=str(exc))
-                return
-            except trio.TooSlowError:
-                with trio.move_on_after(1.0):
-                    await self._reply(stream, error=f"timed out after {self.timeout:g} s")
-                return
-            # The capture streams for as long as the client wants: no timeout.
-            await self._run_capture(stream, session, monitor)
+                except ControlError as exc:
+                    await _refuse(stream, str(exc))
+                    return
+                except trio.TooSlowError:
+                    self._timed_out += 1
+                    await _refuse(stream, f"timed out after {self.timeout:g} s")
+                    return
+                # The capture streams for as long as its client takes what it is sent.
+                await self._run_capture(stream, session, monitor)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client hung up
+        except Exception as exc:  # the bulkhead: a bug costs this client, never the server or the daemon
+            self._fail(what, exc)
+        finally:
+            pool.active -= 1
 
-    async def _reply(self, stream: trio.abc.SendStream, *, result: Any = None, error: str | None = None) -> None:
-        message = {"ok": False, "error": error} if error is not None else {"ok": True, "result": result}
-        await stream.send_all(_encode(message))
+    def _fail(self, what: str, exc: Exception) -> None:
+        """Count an unexpected exception; log its traceback the first time it comes from its place."""
+        self._failed += 1
+        site = _site(exc)
+        if site in self._logged_sites or len(self._logged_sites) >= MAX_LOGGED_SITES:
+            log.debug("%s failed again: %r", what, exc)
+            return
+        self._logged_sites.add(site)
+        log.error("%s failed (once per place; `show stats` counts them): %r", what, exc, exc_info=exc)
 
     async def _dispatch(self, request: dict[str, Any]) -> Any:
         command = request["command"]
@@ -716,8 +823,8 @@ class ControlServer:
             return await handler(self, request)
         except ControlError:
             raise
-        except Exception as exc:  # a bug in a handler must not take the data path down
-            log.exception("control command %r failed", command)
+        except Exception as exc:  # a bug in a handler: the client hears of it, the data path carries on
+            self._fail(f"control command {command!r}", exc)
             raise ControlError(f"internal error in {command}: {exc!r}") from exc
 
     # -- capture -----------------------------------------------------------------
@@ -730,17 +837,19 @@ class ControlServer:
         switch = self.node.switch
         if port not in switch.ports:
             raise ControlError(f"no port named {port!r} (ports: {', '.join(switch.ports) or 'none'})")
-        session = CaptureSession(port, count=count, max_frames=self.capture_frames, max_bytes=self.capture_bytes)
         device = switch.ports[port]
+        convert = None
         if device.kind == "udp":   # the underlay: datagrams become the UDP frames they are on the wire
             local_ip, local_port = socket.inet_aton(device.address), device.port
-            monitor = switch.add_monitor(
-                port, lambda frames: session.push([capture_frame(f, local_ip, local_port) for f in frames])
-            )
-        else:
-            monitor = switch.add_monitor(port, session.push)
+
+            def convert(frames: list[bytes]) -> list[bytes]:
+                return [capture_frame(f, local_ip, local_port) for f in frames]
+
+        session = CaptureSession(port, count=count, max_frames=self.capture_frames, max_bytes=self.capture_bytes,
+                                 convert=convert)
+        monitor = switch.add_monitor(port, session.push)
         try:
-            await self._reply(stream, result={"port": port, "snaplen": SNAPLEN, "linktype": LINKTYPE_ETHERNET})
+            await stream.send_all(_response(result={"port": port, "snaplen": SNAPLEN, "linktype": LINKTYPE_ETHERNET}))
         except BaseException:
             switch.remove_monitor(monitor)
             raise
@@ -753,21 +862,46 @@ class ControlServer:
             async with trio.open_nursery() as nursery:
                 async def finish(fn: Callable[[], Awaitable[None]]) -> None:
                     # Whichever ends first ends the capture: count reached,
-                    # client gone, port gone.
+                    # client stalled or gone, port gone.
                     try:
                         await fn()
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
                     nursery.cancel_scope.cancel()
 
-                nursery.start_soon(finish, lambda: session.stream(stream))
+                nursery.start_soon(finish, lambda: session.stream(stream, stall_timeout=self.stall_timeout))
                 nursery.start_soon(finish, lambda: _wait_for_hangup(stream))
                 nursery.start_soon(finish, monitor.ended.wait)
         finally:
             self.node.switch.remove_monitor(monitor)
             self.captures.remove(session)
-            log.info("capture of %s ended: %d frames written, %d dropped for a slow reader",
-                     session.port, session.written, session.dropped)
+            stalled = ""
+            if session.stalled:
+                self._stalled += 1
+                stalled = f"; its client took nothing for {self.stall_timeout:g} s"
+            log.info("capture of %s ended: %d frames written, %d dropped for a slow reader%s",
+                     session.port, session.written, session.dropped, stalled)
+
+
+def _site(exc: BaseException) -> tuple[str, str, int]:
+    """Where ``exc`` was raised (the first of a group's): its type, file and line."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    tb = exc.__traceback__
+    if tb is None:
+        return type(exc).__qualname__, "", 0
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno
+
+
+async def _refuse(stream: trio.abc.SendStream, error: str, *, patience: float = 1.0) -> None:
+    """Tell the client why, if it takes the line within ``patience`` seconds."""
+    with trio.move_on_after(patience):
+        try:
+            await stream.send_all(_response(error=error))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # it already hung up
 
 
 async def _wait_for_hangup(stream: trio.abc.ReceiveStream) -> None:
@@ -816,7 +950,7 @@ async def _cmd_show(server: ControlServer, request: dict[str, Any]) -> Any:
     if what == "fdb":
         return show_fdb(node, trio.current_time())  # the daemon's Switch runs on trio's clock
     if what == "stats":
-        return show_stats(node, server.captures)
+        return show_stats(node, server)
     if what == "arp":
         return show_arp(node, trio.current_time())
     if what == "routes":

@@ -8,12 +8,13 @@ import socket
 import stat
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
+import trio.testing
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import rdpcap
@@ -88,9 +89,9 @@ async def exchange(path: str, data: bytes) -> dict:
     return json.loads(line)
 
 
-async def wait_until(condition, what: str) -> None:
+async def wait_until(condition, what: str, timeout: float = TIMEOUT) -> None:
     """Poll ``condition`` (a state change made by another task) under a deadline."""
-    with trio.move_on_after(TIMEOUT):
+    with trio.move_on_after(timeout):
         while not condition():
             await trio.sleep(0.005)
         return
@@ -178,8 +179,16 @@ async def test_show_stats_counts_forwarding_drops_and_tail_drops(tmp_path):
         assert result["ports"]["p1"]["rx_dropped"] == 1
         assert result["ports"]["p2"]["tail_dropped"] == 1500 - 1024
         assert result["captures"] == []
+        # the control socket's own counters; the client asking is the one active request
+        assert result["control"] == {
+            "requests": {"limit": control.MAX_REQUESTS, "active": 1, "refused": 0},
+            "captures": {"limit": control.MAX_CAPTURES, "active": 0, "refused": 0},
+            "timed_out": 0, "stalled": 0, "failed": 0,
+        }
 
         text = control.format_stats(result)
+        assert ("control: 1/16 requests, 0/16 captures; refused 0 requests, 0 captures;"
+                " 0 timed out, 0 stalled, 0 failed") in text.splitlines()
         assert "bridge: 9 unicast, 1 flooded" in text
         assert any(line.split() == ["invalid-source", "1"] for line in text.splitlines())
         assert any(line.split() == ["tx-queue-full", "476"] for line in text.splitlines())
@@ -233,16 +242,17 @@ async def test_silent_client_times_out(tmp_path):
 
 
 async def test_clients_beyond_the_cap_are_refused(tmp_path):
-    async with running(tmp_path, max_clients=1) as r:
+    async with running(tmp_path, max_requests=1) as r:
         async with await trio.open_unix_socket(r.path) as idle:
             response = await exchange(r.path, b'{"command": "show", "what": "ports"}\n')
-            assert response == {"ok": False, "error": "too many clients (at most 1 at once)"}
+            assert response == {"ok": False, "error": "too many requests at once (at most 1)"}
             for _ in range(3):  # refused clients that hang up at once do not upset the server
                 async with await trio.open_unix_socket(r.path):
                     pass
             await idle.send_all(b'{"command": "show", "what": "ports"}\n')
             line, _ = await control._read_line(idle, control.MAX_RESPONSE, "response")
             assert json.loads(line)["ok"] is True
+        assert r.server.statistics().requests.refused == 4
 
 
 # -- attach / detach -----------------------------------------------------------------------
@@ -466,6 +476,182 @@ async def test_capture_ends_at_daemon_shutdown(tmp_path):
         # leaving `running` cancels the daemon; the client sees the stream end
     assert written == [4]
     assert len(rdpcap(io.BytesIO(sink.getvalue()))) == 4
+
+
+# -- limits: two pools, timeouts, stalls; one client's failure is its own -------------------------
+
+CAPTURE_P1 = b'{"command": "capture", "port": "p1"}\n'
+BURST = bytes.fromhex("020000000002" "020000000001" "88b5") + bytes(1386)
+
+
+async def idle_clients(path: str, n: int, request: bytes, stack: AsyncExitStack) -> list[trio.SocketStream]:
+    """``n`` connections, one after the other, that send ``request`` (or nothing) and then never read."""
+    clients = []
+    for _ in range(n):
+        client = await stack.enter_async_context(await trio.open_unix_socket(path))
+        await client.send_all(request)
+        await trio.testing.wait_all_tasks_blocked()  # the server has done what it will with it
+        clients.append(client)
+    return clients
+
+
+async def read_all(stream: trio.SocketStream) -> bytes:
+    """Everything the daemon sent, up to its end of the connection."""
+    data = bytearray()
+    while chunk := await stream.receive_some(1 << 20):
+        data += chunk
+    return bytes(data)
+
+
+async def pinging(r: Running, interval: float) -> None:
+    """Steady traffic: p1's host pings p2's every ``interval`` seconds."""
+    while True:
+        await r.ping()
+        await trio.sleep(interval)
+
+
+async def test_idle_captures_never_lock_out_show_and_are_ended_when_they_stall(tmp_path, autojump_clock):
+    stall = 10.0
+    async with running(tmp_path, stall_timeout=stall, capture_frames=64) as r, AsyncExitStack() as stack:
+        reader = Sink()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(control.capture, r.path, "p1", reader)  # takes everything it is sent
+            await reader.started.wait()
+            idle = await idle_clients(r.path, 19, CAPTURE_P1, stack)
+            started = trio.current_time()
+            nursery.start_soon(pinging, r, 1.0)
+            for _ in range(64):  # far more than the idle clients' sockets hold
+                await r.host("p1").port.send_batch([BURST] * 64)
+
+            with trio.fail_after(1):  # at once, not after some timeout (virtual seconds)
+                stats = await r.ask(command="show", what="stats")
+            control_stats = stats["control"]
+            assert control_stats["captures"] == {"limit": 16, "active": 16, "refused": 4}  # 20 asked
+            assert control_stats["requests"] == {"limit": 16, "active": 1, "refused": 0}
+            assert control_stats["stalled"] == 0
+            assert sum(c["dropped"] for c in stats["captures"]) > 15 * 2000  # the idle ones' buffers are full
+
+            before = records_in(reader.getvalue())
+            await wait_until(lambda: r.server.statistics().stalled == 15, "the idle captures to stall", 2 * stall)
+            assert stall <= trio.current_time() - started < stall + 1
+            assert [c.port for c in r.server.captures] == ["p1"]  # the reader's capture goes on ...
+            assert records_in(reader.getvalue()) >= before + 2 * 9  # ... and got the pings meanwhile (2 frames each)
+            assert (await r.ask(command="show", what="stats"))["control"]["captures"]["active"] == 1
+            nursery.cancel_scope.cancel()
+
+        # Every idle client's connection has ended (read_all returned). The 15 taken got their answer,
+        # then pcap up to where they stopped reading; the other 4 were told why not.
+        answers = [(await read_all(client)).split(b"\n", 1) for client in idle]
+        taken = [pcap for line, pcap in answers if json.loads(line)["ok"]]
+        assert len(taken) == 15 and all(pcap.startswith(b"\xd4\xc3\xb2\xa1") for pcap in taken)
+        assert [json.loads(line) for line, _ in answers[15:]] == [
+            {"ok": False, "error": "too many captures at once (at most 16)"}] * 4
+
+
+async def test_silent_clients_time_out_while_captures_carry_on(tmp_path, autojump_clock):
+    async with running(tmp_path, timeout=10.0) as r, AsyncExitStack() as stack:
+        reader = Sink()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(control.capture, r.path, "p1", reader)
+            await reader.started.wait()  # a capture: no longer a request
+            started = trio.current_time()
+            silent = await idle_clients(r.path, 20, b"", stack)
+            stats = r.server.statistics()
+            assert (stats.requests.active, stats.requests.refused, stats.captures.active) == (16, 4, 1)
+
+            await r.ping()  # the capture pool carries on while the request pool is full
+            await wait_until(lambda: records_in(reader.getvalue()) == 4, "the ping to reach the capture")
+
+            answers = [json.loads(await read_all(client)) for client in silent]
+            assert 10.0 <= trio.current_time() - started < 11.0
+            assert answers == ([{"ok": False, "error": "timed out after 10 s"}] * 16
+                               + [{"ok": False, "error": "too many requests at once (at most 16)"}] * 4)
+            stats = (await r.ask(command="show", what="stats"))["control"]  # answered again
+            assert (stats["timed_out"], stats["requests"]["refused"], stats["captures"]["active"]) == (16, 4, 1)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_quiet_ports_capture_is_not_a_stalled_one(tmp_path, autojump_clock):
+    async with running(tmp_path, stall_timeout=10.0) as r:
+        reader = Sink()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(control.capture, r.path, "p1", reader)
+            await reader.started.wait()
+            await trio.sleep(60)  # six stall timeouts (virtual) without a frame on p1
+            assert records_in(reader.getvalue()) == 0
+            assert len(r.server.captures) == 1 and r.server.statistics().stalled == 0
+            await r.ping()
+            await wait_until(lambda: records_in(reader.getvalue()) == 4, "the ping to reach the capture")
+            nursery.cancel_scope.cancel()
+
+
+def tracebacks(caplog, message: str) -> list:
+    return [rec for rec in caplog.records if rec.exc_info and message in repr(rec.exc_info[1])]
+
+
+async def test_a_failing_handler_costs_its_client_only(tmp_path, monkeypatch, caplog):
+    async def boom(server, request):
+        raise RuntimeError("handler on purpose")
+
+    monkeypatch.setitem(control.COMMANDS, "boom", boom)
+    async with running(tmp_path) as r:
+        for _ in range(3):
+            with pytest.raises(ControlError, match=r"^internal error in boom: RuntimeError\('handler on purpose'\)$"):
+                await r.ask(command="boom")
+        stats = await r.ask(command="show", what="stats")  # the server carries on
+        assert stats["control"]["failed"] == 3
+        assert "0 timed out, 0 stalled, 3 failed" in control.format_stats(stats)
+    [record] = tracebacks(caplog, "handler on purpose")  # logged once for its place, with its traceback
+    assert record.getMessage().startswith("control command 'boom' failed")
+
+
+async def test_a_failing_capture_costs_its_client_only(tmp_path, monkeypatch, caplog):
+    async with running(tmp_path, timeout=TIMEOUT) as r:
+        # 1. The monitor callback a capture installed raises, inside p1's tasks.
+        broken, good = Sink(), Sink()
+        written = {}
+
+        async def capture(name, sink):
+            written[name] = await control.capture(r.path, "p1", sink)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(capture, "broken", broken)
+            with trio.fail_after(TIMEOUT):
+                await broken.started.wait()
+            [session] = r.server.captures
+
+            def keep(frames):
+                raise RuntimeError("monitor on purpose")
+
+            monkeypatch.setattr(session, "_keep", keep)
+            nursery.start_soon(capture, "good", good)
+            with trio.fail_after(TIMEOUT):
+                await good.started.wait()
+            await r.ping(3)  # p1's tasks survived the callback's exception
+            await wait_until(lambda: "broken" in written, "the broken capture to end")
+            await wait_until(lambda: records_in(good.getvalue()) == 8, "the good capture to get the pings")
+            assert written == {"broken": 0}
+            assert [c.port for c in r.server.captures] == ["p1"]  # the good one goes on
+            nursery.cancel_scope.cancel()
+        assert r.node.switch.port_failures == 0
+
+        # 2. Writing the stream raises.
+        class BrokenWriter(PcapWriter):
+            def write(self, frames):
+                raise RuntimeError("stream on purpose")
+
+        monkeypatch.setattr(control, "PcapWriter", BrokenWriter)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(capture, "stream", Sink())
+            await wait_until(lambda: r.server.captures, "the capture to start")
+            await r.ping()
+            await wait_until(lambda: "stream" in written, "the broken stream to end")
+        assert written["stream"] == 0
+
+        stats = await r.ask(command="show", what="stats")
+        assert (stats["control"]["failed"], stats["control"]["captures"]["active"]) == (2, 0)
+    assert len(tracebacks(caplog, "monitor on purpose")) == 1
+    assert len(tracebacks(caplog, "stream on purpose")) == 1
 
 
 def test_pcap_records_only_releases_whole_records():

@@ -4,6 +4,7 @@ in another process; tshark decodes the live capture from a pipe."""
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,4 +118,42 @@ def test_ctrl_c_leaves_a_valid_pcap(tmp_path):
         if capture is not None and capture.poll() is None:
             capture.kill()
             capture.wait()
+        daemon.kill()
+
+
+def test_captures_that_never_read_do_not_lock_out_show(tmp_path):
+    """The audit's case: more `capture` clients than there are capture slots, none of them reading."""
+    config, control = _config(tmp_path)
+    daemon = Daemon(config)
+    clients = []
+    try:
+        daemon.start(ready="running")
+        daemon.wait_for("p1-host: reply from 10.1.0.2")  # p1 has steady traffic
+        for _ in range(20):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            clients.append(client)
+            client.settimeout(10)
+            client.connect(str(control))
+            client.sendall(b'{"command": "capture", "port": "p1"}\n')
+        # Each takes its answer (and what came with it), then never reads again.
+        answers = [client.recv(4096).split(b"\n", 1)[0] for client in clients]
+        assert [json.loads(a)["ok"] for a in answers] == [True] * 16 + [False] * 4
+        assert json.loads(answers[-1])["error"] == "too many captures at once (at most 16)"
+
+        started = time.monotonic()
+        stats = _vswitch("show", "stats", "--json", "-c", str(config))
+        assert stats.returncode == 0, stats.stderr
+        assert time.monotonic() - started < 5  # the answer comes at once, not after some timeout
+        result = json.loads(stats.stdout)
+        assert result["control"]["captures"] == {"limit": 16, "active": 16, "refused": 4}
+        assert result["control"]["requests"]["refused"] == 0
+        assert [c["port"] for c in result["captures"]] == ["p1"] * 16
+
+        table = _vswitch("show", "stats", "-c", str(config))
+        assert "control: 1/16 requests, 16/16 captures; refused 0 requests, 4 captures;" in table.stdout
+
+        assert daemon.stop(signal.SIGTERM) == 0  # the open captures do not hold the shutdown up
+    finally:
+        for client in clients:
+            client.close()
         daemon.kill()
