@@ -47,7 +47,7 @@ from overlay.codec import capture_frame
 
 from .actions import DropReason
 from .nat import PROTOCOL_NAMES, describe
-from .ports.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter
+from .ports.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, SNAPLEN, PcapWriter
 from .wire.addr import ip_to_str, mac_to_str
 
 log = logging.getLogger(__name__)
@@ -523,15 +523,17 @@ class CaptureSession:
     client's socket (:meth:`stream`).
 
     ``convert`` turns the port's frames into what is recorded (the underlay's
-    datagrams into UDP frames).
+    datagrams into UDP frames); ``linktype`` says what they are (Ethernet, or
+    raw IP for a TUN port).
     """
 
     def __init__(
         self, port: str, *, count: int | None = None, max_frames: int = CAPTURE_FRAMES,
         max_bytes: int = CAPTURE_BYTES, clock: Callable[[], float] = time.time,
-        convert: Callable[[list[bytes]], list[bytes]] | None = None,
+        convert: Callable[[list[bytes]], list[bytes]] | None = None, linktype: int = LINKTYPE_ETHERNET,
     ) -> None:
         self.port = port
+        self.linktype = linktype
         self.count = count
         self.max_frames = max_frames
         self.max_bytes = max_bytes
@@ -600,7 +602,7 @@ class CaptureSession:
         """
         ts = 0.0
         chunk = _Chunk()
-        writer = PcapWriter(chunk, linktype=LINKTYPE_ETHERNET, clock=lambda: ts)
+        writer = PcapWriter(chunk, linktype=self.linktype, clock=lambda: ts)
         if not await self._send(out, chunk.take(), stall_timeout):
             return
         while self.count is None or self.written < self.count:
@@ -845,11 +847,12 @@ class ControlServer:
             def convert(frames: list[bytes]) -> list[bytes]:
                 return [capture_frame(f, local_ip, local_port) for f in frames]
 
+        linktype = LINKTYPE_RAW if device.kind == "tun" else LINKTYPE_ETHERNET   # a TUN carries bare IP packets
         session = CaptureSession(port, count=count, max_frames=self.capture_frames, max_bytes=self.capture_bytes,
-                                 convert=convert)
+                                 convert=convert, linktype=linktype)
         monitor = switch.add_monitor(port, session.push)
         try:
-            await stream.send_all(_response(result={"port": port, "snaplen": SNAPLEN, "linktype": LINKTYPE_ETHERNET}))
+            await stream.send_all(_response(result={"port": port, "snaplen": SNAPLEN, "linktype": linktype}))
         except BaseException:
             switch.remove_monitor(monitor)
             raise

@@ -349,6 +349,32 @@ def test_an_iperf3_tcp_stream_crosses_the_overlay(cluster):
     print(f"{cluster.backend} drop-in iperf3 c11 -> c21: {received['bits_per_second'] / 1e6:.0f} Mbit/s")
 
 
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (CI installs it)")
+def test_a_capture_of_the_flannel_device_is_what_tshark_decodes(cluster):
+    """flannel0 (udp) is a TUN: its capture is raw IP (linktype 101), not IP mistaken for Ethernet."""
+    topo = cluster.topo
+    (c11, _), (_, c21_address) = topo.container(1), topo.container(2)
+    pcap = topo.tmp / f"{cluster.backend}-device.pcap"
+    capture = subprocess.Popen(
+        [sys.executable, "-m", "vswitch", "capture", cluster.device, "--count", "4", "-w", str(pcap),
+         "--config", str(cluster.configs[1])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: pcap.exists() and pcap.stat().st_size >= 24, what="the capture's pcap header")
+        ok, output = _ping(c11, c21_address, count=4)
+        assert ok, output
+        assert capture.wait(timeout=20) == 0, capture.stderr.read()
+    finally:
+        if capture.poll() is None:
+            capture.kill()
+            capture.wait()
+    decoded = sh("tshark", "-r", str(pcap), "-T", "fields", "-e", "frame.encap_type", "-e", "ip.src", "-e", "ip.dst",
+                 "-e", "icmp.type").stdout.splitlines()
+    encap = "7" if cluster.backend == "udp" else "1"   # tshark's WTAP_ENCAP_RAW_IP, WTAP_ENCAP_ETHERNET
+    assert len(decoded) == 4 and all(line.split("\t")[0] == encap for line in decoded), decoded
+    assert {tuple(line.split("\t")[1:]) for line in decoded} <= {
+        ("10.244.1.2", c21_address, "8"), (c21_address, "10.244.1.2", "0")}, decoded
+
+
 def test_ip_masq_installs_flannels_rules(cluster):
     vm = cluster.topo.vms[1]
     rules = in_ns(vm, "iptables", "-t", "nat", "-S").stdout.splitlines()
