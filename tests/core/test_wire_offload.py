@@ -163,3 +163,17 @@ def test_what_cannot_join_goes_alone_with_an_empty_header():
     fragment = raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP(flags="A") / b"y")
     for frame in (udp, lone, fragment, b"short"):
         assert coalesce_tcp4([frame, frame], 0) == (VNET_HDR_NONE + frame, 1)
+
+
+@pytest.mark.parametrize("data_offset", [0, 1, 2, 3, 4])
+def test_a_data_offset_below_five_never_joins(data_offset):
+    # The audit's two 146-byte frames (issue 10): one flow, the second with PSH and the sequence number
+    # that follows the first (146 - 14 - 20 - 4 * data_offset bytes on), a data offset of 3 (0 to 4 alike).
+    # The header slice was shorter than 14 bytes and writing its flags raised IndexError.
+    ip = IP(src="10.244.1.2", dst="10.244.1.3", flags="DF")
+    size = 146 - 14 - 20 - 4 * data_offset
+    first = raw(Ether(**ETH) / ip / TCP(sport=40000, dport=5201, seq=1000, ack=7, dataofs=data_offset, flags="A") / bytes(92))
+    second = raw(Ether(**ETH) / ip / TCP(sport=40000, dport=5201, seq=1000 + size, ack=7, dataofs=data_offset, flags="PA")
+                 / bytes(92))
+    assert len(first) == len(second) == 146
+    assert coalesce_tcp4([first, second], 0) == (VNET_HDR_NONE + first, 1)
