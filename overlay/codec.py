@@ -94,16 +94,19 @@ def flow_source_port(packet: bytes, offset: int = 0) -> int:
 
 
 _CAPTURE_MACS = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
+MAX_PAYLOAD = 0xFFFF - UDP_OVERHEAD   # the most one UDP datagram over IPv4 carries
 
 
 def capture_frame(datagram: bytes, local_ip: bytes, local_port: int) -> bytes:
     """A datagram as the Ethernet/IPv4/UDP frame a capture of the underlay shows (Wireshark decodes the rest).
 
     A datagram whose local port is the bound port arrived; any other left.
-    The UDP checksum is zero (none), the MACs are placeholders.
+    The UDP checksum is zero (none), the MACs are placeholders. A payload
+    longer than one datagram carries (the socket refuses it: EMSGSIZE) is
+    cut to fit, as a capture's snap length would.
     """
     peer_ip, peer_port, port = _ADDRESS.unpack_from(datagram)
-    payload = datagram[ADDRESS_LEN:]
+    payload = datagram[ADDRESS_LEN:ADDRESS_LEN + MAX_PAYLOAD]
     if port == local_port:
         src, dst, sport, dport = peer_ip, local_ip, peer_port, local_port
     else:
