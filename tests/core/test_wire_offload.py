@@ -78,6 +78,16 @@ def test_segments_are_valid_tcp_that_reassemble(payload_len, mss, fin):
     assert data == bytes(pkt[TCP].payload)
 
 
+def test_a_tcp_header_past_the_ip_total_length_is_truncated():
+    # The IP total length covers half the TCP header, the frame goes on: the segment was made of bytes
+    # beyond the packet, with a longer IP length than the original.
+    frame = raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2", len=30) / TCP(sport=1, dport=2, flags="A") / bytes(100))
+    with pytest.raises(Truncated):
+        segment_tcp4(frame, 1000)
+    with pytest.raises(Truncated):
+        from_vnet(VNET_HDR.pack(0, GSO_TCPV4, 0, 1000, 0, 0) + frame)
+
+
 def test_from_vnet_plain_and_needs_csum_and_tso():
     frame, _ = _super_frame(100)
     assert from_vnet(VNET_HDR.pack(0, 0, 0, 0, 0, 0) + frame) == [frame]

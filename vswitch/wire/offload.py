@@ -58,6 +58,8 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
     tcp_at = ip.payload_offset
     tcp = Tcp.parse(frame, tcp_at)
     headers_end = tcp_at + tcp.header_len
+    if headers_end > ip.offset + ip.total_length:
+        raise Truncated(f"tcp: a {tcp.header_len}-byte header runs past the IP total length {ip.total_length}")
     payload = frame[headers_end:ip.offset + ip.total_length]
     if len(payload) <= mss:
         segments_payload = [payload]
