@@ -78,12 +78,13 @@ def flow_source_port(packet: bytes, offset: int = 0) -> int:
     The flow is Linux's: the addresses and protocol, plus the ports of TCP
     and UDP (the first four bytes of the transport header) or, for ICMP,
     its type, code and identifier — unless the packet is a fragment, whose
-    pieces then all hash alike. CRC-32 is deterministic across runs and
+    pieces then all hash alike, or its header length is below 20 bytes (no
+    transport header to find). CRC-32 is deterministic across runs and
     costs well under a microsecond.
     """
     ihl = (packet[offset] & 0x0F) * 4
     addresses = packet[offset + 9:offset + 10] + packet[offset + 12:offset + 20]
-    if packet[offset + 6] & 0x3F or packet[offset + 7]:   # more fragments, or an offset: no ports
+    if packet[offset + 6] & 0x3F or packet[offset + 7] or ihl < 20:   # more fragments, an offset, no header: no ports
         key = addresses
     elif packet[offset + 9] == 1:   # ICMP: type and code, then the identifier (not the checksum)
         start = offset + ihl
