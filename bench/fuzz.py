@@ -52,7 +52,7 @@ from scapy.all import (
 )
 from scapy.layers.vxlan import VXLAN
 
-from overlay.codec import address_header, capture_frame, decrement_ttl, flow_source_port, parse_address
+from overlay.codec import MAX_PAYLOAD, address_header, capture_frame, decrement_ttl, flow_source_port, parse_address
 from overlay.dropin import DeviceOverlay
 from vswitch.actions import Drop, Transmit
 from vswitch.bridge import Bridge
@@ -237,8 +237,9 @@ class Seed:
     """A well-formed input and where its headers are, so mutations can aim at them.
 
     ``ip_at`` is where the IPv4 header of interest starts (the inner one in a
-    datagram), ``prefix`` how many bytes precede the Ethernet or IP part (a
-    datagram's address header and VXLAN header, a virtio-net header).
+    datagram); ``cuts`` are the header boundaries (with :meth:`of`'s ``prefix``,
+    the bytes before the Ethernet or IP part: a datagram's address and VXLAN
+    headers, a virtio-net header).
     """
 
     data: bytes
@@ -407,8 +408,8 @@ def _vnet(frame: bytes, flags: int = 0, gso_type: int = GSO_NONE, gso_size: int 
 def _partial(pkt: Any, field: int) -> bytes:
     """The frame as a kernel hands it over with CHECKSUM_PARTIAL: the field holds the pseudo-header sum."""
     frame = bytearray(raw(pkt))
-    ip = pkt[IP]
-    length = len(raw(ip)) - ip.ihl * 4 if ip.ihl else len(raw(ip)) - 20
+    ip = Ether(frame)[IP]
+    length = ip.len - ip.ihl * 4
     pseudo = int.from_bytes(_ip(ip.src) + _ip(ip.dst) + struct.pack("!BBH", 0, ip.proto, length), "big") % 0xFFFF
     struct.pack_into("!H", frame, 34 + field, pseudo)
     return bytes(frame)
@@ -486,10 +487,9 @@ def seeds() -> Seeds:
            Seed.of(struct.pack("<I", 1000) + bytes(2500), None, prefix=4),
            Seed.of(struct.pack("<I", 0) + flannel[1], 4, prefix=4)]
     datagrams = {backend: _datagrams(backend) for backend in ("udp", "vxlan")}
-    largest = 65535 - 28   # a UDP datagram's payload at most
-    capture = datagrams["udp"] + datagrams["vxlan"] + (
-        Seed.of(address_header(_ip(PUBLIC[2]), 8472, 40000) + bytes(largest), None, prefix=8),
-        Seed.of(address_header(_ip(PUBLIC[2]), 8285, 0) + bytes(largest - 100), None, prefix=8),
+    capture = datagrams["udp"] + datagrams["vxlan"] + (   # and the largest a UDP datagram carries, or nearly
+        Seed.of(address_header(_ip(PUBLIC[2]), 8472, 40000) + bytes(MAX_PAYLOAD), None, prefix=8),
+        Seed.of(address_header(_ip(PUBLIC[2]), 8285, 0) + bytes(MAX_PAYLOAD - 100), None, prefix=8),
     )
     return Seeds(tuple(inside), tuple(outside), tuple(ip), tuple(vtep_frames), datagrams, tuple(vnet), streams, capture,
                  tuple(gro))

@@ -51,9 +51,11 @@ def test_every_table_stays_within_its_bound(report: fuzz.Report) -> None:
 
 def test_valid_traffic_flows_through_every_core_once_the_timeouts_have_run(report: fuzz.Report) -> None:
     assert set(report.forwards) == {"bridge", "router-nat", "overlay-udp", "overlay-vxlan", "dropin-udp", "dropin-vxlan"}
-    for name, (_, after) in report.forwards.items():
+    for name, (at_once, after) in report.forwards.items():
         assert after.ok, (name, after.problems)
         assert after.steps >= 2
+        if name in ("bridge", "dropin-udp", "dropin-vxlan"):   # no NAT table a flood can fill: at once too
+            assert at_once.ok, (name, at_once.problems)
 
 
 def test_a_seed_gives_the_same_inputs() -> None:
