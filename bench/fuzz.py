@@ -245,7 +245,6 @@ class Seed:
     data: bytes
     ip_at: int | None = None
     l4_at: int | None = None
-    proto: int | None = None
     inner_at: int | None = None      # the quoted packet of an ICMP error
     cuts: tuple[int, ...] = ()
 
@@ -253,7 +252,7 @@ class Seed:
     def of(cls, data: bytes, ip_at: int | None, *, prefix: int = 0) -> "Seed":
         cuts = {1, 6, 12, 13, 14, 18, 22, len(data) - 1, len(data) // 2}
         cuts |= {prefix + c for c in (0, 1, 6, 12, 13, 14, 15, 18, 22)}
-        l4_at = proto = inner_at = None
+        l4_at = inner_at = None
         if ip_at is not None and len(data) >= ip_at + 20:
             l4_at = ip_at + (data[ip_at] & 0x0F) * 4
             proto = data[ip_at + 9]
@@ -265,7 +264,7 @@ class Seed:
                 inner_at = l4_at + 8
                 inner_l4 = inner_at + (data[inner_at] & 0x0F) * 4
                 cuts |= {inner_at + c for c in (1, 9, 12, 19, 20)} | {inner_l4 - 1, inner_l4, inner_l4 + 4, inner_l4 + 8}
-        return cls(data, ip_at, l4_at, proto, inner_at, tuple(sorted(c for c in cuts if 0 <= c < len(data))))
+        return cls(data, ip_at, l4_at, inner_at, tuple(sorted(c for c in cuts if 0 <= c < len(data))))
 
 
 def _ether(pkt: Any) -> Seed:
@@ -896,7 +895,7 @@ class CoreTarget:
     def __init__(self, name: str, config: str, seed: int) -> None:
         self.name = name
         parsed = loads(config)
-        self.core, self.router, self.overlay, self.vtep_mac = build_core(parsed)
+        self.core, self.router, self.overlay, _ = build_core(parsed)
         if isinstance(self.core, DeviceOverlay):
             self.ports: tuple[str, ...] = (self.core.device, self.core.underlay)
         else:
