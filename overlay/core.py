@@ -163,10 +163,11 @@ class Overlay:
             if len(packet) < 20 or packet[0] >> 4 != 4:
                 result.append(self._drop(INSIDE, DropReason.IP_TRUNCATED if len(packet) < 20 else DropReason.IP_VERSION, packet))
                 continue
-            unsound = _header_problem(packet)
-            if unsound is not None:
-                result.append(self._drop(INSIDE, unsound, packet))
-                continue
+            if packet[0] != 0x45 or not 20 <= (packet[2] << 8 | packet[3]) <= len(packet):   # the fast path's check
+                unsound = _header_problem(packet)
+                if unsound is not None:
+                    result.append(self._drop(INSIDE, unsound, packet))
+                    continue
             peer = lookup(packet[16:20])
             if peer is None:
                 result += self._undeliverable(INSIDE, packet, packet, icmp.DEST_UNREACHABLE, DropReason.NO_LEASE)
@@ -250,7 +251,9 @@ class Overlay:
                 if datagram[offset - 2:offset] != _IPV4:
                     result.append(self._refuse(peer, DropReason.UNSUPPORTED_ETHERTYPE, datagram))
                     continue
-            if len(datagram) < offset + 20 or datagram[offset] >> 4 != 4 or _header_problem(datagram, offset) is not None:
+            if len(datagram) < offset + 20 or datagram[offset] >> 4 != 4 or (
+                    (datagram[offset] != 0x45 or not 20 <= (datagram[offset + 2] << 8 | datagram[offset + 3]) <= len(datagram) - offset)
+                    and _header_problem(datagram, offset) is not None):
                 result.append(self._refuse(peer, DropReason.OVERLAY_MALFORMED, datagram))
                 continue
             if datagram[offset + 12:offset + 16] not in peer.lease.subnet:
