@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
-from . import core, memory, nat, overlay, tap
+from . import core, fuzz, memory, nat, overlay, tap
 from .common import Options
 
 Suite = Callable[[Options], Iterable[dict[str, Any]]]
@@ -24,6 +24,7 @@ SUITES: dict[str, Suite] = {
     "tap": tap.run,  # needs root: real namespaces and iperf3
     "nat": nat.run,  # the router's core always; its device part needs root and iperf3 (skipped with a note)
     "overlay": overlay.run,  # needs root, iperf3 and tincd: two VM namespaces, kernel vxlan and tinc baselines
+    "fuzz": fuzz.run,  # mutated input through every core and port-side transform; --count, --seed
 }
 # suite name -> why it cannot run on this machine (None when it can)
 UNAVAILABLE: dict[str, Callable[[], str | None]] = {"tap": tap.unavailable, "overlay": overlay.unavailable}
@@ -54,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before measuring (default: core 0.2, memory 0.5)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of each measured part to stderr")
     parser.add_argument("--quick", action="store_true",
-                        help="smaller set-ups where a suite has them (nat: 1,000 routes, 4,000 connections); for smoke tests")
+                        help="smaller set-ups where a suite has them (nat: 1,000 routes, 4,000 connections; fuzz: 2,000"
+                        " inputs); for smoke tests")
+    parser.add_argument("--count", type=int, help="fuzz: how many inputs to feed (default: 1,000,000)")
+    parser.add_argument("--seed", type=int, help=f"fuzz: the random seed; a seed gives the same inputs every run"
+                        f" (default: {fuzz.DEFAULT_SEED})")
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
@@ -62,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     if args.warmup is not None and args.warmup < 0:
         parser.error("--warmup must not be negative")
+    if args.count is not None and args.count < 1:
+        parser.error("--count must be at least 1")
     if args.suite == "all":
         names = []
         for name in SUITES:
@@ -74,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [args.suite]
     options = Options(
         duration=args.duration, rounds=args.rounds, warmup=args.warmup, profile=args.profile, quick=args.quick,
+        count=args.count, seed=args.seed,
     )
     run_suites(names, options)
     return 0

@@ -26,6 +26,8 @@ class Options:
     warmup: float | None = None    # seconds run before measuring
     profile: bool = False          # print a cProfile of the measured part to stderr
     quick: bool = False            # smaller set-ups (tables, connections) where a suite has them: smoke tests
+    count: int | None = None       # how many inputs (fuzz)
+    seed: int | None = None        # the random seed (fuzz)
 
     def resolve(self, *, duration: float, rounds: int, warmup: float) -> "Options":
         return Options(
@@ -34,6 +36,8 @@ class Options:
             warmup=warmup if self.warmup is None else self.warmup,
             profile=self.profile,
             quick=self.quick,
+            count=self.count,
+            seed=self.seed,
         )
 
 

@@ -78,12 +78,13 @@ def flow_source_port(packet: bytes, offset: int = 0) -> int:
     The flow is Linux's: the addresses and protocol, plus the ports of TCP
     and UDP (the first four bytes of the transport header) or, for ICMP,
     its type, code and identifier — unless the packet is a fragment, whose
-    pieces then all hash alike. CRC-32 is deterministic across runs and
+    pieces then all hash alike, or its header length is below 20 bytes (no
+    transport header to find). CRC-32 is deterministic across runs and
     costs well under a microsecond.
     """
     ihl = (packet[offset] & 0x0F) * 4
     addresses = packet[offset + 9:offset + 10] + packet[offset + 12:offset + 20]
-    if packet[offset + 6] & 0x3F or packet[offset + 7]:   # more fragments, or an offset: no ports
+    if packet[offset + 6] & 0x3F or packet[offset + 7] or ihl < 20:   # more fragments, an offset, no header: no ports
         key = addresses
     elif packet[offset + 9] == 1:   # ICMP: type and code, then the identifier (not the checksum)
         start = offset + ihl
@@ -94,16 +95,19 @@ def flow_source_port(packet: bytes, offset: int = 0) -> int:
 
 
 _CAPTURE_MACS = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
+MAX_PAYLOAD = 0xFFFF - UDP_OVERHEAD   # the most one UDP datagram over IPv4 carries
 
 
 def capture_frame(datagram: bytes, local_ip: bytes, local_port: int) -> bytes:
     """A datagram as the Ethernet/IPv4/UDP frame a capture of the underlay shows (Wireshark decodes the rest).
 
     A datagram whose local port is the bound port arrived; any other left.
-    The UDP checksum is zero (none), the MACs are placeholders.
+    The UDP checksum is zero (none), the MACs are placeholders. A payload
+    longer than one datagram carries (the socket refuses it: EMSGSIZE) is
+    cut to fit, as a capture's snap length would.
     """
     peer_ip, peer_port, port = _ADDRESS.unpack_from(datagram)
-    payload = datagram[ADDRESS_LEN:]
+    payload = datagram[ADDRESS_LEN:ADDRESS_LEN + MAX_PAYLOAD]
     if port == local_port:
         src, dst, sport, dport = peer_ip, local_ip, peer_port, local_port
     else:

@@ -37,6 +37,7 @@ from vswitch.actions import Drop, DropReason, Transmit
 from vswitch.router import ICMP_BURST, ICMP_RATE, TokenBucket
 from vswitch.wire import icmp, ipv4
 from vswitch.wire.addr import Network, ip_to_str
+from vswitch.wire.checksum import internet_checksum
 
 from .codec import (
     ADDRESS_LEN,
@@ -60,6 +61,19 @@ OVERHEAD = {"udp": UDP_OVERHEAD, "vxlan": VXLAN_OVERHEAD}
 ICMP_ERROR_TTL = 64
 _IPV4 = b"\x08\x00"
 _ZERO_IP = b"\0\0\0\0"
+
+
+def _header_problem(packet: bytes, offset: int = 0) -> DropReason | None:
+    """Why the IPv4 header at ``packet[offset:]`` (20 bytes or more, version 4) is no sound one, or None:
+    a header length below 20 bytes or past the packet, a total length below the header or past the packet."""
+    ihl = (packet[offset] & 0x0F) * 4
+    size = len(packet) - offset
+    if ihl < 20 or ihl > size:
+        return DropReason.IP_HEADER_LENGTH
+    total = (packet[offset + 2] << 8) | packet[offset + 3]
+    if total < ihl or total > size:
+        return DropReason.IP_LENGTH
+    return None
 
 
 @attrs.frozen
@@ -149,16 +163,19 @@ class Overlay:
             if len(packet) < 20 or packet[0] >> 4 != 4:
                 result.append(self._drop(INSIDE, DropReason.IP_TRUNCATED if len(packet) < 20 else DropReason.IP_VERSION, packet))
                 continue
+            if packet[0] != 0x45 or not 20 <= (packet[2] << 8 | packet[3]) <= len(packet):   # the fast path's check
+                unsound = _header_problem(packet)
+                if unsound is not None:
+                    result.append(self._drop(INSIDE, unsound, packet))
+                    continue
             peer = lookup(packet[16:20])
             if peer is None:
-                result.append(Unreachable(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE))
-                result.append(self._drop(INSIDE, DropReason.NO_LEASE, packet))
+                result += self._undeliverable(INSIDE, packet, packet, icmp.DEST_UNREACHABLE, DropReason.NO_LEASE)
                 continue
             if udp:
                 sent = decrement_ttl(packet)
                 if sent is None:
-                    result.append(Unreachable(packet, icmp.TIME_EXCEEDED, 0))
-                    result.append(self._drop(INSIDE, DropReason.TTL_EXCEEDED, packet))
+                    result += self._undeliverable(INSIDE, packet, packet, icmp.TIME_EXCEEDED, DropReason.TTL_EXCEEDED)
                     continue
                 datagram = peer.header + sent
             else:
@@ -234,7 +251,9 @@ class Overlay:
                 if datagram[offset - 2:offset] != _IPV4:
                     result.append(self._refuse(peer, DropReason.UNSUPPORTED_ETHERTYPE, datagram))
                     continue
-            if len(datagram) < offset + 20 or datagram[offset] >> 4 != 4:
+            if len(datagram) < offset + 20 or datagram[offset] >> 4 != 4 or (
+                    (datagram[offset] != 0x45 or not 20 <= (datagram[offset + 2] << 8 | datagram[offset + 3]) <= len(datagram) - offset)
+                    and _header_problem(datagram, offset) is not None):
                 result.append(self._refuse(peer, DropReason.OVERLAY_MALFORMED, datagram))
                 continue
             if datagram[offset + 12:offset + 16] not in peer.lease.subnet:
@@ -243,8 +262,8 @@ class Overlay:
             if udp:
                 packet = decrement_ttl(datagram, offset)
                 if packet is None:
-                    result.append(Unreachable(datagram[offset:], icmp.TIME_EXCEEDED, 0))
-                    result.append(self._drop(UNDERLAY, DropReason.TTL_EXCEEDED, datagram))
+                    result += self._undeliverable(UNDERLAY, datagram, datagram[offset:], icmp.TIME_EXCEEDED,
+                                                  DropReason.TTL_EXCEEDED)
                     continue
             elif ethernet:
                 packet = datagram[ADDRESS_LEN + VXLAN_HEADER_LEN:]
@@ -258,6 +277,13 @@ class Overlay:
             self._stats.decapsulated += len(inside)
             result.append(Transmit(INSIDE, inside))
         return result
+
+    def _undeliverable(self, side: str, frame: bytes, packet: bytes, type_: int, reason: DropReason) -> list[OverlayAction]:
+        """``packet`` goes no further: its sender is owed an ICMP error (net unreachable, time exceeded: code 0)
+        — unless its header checksum is wrong, for a bad header is discarded silently (RFC 1812 5.2.2)."""
+        if internet_checksum(packet[:(packet[0] & 0x0F) * 4]) != 0:
+            return [self._drop(side, DropReason.IP_CHECKSUM, frame)]
+        return [Unreachable(packet, type_, 0), self._drop(side, reason, frame)]
 
     # -- ICMP in front of a flannel device -------------------------------------------------
 

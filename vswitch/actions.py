@@ -55,7 +55,7 @@ class DropReason(enum.Enum):
     FORGED_SOURCE = "overlay-forged-source"  # an inner source outside the sending peer's subnet
     FOREIGN_VNI = "overlay-foreign-vni"  # VXLAN with another network's VNI
     NOT_FOR_VTEP = "overlay-not-for-vtep"  # VXLAN whose inner frame is not addressed to our VTEP MAC
-    OVERLAY_MALFORMED = "overlay-malformed"  # too short, no VXLAN I flag, or not IPv4 inside
+    OVERLAY_MALFORMED = "overlay-malformed"  # too short, no VXLAN I flag, or no sound IPv4 header inside
     NO_FLOODING = "overlay-no-flooding"  # a broadcast or multicast frame for the VXLAN device: never flooded
     UNKNOWN_VTEP = "overlay-unknown-vtep"  # a frame for a VTEP MAC no lease names
 

@@ -12,7 +12,8 @@ hands back the packets it held once an address resolves or fails; the router
 builds the ARP frames and ICMP errors.
 
 Bounds: ``max_entries`` dynamic entries (the least recently used one is
-evicted when full), ``max_pending`` addresses resolving at once, and
+evicted when full), ``max_pending`` addresses asked for at once (resolving,
+or stale and being refreshed), and
 ``queue_len`` packets held per resolving address (the oldest is dropped when
 full, as Linux's ``unres_qlen`` does). Requests for one address go out at
 most once per ``retrans_time``, ``max_probes`` times, so a table asks for at
@@ -158,8 +159,10 @@ class NeighbourTable:
         entry = self._dynamic.get(ip)
         if entry is not None and entry.mac is not None:
             self._touch(entry, now)
-            if now >= entry.confirmed + self.reachable_time and ip not in self._probing:
-                # STALE and in use: keep sending, and ask again after a delay (Linux's DELAY, then PROBE).
+            if (now >= entry.confirmed + self.reachable_time and ip not in self._probing
+                    and len(self._probing) < self.max_pending):
+                # STALE and in use: keep sending, and ask again after a delay (Linux's DELAY, then PROBE);
+                # with max_pending addresses being asked for already, ask when one is done.
                 entry.probes = 0
                 entry.next_probe = now + self.delay_first_probe
                 self._probing[ip] = entry

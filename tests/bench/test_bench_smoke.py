@@ -39,8 +39,9 @@ def check_lines(text: str) -> list[dict]:
     return lines
 
 
-# nat runs its device part when it can (root): its two parts have tests of their own below
-IN_PROCESS = sorted(set(bench.SUITES) - set(bench.UNAVAILABLE) - {"nat"})
+# nat runs its device part when it can (root): its two parts have tests of their own below; fuzz counts inputs,
+# not frames per second, and has tests of its own (tests/bench/test_fuzz.py)
+IN_PROCESS = sorted(set(bench.SUITES) - set(bench.UNAVAILABLE) - {"nat", "fuzz"})
 
 
 @pytest.mark.parametrize("suite", IN_PROCESS)

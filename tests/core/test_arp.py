@@ -179,6 +179,21 @@ def test_stale_entry_in_use_is_still_used_and_refreshed_after_a_delay():
     assert t.get(addr(5)) is not None
 
 
+def test_refreshing_stale_entries_counts_against_max_pending():
+    # The fuzzer saw 260 addresses being asked for on a table whose max_pending is 256 (issue 10): stale
+    # entries in use joined the refresh without the limit, which also bounds how fast a table asks.
+    t = table(max_pending=2)
+    for n in (1, 2, 3):
+        t.learn(addr(n), hw(n), 0.0, confirmed=True, create=True)
+    for n in (1, 2, 3):
+        assert t.resolve(addr(n), b"p", 31.0).mac == hw(n)    # stale, and still used
+    assert t.handle_timer(36.0).requests == [addr(1), addr(2)]
+    for n in (1, 2):
+        t.learn(addr(n), hw(n), 36.5, confirmed=True, create=False)
+    assert t.resolve(addr(3), b"q", 37.0).mac == hw(3)          # room again: now it is refreshed
+    assert t.handle_timer(42.0).requests == [addr(3)]
+
+
 def test_stale_entry_that_never_answers_is_removed():
     t = table(reachable_time=30.0, delay_first_probe=5.0, retrans_time=1.0, max_probes=2)
     t.learn(addr(5), hw(5), 0.0, confirmed=True, create=True)
@@ -422,6 +437,7 @@ def test_every_packet_is_sent_held_or_handed_back(ops, max_entries, max_pending,
         assert len(t) <= max_entries
         resolving = [e for e in t if e.mac is None]
         assert len(resolving) <= max_pending
+        assert len(t._probing) <= max_pending   # stale entries being refreshed count too
         assert all(len(e.queue) <= queue_len for e in t)
         assert all(e.queue == [] for e in t if e.mac is not None)
     still_held = [p for e in t for p in e.queue]

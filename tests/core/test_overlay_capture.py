@@ -25,3 +25,13 @@ def test_a_leaving_datagram_goes_from_us_from_its_own_source_port_or_the_bound_o
     bound = Ether(capture_frame(address_header(PEER, 8472, 0) + payload, LOCAL, 8472))
     assert (bound[UDP].sport, bound[UDP].dport) == (8472, 8472)
     assert Ether(raw(bound))[VXLAN].vni == 1   # 8472 is not scapy's VXLAN port: the bytes are the same anyway
+
+
+def test_a_datagram_longer_than_udp_carries_is_cut_to_fit():
+    # The fuzzer's reproducer (issue 10): a 65,531-byte payload made build_ipv4 raise ValueError (and from
+    # 65,528 bytes on, the UDP length field overflowed: struct.error); the socket would refuse it (EMSGSIZE).
+    for size in (65507, 65508, 65531, 65600):
+        frame = capture_frame(address_header(PEER, 8472, 50000) + bytes(size), LOCAL, 8472)
+        parsed = Ether(frame)
+        assert parsed[IP].len == len(frame) - 14 == 20 + 8 + min(size, 65507)
+        assert parsed[UDP].len == 8 + min(size, 65507)

@@ -163,6 +163,16 @@ def test_later_fragments_hash_without_ports():
     assert flow_source_port(later[0]) == flow_source_port(bare)
 
 
+@pytest.mark.parametrize("ihl", [0, 3, 4])
+def test_a_header_length_below_20_hashes_without_ports(ihl):
+    # No transport header can be found behind such a header (a flannel.1 frame is not checked before the
+    # hash): the IP header's own bytes were taken for ports. Its hash is that of its addresses and protocol.
+    data = bytearray(raw(packet(sport=4321)))
+    data[0] = 0x40 | ihl
+    bare = raw(IP(src="10.244.1.2", dst="10.244.2.2", proto=17, frag=100) / (b"\xff" * 8))
+    assert flow_source_port(bytes(data)) == flow_source_port(bare)
+
+
 def test_flow_hash_reads_at_an_offset():
     pkt = raw(packet(sport=4321))
     assert flow_source_port(b"\0" * 14 + pkt, 14) == flow_source_port(pkt)

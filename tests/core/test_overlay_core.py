@@ -204,6 +204,65 @@ def test_inside_packets_that_are_not_ipv4(bad, reason):
     assert not unreachables(actions)
 
 
+# -- length fields that lie, header checksums that are wrong (issue 10) ------------------------------
+
+
+def lying(*, ihl: int | None = None, total: int | None = None, ttl: int = 64, src: str = "10.244.1.2",
+          dst: str = "10.244.2.2") -> bytes:
+    """A 33-byte packet whose IHL or total length is not what it holds (checked before its checksum)."""
+    data = bytearray(raw(packet(src=src, dst=dst, ttl=ttl)))
+    if ihl is not None:
+        data[0] = 0x40 | ihl
+    if total is not None:
+        data[2:4] = total.to_bytes(2, "big")
+    return bytes(data)
+
+
+LYING = {"ihl-3": (dict(ihl=3), R.IP_HEADER_LENGTH), "ihl-past-the-end": (dict(ihl=15), R.IP_HEADER_LENGTH),
+         "total-below-header": (dict(total=12), R.IP_LENGTH), "total-past-the-end": (dict(total=34), R.IP_LENGTH)}
+
+
+@pytest.mark.parametrize("name", list(LYING))
+@pytest.mark.parametrize("ttl", [64, 1])
+def test_inside_packets_whose_length_fields_lie_are_dropped(name, ttl):
+    overlay = make_overlay("udp")
+    fields, reason = LYING[name]
+    actions = overlay.encapsulate([lying(ttl=ttl, **fields), raw(packet())], 0.0)
+    assert drops(actions) == [(INSIDE, reason)]
+    assert not unreachables(actions)   # no ICMP error quotes a header that is not one
+    assert len(transmitted(actions)[UNDERLAY]) == 1
+
+
+@pytest.mark.parametrize("name", list(LYING))
+@pytest.mark.parametrize("backend, ttl", [("udp", 64), ("udp", 1), ("vxlan", 64)])
+def test_datagrams_whose_inner_length_fields_lie_are_malformed(name, backend, ttl):
+    overlay = make_overlay(backend)
+    bad = lying(src=pod(2), dst=pod(1), ttl=ttl, **LYING[name][0])
+    if backend == "vxlan":
+        bad = raw(VXLAN(flags=8, vni=1) / Ether(dst=vtep(1), src=vtep(2), type=0x0800)) + bad
+    actions = overlay.decapsulate([from_peer(2, bad, backend)], 0.0)
+    assert drops(actions) == [(UNDERLAY, R.OVERLAY_MALFORMED)]
+    assert not unreachables(actions) and not transmitted(actions)
+    assert overlay.peers.by_address(ip(public(2))).counters.rx_dropped == 1
+
+
+def bad_checksum(pkt) -> bytes:
+    data = bytearray(raw(pkt))
+    data[10] ^= 0xFF
+    return bytes(data)
+
+
+def test_no_icmp_error_about_a_packet_whose_header_checksum_is_wrong():
+    overlay = make_overlay("udp")
+    expired, unleased = bad_checksum(packet(ttl=1)), bad_checksum(packet(dst="10.244.7.7"))
+    actions = overlay.encapsulate([expired, unleased], 0.0)
+    assert drops(actions) == [(INSIDE, R.IP_CHECKSUM), (INSIDE, R.IP_CHECKSUM)]
+    assert not unreachables(actions)
+    actions = overlay.decapsulate([from_peer(2, bad_checksum(packet(src=pod(2), dst=pod(1), ttl=1)))], 0.0)
+    assert drops(actions) == [(UNDERLAY, R.IP_CHECKSUM)]
+    assert not unreachables(actions)
+
+
 # -- ICMP errors in front of a flannel device ----------------------------------------------------
 
 

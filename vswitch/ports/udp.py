@@ -114,13 +114,9 @@ class UdpPort(FdPort):
                 self._headers.clear()
             header = self._headers[sender] = address_header(socket.inet_aton(sender[0]), sender[1], self.port)
         if ancillary:
-            level, kind, value = ancillary[0]
-            if level == SOL_UDP and kind == UDP_GRO:
-                size = int.from_bytes(value[:4], "little") if len(value) >= 4 else int.from_bytes(value, "little")
-                if 0 < size < len(data):   # several datagrams of one flow, joined by GRO: cut them apart
-                    frames.extend([header + data[i:i + size] for i in range(0, len(data), size)])
-                    return
-        frames.append(header + data)
+            frames += split_gro(header, data, ancillary)
+        else:
+            frames.append(header + data)
 
     def _write_some(self, frames: Sequence[bytes], start: int) -> int:
         """Send ``frames[start]``, with the datagrams after it that can share one ``sendmsg``.
@@ -223,6 +219,21 @@ class UdpPort(FdPort):
         for sock in self._flows.values():
             if sock is not None:
                 sock.close()
+
+
+def split_gro(header: bytes, data: bytes, ancillary: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """The datagrams of one read, each behind ``header``: several of one flow when UDP GRO joined them.
+
+    GRO's control message holds their size (the last may be shorter); a
+    size of zero or of the whole read means one datagram. Pure: any bytes
+    in, datagrams out.
+    """
+    for level, kind, value in ancillary:
+        if level == SOL_UDP and kind == UDP_GRO:
+            size = int.from_bytes(value[:4], "little")
+            if 0 < size < len(data):
+                return [header + data[i:i + size] for i in range(0, len(data), size)]
+    return [header + data]
 
 
 def _enable_gro(sock: socket.socket) -> bool:

@@ -58,6 +58,8 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
     tcp_at = ip.payload_offset
     tcp = Tcp.parse(frame, tcp_at)
     headers_end = tcp_at + tcp.header_len
+    if headers_end > ip.offset + ip.total_length:
+        raise Truncated(f"tcp: a {tcp.header_len}-byte header runs past the IP total length {ip.total_length}")
     payload = frame[headers_end:ip.offset + ip.total_length]
     if len(payload) <= mss:
         segments_payload = [payload]
@@ -116,7 +118,9 @@ def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[byt
     The reverse of :func:`segment_tcp4`, for writing to a TAP with
     ``IFF_VNET_HDR``: the receiving stack takes one packet where there were
     many (what GRO does on a NIC). Frames join while they are plain
-    Ethernet/IPv4/TCP (no IP options, not fragments) of one flow with equal
+    Ethernet/IPv4/TCP (no IP options, not fragments, a TCP data offset of 5
+    or more, headers and payload inside both the frame and the IP total
+    length: anything else goes alone, never an exception) of one flow with equal
     headers but for the IP length, identification and checksum and the TCP
     sequence number, flags ACK (PSH on the last), each sequence number
     following the one before, all of one size but the last: Linux's
@@ -125,8 +129,8 @@ def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[byt
     """
     first = frames[start]
     if (len(first) < 54 or first[12:14] != b"\x08\x00" or first[14] != 0x45 or first[23] != PROTO_TCP
-            or first[20] & 0x3F or first[21] or first[47] != _ACK):
-        return VNET_HDR_NONE + first, 1
+            or first[20] & 0x3F or first[21] or first[46] < 0x50 or first[47] != _ACK):
+        return VNET_HDR_NONE + first, 1   # a data offset below 5 (20 bytes) is no TCP header: never joined
     headers = 34 + ((first[46] >> 4) << 2)
     total = (first[16] << 8) | first[17]
     size = total - (headers - 14)
