@@ -696,27 +696,28 @@ def test_poll_at_is_the_earliest_expiry():
 
 
 def test_full_table_drops_the_oldest_unanswered_then_refuses():
-    nat = make_nat(max_connections=3)
-    for i, port in enumerate((1001, 1002, 1003)):
-        run(nat, udp(A, port, S, 53), "lan", float(i))
-    run(nat, udp(A, 1002, S, 53), "lan", 3.0)                  # 1002 seen again: now 1001 is the oldest
-    assert run(nat, udp(A, 1004, S, 53), "lan", 4.0)[UDP].sport == 1004
+    nat = make_nat(max_connections=3)                          # one connection per source by default
+    hosts = [f"10.0.0.{i}" for i in range(11, 16)]
+    for i, host in enumerate(hosts[:3]):
+        run(nat, udp(host, 1001 + i, S, 53), "lan", float(i))
+    run(nat, udp(hosts[1], 1002, S, 53), "lan", 3.0)          # seen again: now the first is the oldest
+    assert run(nat, udp(hosts[3], 1004, S, 53), "lan", 4.0)[UDP].sport == 1004
     ports = sorted(describe(c.orig)["sport"] for c in nat.connections())
     assert ports == [1002, 1003, 1004] and nat.statistics().early_dropped == 1
     gone = udp(S, 53, WAN_ADDR, 1001)
     assert nat.process(gone, "wan", 5.0).packet == gone
     for port in (1002, 1003, 1004):
         run(nat, udp(S, 53, WAN_ADDR, port), "wan", 5.0)       # answered: assured, never dropped early
-    refused = nat.process(udp(A, 1005, S, 53), "lan", 6.0)
+    refused = nat.process(udp(hosts[4], 1005, S, 53), "lan", 6.0)
     assert refused == nat_module.Verdict(None, DropReason.NAT_TABLE_FULL)
     assert len(nat) == 3 and nat.statistics().early_dropped == 1
 
 
 def test_full_table_drops_an_unanswered_syn():
     nat = make_nat(max_connections=2)
-    run(nat, tcp(A, 1001, S, 80, "S"), "lan", 0.0)
+    run(nat, tcp(B, 1001, S, 80, "S"), "lan", 0.0)
     drive(nat, HANDSHAKE_AND_CLOSE[:3])                        # A:40000 established and assured
-    run(nat, tcp(A, 1003, S, 80, "S"), "lan", 10.0)
+    run(nat, tcp(C, 1003, S, 80, "S"), "lan", 10.0)
     ports = sorted(describe(c.orig)["sport"] for c in nat.connections())
     assert ports == [1003, 40000]
 
