@@ -78,6 +78,9 @@ class State(enum.Enum):
     UNREPLIED = "UNREPLIED"
     REPLIED = "REPLIED"
 
+    # States key the connection queues: hash by identity (as equality is), not Enum's hash in Python code.
+    __hash__ = object.__hash__
+
     def __str__(self) -> str:
         return self.value
 
