@@ -410,11 +410,11 @@ def format_nat(result: dict[str, Any]) -> str:
     table = format_table(["proto", "state", "nat", "original (as sent)", "reply (as it arrives)", "expires",
                           "packets(orig/reply)"], rows, right=[5, 6])
     stats = result["statistics"]
-    return (f"{table}\n{stats['connections']} of {result['max_connections']} connections"
-            f" (at most {result['max_per_source']} per source, {stats['sources']} sources),"
-            f" {stats['mappings']} mappings; {stats['created']} created, {stats['expired']} expired,"
-            f" {stats['early_dropped']} dropped early, {stats['source_limited']} refused at the source limit,"
-            f" {stats['translated']} packets translated")
+    sources = f"{stats['sources']} source{'' if stats['sources'] == 1 else 's'}"
+    return (f"{table}\n{stats['connections']} of {result['max_connections']} connections from {sources}"
+            f" (at most {result['max_per_source']} per source), {stats['mappings']} mappings;"
+            f" {stats['created']} created, {stats['expired']} expired, {stats['early_dropped']} dropped early,"
+            f" {stats['source_limited']} refused at the source limit, {stats['translated']} packets translated")
 
 
 def format_peers(result: dict[str, Any]) -> str:

@@ -94,7 +94,7 @@ async def test_masquerade_shows_the_uplink_address_outside_and_lists_the_transla
         assert nat["rules"]["masquerade"] == [{"source": "10.244.0.0/16", "out": "ext", "exclude": ["10.244.0.0/16"]}]
         text = control.format_nat(nat)
         assert "10.244.1.2:" in text and "198.51.100.2:" in text
-        assert text.splitlines()[-1].startswith("1 of 65536 connections (at most 16384 per source, 1 sources), 1 mappings")
+        assert text.splitlines()[-1].startswith("1 of 65536 connections from 1 source (at most 16384 per source), 1 mappings")
         assert "0 refused at the source limit" in text
 
 
