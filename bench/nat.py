@@ -76,7 +76,7 @@ import attrs
 from vswitch.actions import Drop, DropReason, Transmit
 from vswitch.nat import DEFAULT_MAX_CONNECTIONS, PORT_RANGE, Forward, Masquerade, Nat, State, invert, make_key
 from vswitch.router import ROUTE_CACHE, Router
-from vswitch.testing import Daemon, Namespaces, outside_link, ping, sh, tap_config, unique
+from vswitch.testing import Daemon, Namespaces, outside_link, ping, sh, unique, uplink_config
 from vswitch.wire.addr import Network, ip_from_str
 from vswitch.wire.ethernet import ETH_P_IP, build_ethernet
 from vswitch.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4
@@ -114,44 +114,14 @@ CONTAINERS = ("10.244.1.2", "10.244.1.3")
 OUTSIDE, ROUTER_EXT = "198.51.100.1", "198.51.100.2"
 
 
-def _config(control: Path, taps: list[dict[str, str]], uplink: str, *, masquerade: bool) -> str:
-    text = tap_config("natbench", control, taps)
-    text += f"""
-[[ports]]
-name = "uplink"
-type = "packet"
-device = "{uplink}"
-
-[[router.interfaces]]
-name = "gw"
-address = "{GATEWAY}/24"
-
-[[router.interfaces]]
-name = "ext"
-port = "uplink"
-address = "{ROUTER_EXT}/24"
-
-[[router.routes]]
-to = "0.0.0.0/0"
-via = "{OUTSIDE}"
-"""
-    if masquerade:
-        text += """
-[[nat.masquerade]]
-source = "10.244.0.0/16"
-out = "ext"
-exclude = ["10.244.0.0/16"]
-"""
-    return text
-
-
 def _start(workdir: Path, label: str, containers: tuple[str, str], uplink: str, *, masquerade: bool) -> Daemon:
     config = workdir / f"{label}.toml"
     taps = [
         {"name": unique("t"), "netns": ns, "address": f"{ip}/24", "gateway": GATEWAY}
         for ns, ip in zip(containers, CONTAINERS, strict=True)
     ]
-    config.write_text(_config(workdir / f"{label}.sock", taps, uplink, masquerade=masquerade))
+    config.write_text(uplink_config("natbench", workdir / f"{label}.sock", taps, uplink, gateway=GATEWAY, ext=ROUTER_EXT,
+                                    outside=OUTSIDE, masquerade=masquerade))
     return Daemon(config).start()
 
 

@@ -21,11 +21,10 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from netkit import (
-    ask_peer, in_ns, link_mac, outside_link, peer_server, ping, requires_root, sh, start_in_ns, stop, tap_config, unique,
+    ask_peer, in_ns, link_mac, outside_link, peer_server, ping, requires_root, sh, start_in_ns, stop, unique, uplink_config,
 )
 
 pytestmark = [requires_root, pytest.mark.timeout(120),
@@ -73,35 +72,6 @@ print(json.dumps({"sent": count - refused, "refused": refused, "seconds": round(
 """
 
 
-def _config(tmp: Path, containers: dict[str, str], taps: dict[str, str], uplink: str) -> Path:
-    ports = [{"name": taps[ns], "netns": ns, "address": f"{ip}/24", "gateway": GATEWAY} for ns, ip in containers.items()]
-    path = tmp / "flood.toml"
-    path.write_text(tap_config("flood", tmp / "ctl.sock", ports) + f"""
-[[ports]]
-name = "uplink"
-type = "packet"
-device = "{uplink}"
-
-[[router.interfaces]]
-name = "gw"
-address = "{GATEWAY}/24"
-[[router.interfaces]]
-name = "ext"
-port = "uplink"
-address = "{EXT}/24"
-
-[[router.routes]]
-to = "0.0.0.0/0"
-via = "{OUTSIDE}"
-
-[[nat.masquerade]]
-source = "10.244.0.0/16"
-out = "ext"
-exclude = ["10.244.0.0/16"]
-""")
-    return path
-
-
 def _ping_loss(proc: subprocess.Popen) -> tuple[int, int, str]:
     """(transmitted, received, output) of a finished ``ping``."""
     out, err = proc.communicate(timeout=30)
@@ -118,7 +88,13 @@ def test_a_flooding_container_cannot_starve_the_others(tmp_path, namespaces, dae
         a, b, c, d = containers
         taps = {ns: unique("t") for ns in containers}
         outside_link(uplink, outside, f"{OUTSIDE}/24")
-        daemon = daemons(_config(tmp_path, containers, taps, uplink))
+        config = tmp_path / "flood.toml"
+        config.write_text(uplink_config(
+            "flood", tmp_path / "ctl.sock",
+            [{"name": taps[ns], "netns": ns, "address": f"{ip}/24", "gateway": GATEWAY} for ns, ip in containers.items()],
+            uplink, gateway=GATEWAY, ext=EXT, outside=OUTSIDE, masquerade=True,
+        ))
+        daemon = daemons(config)
         for ns, peer in ((a, OUTSIDE), (b, C), (c, B), (d, GATEWAY)):
             assert ping(ns, peer), f"{ns} cannot reach {peer}:\n{daemon.log[-3000:]}"
         gateway_mac = next(i["mac"] for i in daemon.show("routes")["interfaces"] if i["name"] == "gw")
