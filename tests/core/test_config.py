@@ -117,6 +117,20 @@ def test_bad_config_names_key_and_reason(text, key, reason):
     assert str(info.value).startswith(f"node.toml: {key}: ")
 
 
+def test_missing_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[2] / "config").glob("*.toml"))
+    assert examples, "config/ should hold example configurations"
+    for path in examples:
+        config.load(path)
+
+
 NAT_ROUTER = """
 [[router.interfaces]]
 name = "gw"
@@ -152,17 +166,3 @@ def test_bad_nat_limits_name_key_and_reason(text, key, reason):
         config.loads(NAT_ROUTER + text, source="node.toml")
     assert info.value.key == key
     assert reason in info.value.reason
-
-
-def test_missing_file_says_so(tmp_path):
-    with pytest.raises(ConfigError, match="file not found"):
-        config.load(tmp_path / "absent.toml")
-
-
-def test_example_configs_load():
-    from pathlib import Path
-
-    examples = sorted((Path(__file__).parents[2] / "config").glob("*.toml"))
-    assert examples, "config/ should hold example configurations"
-    for path in examples:
-        config.load(path)
