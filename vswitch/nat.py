@@ -54,7 +54,7 @@ from .wire.checksum import internet_checksum
 TCP, UDP, ICMP = ipv4.PROTO_TCP, ipv4.PROTO_UDP, ipv4.PROTO_ICMP
 PROTOCOL_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 DEFAULT_MAX_CONNECTIONS = 65536
-MAX_CONNECTIONS = 4_194_304   # the most a table may hold: each connection costs about 1.4 KB (≈6 GB here)
+MAX_CONNECTIONS = 4_194_304   # the most a table may hold: about 1.4 KB each, so ≈6 GB at the limit
 SOURCE_SHARE = 4              # by default a source may hold a quarter of the table (see default_max_per_source)
 FRAGMENT_MEMORY = 1024        # first fragments remembered, to translate the rest of their datagram
 REFRESH_INTERVAL = 1.0        # `last` moves at this granularity, as in the FDB
@@ -89,6 +89,7 @@ class State(enum.Enum):
 # connection in them is unassured: a connection is assured only once answered, which moves it out of them,
 # and a TCP port reused for a new connection (SYN_SENT again) starts unassured.
 _UNANSWERED = ((UDP, State.UNREPLIED), (ICMP, State.UNREPLIED), (TCP, State.SYN_SENT))
+_last_seen = operator.attrgetter("last")
 
 
 @attrs.frozen
@@ -246,7 +247,7 @@ class PortPool:
     the free part; giving one back appends it. So a random choice is uniform over the free ports, as
     iptables' ``--random-fully``. Ports outside the range (a preserved port below 1024) are never chosen at
     random: a set holds those taken. ``reserved`` ports (port forwards) are never free. Two ``array('H')``
-    of one entry per port in the range: 256 KiB for TCP's or UDP's, made the first time an address needs one.
+    of one entry per port in the range: about 250 KiB for TCP's or UDP's, made when an address first needs one.
     """
 
     __slots__ = ("low", "high", "_reserved", "_free", "_where", "_count", "_taken_outside")
@@ -352,9 +353,6 @@ class Connection:
         return self.last + self.timeout
 
 
-_last_seen = operator.attrgetter("last")
-
-
 @attrs.define(slots=True)
 class NatStatistics:
     connections: int = 0
@@ -394,7 +392,8 @@ class Nat:
         if max_per_source is None:
             max_per_source = default_max_per_source(max_connections)
         if not 1 <= max_per_source <= max_connections:
-            raise ValueError(f"max_per_source must be between 1 and max_connections ({max_connections}), got {max_per_source}")
+            raise ValueError(
+                f"max_per_source must be between 1 and max_connections ({max_connections}), got {max_per_source}")
         self.routing = routing
         self.masquerade = tuple(masquerade)
         self.forwards = tuple(forwards)
@@ -511,7 +510,7 @@ class Nat:
                 refused = self._admit(src, now)
                 if refused is DropReason.NAT_SOURCE_LIMIT:
                     return Verdict(None, refused)
-                if refused is None:
+                if refused is None:   # a full table with nothing to drop early leaves it untracked
                     conn = self._insert(key, invert(key), key, now, "none", None, self._first_state(packet, ihl))
                     self._track(conn, _ORIG, packet, ihl, now)
             return Verdict(packet)
