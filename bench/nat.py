@@ -32,14 +32,39 @@ inside interface (original direction) and the outside one (answers):
   same 10,000 routes, destinations already cached, or more distinct
   destinations than the cache holds so that every lookup walks the prefix lengths.
 
+New connections per second through ``Router.handle_frames`` (TCP SYNs of 64
+bytes, batches of 64, the same routes) with a NAT of the daemon's default size
+(65,536 connections, 16,384 per source), whatever state its table is in:
+
+* ``nat.core.new_connections.empty``: the table starts empty; 16,384 new
+  connections from the inside hosts, each one translated and sent;
+* ``.source_at_limit``: one host holds its 16,384 connections and keeps
+  opening more, every one refused (nat-source-limit), while
+  ``.beside_source_at_limit`` is the other hosts' new connections, made in
+  between its batches (one batch each in turn, each timed on its own);
+* ``.ports_exhausted``: all 64,512 TCP ports of the masquerade address are
+  held, by the inside hosts (about 65 each, far under their limit); every new
+  connection is refused (nat-no-port);
+* ``.worst_ratio``: the slowest of those over the empty table's figure; the
+  target is at least 0.5 (within 2x).
+
+The empty table and the source at its limit start each round from a new
+table, set up outside the timing; the exhausted ports' table is set up once
+(refusals leave it as it was). A line reports the best round and lists them
+all.
+
 ``--duration`` sets both iperf3's run (rounded to whole seconds) and the
-core's seconds per measured round (0.5 by default, best of 3). ``--quick``
-shrinks the core's tables (1,000 routes, 4,000 connections) for smoke tests.
-:func:`run_devices` and :func:`run_core` run one part alone.
+core's seconds per measured round of forwarding and lookups (0.5 by default,
+best of 3); new connections are counted, not timed, per round (``--rounds``
+applies). ``--quick`` shrinks the core's tables (1,000 routes, 4,000
+connections, a NAT of 4,096 whose exhausted ports are mostly reserved by
+forward rules rather than held) for smoke tests. :func:`run_devices` and
+:func:`run_core` run one part alone.
 """
 
 import collections
 import itertools
+import math
 import random
 import sys
 import tempfile
@@ -50,10 +75,10 @@ from typing import Any
 
 import attrs
 
-from vswitch.actions import Drop, Transmit
-from vswitch.nat import Masquerade, Nat, State, invert, make_key
+from vswitch.actions import Drop, DropReason, Transmit
+from vswitch.nat import DEFAULT_MAX_CONNECTIONS, PORT_RANGE, Forward, Masquerade, Nat, State, invert, make_key
 from vswitch.router import ROUTE_CACHE, Router
-from vswitch.testing import Daemon, Namespaces, outside_link, ping, sh, tap_config, unique
+from vswitch.testing import Daemon, Namespaces, outside_link, ping, sh, unique, uplink_config
 from vswitch.wire.addr import Network, ip_from_str
 from vswitch.wire.ethernet import ETH_P_IP, build_ethernet
 from vswitch.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4
@@ -91,44 +116,14 @@ CONTAINERS = ("10.244.1.2", "10.244.1.3")
 OUTSIDE, ROUTER_EXT = "198.51.100.1", "198.51.100.2"
 
 
-def _config(control: Path, taps: list[dict[str, str]], uplink: str, *, masquerade: bool) -> str:
-    text = tap_config("natbench", control, taps)
-    text += f"""
-[[ports]]
-name = "uplink"
-type = "packet"
-device = "{uplink}"
-
-[[router.interfaces]]
-name = "gw"
-address = "{GATEWAY}/24"
-
-[[router.interfaces]]
-name = "ext"
-port = "uplink"
-address = "{ROUTER_EXT}/24"
-
-[[router.routes]]
-to = "0.0.0.0/0"
-via = "{OUTSIDE}"
-"""
-    if masquerade:
-        text += """
-[[nat.masquerade]]
-source = "10.244.0.0/16"
-out = "ext"
-exclude = ["10.244.0.0/16"]
-"""
-    return text
-
-
 def _start(workdir: Path, label: str, containers: tuple[str, str], uplink: str, *, masquerade: bool) -> Daemon:
     config = workdir / f"{label}.toml"
     taps = [
         {"name": unique("t"), "netns": ns, "address": f"{ip}/24", "gateway": GATEWAY}
         for ns, ip in zip(containers, CONTAINERS, strict=True)
     ]
-    config.write_text(_config(workdir / f"{label}.sock", taps, uplink, masquerade=masquerade))
+    config.write_text(uplink_config("natbench", workdir / f"{label}.sock", taps, uplink, gateway=GATEWAY, ext=ROUTER_EXT,
+                                    outside=OUTSIDE, masquerade=masquerade))
     return Daemon(config).start()
 
 
@@ -199,11 +194,16 @@ class Sizes:
     hosts: int
     servers: int
     batches: int       # distinct batches of 64 frames cycled through while measuring
+    table: int         # the NAT's max_connections when new connections are measured
+    new: int           # new connections per measured round
+    held_ports: int    # ports held by connections when they are exhausted (the rest reserved by forward rules)
     gateways: int = 32
 
 
-FULL = Sizes(routes=10_000, connections=100_000, hosts=1_000, servers=20_000, batches=256)
-QUICK = Sizes(routes=1_000, connections=4_000, hosts=100, servers=1_000, batches=16)
+PORTS = PORT_RANGE[1] - PORT_RANGE[0] + 1   # 64,512
+FULL = Sizes(routes=10_000, connections=100_000, hosts=1_000, servers=20_000, batches=256,
+             table=DEFAULT_MAX_CONNECTIONS, new=16_384, held_ports=PORTS)
+QUICK = Sizes(routes=1_000, connections=4_000, hosts=100, servers=1_000, batches=16, table=4_096, new=512, held_ports=512)
 
 INSIDE = Network.parse("10.244.0.0/16")
 GW_ADDRESS, EXT_ADDRESS = ip_from_str("10.244.0.1"), ip_from_str(ROUTER_EXT)
@@ -283,11 +283,17 @@ class Topology:
         for host, host_mac in zip(self.hosts, self.host_macs, strict=True):
             router.add_neighbour("gw", host, host_mac)
         if nat:
-            router.nat = Nat(
-                router, masquerade=(Masquerade(INSIDE, "ext", (INSIDE,)),),
-                max_connections=2 * self.sizes.connections, rng=random.Random(SEED),
-            )
+            masquerade(router, 2 * self.sizes.connections)
         return router
+
+
+def masquerade(router: Router, max_connections: int, forwards: tuple[Forward, ...] = ()) -> Nat:
+    """Give ``router`` a fresh NAT masquerading the inside network out of ``ext``."""
+    router.nat = Nat(
+        router, masquerade=(Masquerade(INSIDE, "ext", (INSIDE,)),), forwards=forwards,
+        max_connections=max_connections, rng=random.Random(SEED),
+    )
+    return router.nat
 
 
 def _frame(key: bytes, size: int, flags: int, dst_mac: bytes, src_mac: bytes) -> bytes:
@@ -419,6 +425,113 @@ def _lookups(label: str, router: Router, destinations: list[bytes], opts: Option
                   cache_size=ROUTE_CACHE, rounds=[round(r) for r in rounds])
 
 
+# -- new connections ----------------------------------------------------------------------
+
+
+def _syns(topo: Topology, hosts: list[int], count: int, first_port: int) -> list[bytes]:
+    """``count`` TCP SYNs of distinct new connections: the hosts in turn, each from its next port, to a server."""
+    frames = []
+    servers = topo.servers
+    for i in range(count):
+        host = hosts[i % len(hosts)]
+        sport = first_port + i // len(hosts)
+        assert sport <= 0xFFFF, "more connections than ports"
+        key = make_key(PROTO_TCP, topo.hosts[host], sport, servers[i % len(servers)], TCP_PORT)
+        frames.append(_frame(key, 64, SYN, GW_MAC, topo.host_macs[host]))
+    return frames
+
+
+def _timed(router: Router, frames: list[bytes], now: float) -> tuple[float, collections.Counter]:
+    """Seconds ``frames`` spend in ``Router.handle_frames`` (inside, in batches), and what became of them:
+    how many were sent, how many dropped for each reason."""
+    perf_counter = time.perf_counter
+    elapsed = 0.0
+    outcomes: collections.Counter = collections.Counter()
+    for i in range(0, len(frames), BATCH):
+        batch = frames[i:i + BATCH]
+        start = perf_counter()
+        actions = router.handle_frames("gw", batch, now)
+        elapsed += perf_counter() - start
+        for action in actions:
+            if isinstance(action, Transmit):
+                outcomes["sent"] += len(action.frames)
+            else:
+                outcomes[str(action.reason)] += 1
+    return elapsed, outcomes
+
+
+def _expect(label: str, outcomes: collections.Counter, count: int, outcome: str) -> None:
+    if outcomes != {outcome: count}:
+        raise AssertionError(f"{label}: expected {count} {outcome}, got {dict(outcomes)}")
+
+
+def _new_connections(topo: Topology, router: Router, opts: Options) -> Iterator[dict[str, Any]]:
+    """New connections/s with an empty table, beside a source at its limit, and with the ports exhausted."""
+    sizes, rounds = topo.sizes, opts.rounds
+    assert rounds is not None
+    others = list(range(1, len(topo.hosts)))
+    now = time.monotonic()
+
+    # (a) an empty table, every round
+    fresh = _syns(topo, others, sizes.new, 20_000)
+    empty = []
+    for _ in range(rounds):
+        masquerade(router, sizes.table)
+        elapsed, outcomes = _timed(router, fresh, now)
+        _expect("empty", outcomes, sizes.new, "sent")
+        empty.append(sizes.new / elapsed)
+
+    # (b) host 0 holds its share and keeps trying; the others open theirs in between, batch for batch
+    limit = masquerade(router, sizes.table).max_per_source
+    held = _syns(topo, [0], limit, PORT_RANGE[0])
+    refused = _syns(topo, [0], sizes.new, PORT_RANGE[0] + limit)
+    at_limit, beside = [], []
+    for _ in range(rounds):
+        nat = masquerade(router, sizes.table)
+        _push(router, "gw", held, now)
+        times = [0.0, 0.0]
+        outcomes = [collections.Counter(), collections.Counter()]
+        for i in range(0, sizes.new, BATCH):
+            for side, frames in enumerate((refused, fresh)):
+                seconds, batch_outcomes = _timed(router, frames[i:i + BATCH], now)
+                times[side] += seconds
+                outcomes[side] += batch_outcomes
+        _expect("source at its limit", outcomes[0], sizes.new, str(DropReason.NAT_SOURCE_LIMIT))
+        _expect("beside a source at its limit", outcomes[1], sizes.new, "sent")
+        assert nat.statistics().early_dropped == 0
+        at_limit.append(sizes.new / times[0])
+        beside.append(sizes.new / times[1])
+
+    # (c) every TCP port of the masquerade address held by the hosts, each far under its limit
+    reserved = tuple(Forward(PROTO_TCP, port, topo.hosts[0], port)
+                     for port in range(PORT_RANGE[0] + sizes.held_ports, PORT_RANGE[1] + 1))
+    nat = masquerade(router, sizes.table, reserved)
+    _push(router, "gw", _syns(topo, others, sizes.held_ports, 20_000), now)
+    assert nat.statistics().mappings == sizes.held_ports
+    blocked = _syns(topo, others, sizes.new, 20_000 + math.ceil(sizes.held_ports / len(others)))   # ports not yet used
+    exhausted = []
+    for _ in range(rounds):
+        elapsed, outcomes = _timed(router, blocked, now)
+        _expect("ports exhausted", outcomes, sizes.new, str(DropReason.NAT_NO_PORT))
+        exhausted.append(sizes.new / elapsed)
+
+    common = dict(connections_per_round=sizes.new, table=sizes.table, per_source=limit, routes=len(router.routes))
+    yield result("nat.core.new_connections.empty", round(max(empty)), "connections/s", **common,
+                 outcome="sent", rounds=[round(r) for r in empty])
+    yield result("nat.core.new_connections.source_at_limit", round(max(at_limit)), "connections/s", **common,
+                 outcome=str(DropReason.NAT_SOURCE_LIMIT), held=limit, rounds=[round(r) for r in at_limit])
+    yield result("nat.core.new_connections.beside_source_at_limit", round(max(beside)), "connections/s", **common,
+                 outcome="sent", rounds=[round(r) for r in beside])
+    yield result("nat.core.new_connections.ports_exhausted", round(max(exhausted)), "connections/s", **common,
+                 outcome=str(DropReason.NAT_NO_PORT), held_ports=sizes.held_ports,
+                 reserved_ports=len(reserved), rounds=[round(r) for r in exhausted])
+    cases = {"source_at_limit": max(at_limit), "beside_source_at_limit": max(beside), "ports_exhausted": max(exhausted)}
+    worst = min(cases, key=cases.__getitem__)
+    ratio = cases[worst] / max(empty)
+    yield result("nat.core.new_connections.worst_ratio", round(ratio, 3), "ratio", worst=worst,
+                 target=0.5, meets_target=ratio >= 0.5, note="the slowest case / the empty table")
+
+
 def run_core(options: Options = Options()) -> Iterator[dict[str, Any]]:
     """Packets/s through the router with and without NAT, and route lookups/s; no devices."""
     opts = options.resolve(**CORE_DEFAULTS)
@@ -447,3 +560,5 @@ def run_core(options: Options = Options()) -> Iterator[dict[str, Any]]:
     yield _lookups("hit", routed, cached, opts)
     # Twice as many distinct destinations as the cache holds, cycled: each is evicted before it comes back.
     yield _lookups("miss", routed, topo.destinations(topo.rng, 2 * ROUTE_CACHE), opts)
+
+    yield from _new_connections(topo, routed, opts)

@@ -48,6 +48,7 @@ class DropReason(enum.Enum):
     NAT_INVALID = "nat-invalid"        # would need translating but cannot start a connection (TCP RST, ICMP reply)
     NAT_TABLE_FULL = "nat-table-full"  # connection table at its limit with nothing to drop early
     NAT_NO_PORT = "nat-no-port"        # every external port of the address is taken
+    NAT_SOURCE_LIMIT = "nat-source-limit"  # the source holds max_per_source connections already
     NAT_UNSUPPORTED = "nat-unsupported"  # untrackable (no ports, a fragment before its first) where masquerade applies
     # the overlay
     NO_LEASE = "overlay-no-lease"      # a cluster address no peer's subnet holds: ICMP net unreachable sent

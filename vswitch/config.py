@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
-from .nat import DEFAULT_MAX_CONNECTIONS
+from .nat import DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS
 from .wire.addr import mac_from_str
 
 PORT_TYPES = ("tap", "tun", "packet", "memory")
@@ -129,6 +129,7 @@ class ForwardConfig:
 @attrs.frozen
 class NatConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_source: int | None = None   # None: the NAT's default, a quarter of max_connections
     masquerade: tuple[MasqueradeConfig, ...] = ()
     forward: tuple[ForwardConfig, ...] = ()
 
@@ -422,11 +423,16 @@ def _parse_neighbour(raw: Any, key: str, interfaces: tuple[InterfaceConfig, ...]
 
 
 def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig:
-    _check_keys(raw, key, {"max_connections", "masquerade", "forward"})
+    _check_keys(raw, key, {"max_connections", "max_per_source", "masquerade", "forward"})
     names = {i.name for i in router.interfaces}
     max_connections = _get(raw, key, "max_connections", int, DEFAULT_MAX_CONNECTIONS)
-    if max_connections < 1:
-        raise ConfigError(f"{key}.max_connections", f"must be at least 1, got {max_connections}")
+    if not 1 <= max_connections <= MAX_CONNECTIONS:
+        raise ConfigError(f"{key}.max_connections", f"must be between 1 and {MAX_CONNECTIONS}, got {max_connections}"
+                          " (each connection takes about 1.4 KB of memory)")
+    max_per_source = _get(raw, key, "max_per_source", int, None)
+    if max_per_source is not None and not 1 <= max_per_source <= max_connections:
+        raise ConfigError(f"{key}.max_per_source",
+                          f"must be between 1 and max_connections ({max_connections}), got {max_per_source}")
     masquerade = []
     for i, item in enumerate(_array(raw, key, "masquerade")):
         where = f"{key}.masquerade[{i}]"
@@ -472,7 +478,7 @@ def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig
         forwards.append(ForwardConfig(protocol, port, host, to_port, interface))
     if (masquerade or forwards) and not router.interfaces:
         raise ConfigError(key, "NAT needs a router: add [[router.interfaces]]")
-    return NatConfig(max_connections, tuple(masquerade), tuple(forwards))
+    return NatConfig(max_connections, max_per_source, tuple(masquerade), tuple(forwards))
 
 
 # -- overlay ------------------------------------------------------------------

@@ -257,7 +257,8 @@ def show_routes(node: Any) -> dict[str, Any]:
 
 
 def show_nat(node: Any, now: float) -> dict[str, Any]:
-    """Tracked connections, oldest first per timeout, with what each direction is rewritten to."""
+    """Tracked connections, least recently seen first per protocol and state, with what each direction is
+    rewritten to; the table's limits and counters."""
     nat = _router(node).nat
     if nat is None:
         raise ControlError("this daemon's router does no NAT: add [[nat.masquerade]] or [[nat.forward]] to its config")
@@ -277,6 +278,7 @@ def show_nat(node: Any, now: float) -> dict[str, Any]:
     return {
         "statistics": attrs.asdict(nat.statistics()),
         "max_connections": nat.max_connections,
+        "max_per_source": nat.max_per_source,
         "rules": {
             "masquerade": [{"source": str(m.source), "out": m.out, "exclude": [str(e) for e in m.exclude]}
                            for m in nat.masquerade],
@@ -462,9 +464,11 @@ def format_nat(result: dict[str, Any]) -> str:
     table = format_table(["proto", "state", "nat", "original (as sent)", "reply (as it arrives)", "expires",
                           "packets(orig/reply)"], rows, right=[5, 6])
     stats = result["statistics"]
-    return (f"{table}\n{stats['connections']} of {result['max_connections']} connections,"
-            f" {stats['mappings']} mappings; {stats['created']} created, {stats['expired']} expired,"
-            f" {stats['early_dropped']} dropped early, {stats['translated']} packets translated")
+    sources = f"{stats['sources']} source{'' if stats['sources'] == 1 else 's'}"
+    return (f"{table}\n{stats['connections']} of {result['max_connections']} connections from {sources}"
+            f" (at most {result['max_per_source']} per source), {stats['mappings']} mappings;"
+            f" {stats['created']} created, {stats['expired']} expired, {stats['early_dropped']} dropped early,"
+            f" {stats['source_limited']} refused at the source limit, {stats['translated']} packets translated")
 
 
 def format_peers(result: dict[str, Any]) -> str:

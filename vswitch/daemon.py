@@ -292,6 +292,7 @@ def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, byt
                 for f in nat.forward
             ),
             max_connections=nat.max_connections,
+            max_per_source=nat.max_per_source,
         )
     datapath = Datapath(bridge, router)
     for ic in config.router.interfaces:

@@ -25,12 +25,21 @@ Only translated connections are tracked, plus connections that come in
 through a masquerading interface untranslated (routed straight to an inside
 address), so that their answers are not masqueraded. Timeouts are Linux's;
 the table is bounded and, when full, drops the oldest unanswered connection
-before refusing a new one.
+before refusing a new one. One source address may hold only a share of the
+table (``max_per_source``), so a container that opens connections as fast as
+it can is refused on its own while the others keep theirs.
+
+Nothing here costs more as the table fills: free external ports are kept per
+address and protocol in a :class:`PortPool` (a given, a random or a returned
+port in O(1)), and connections wait in one queue per protocol and state, oldest
+first, so expiry and early drop only ever look at the queues' heads.
 """
 
 import enum
+import operator
 import random
 import struct
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Protocol
@@ -45,10 +54,12 @@ from .wire.checksum import internet_checksum
 TCP, UDP, ICMP = ipv4.PROTO_TCP, ipv4.PROTO_UDP, ipv4.PROTO_ICMP
 PROTOCOL_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 DEFAULT_MAX_CONNECTIONS = 65536
+MAX_CONNECTIONS = 4_194_304   # the most a table may hold: about 1.4 KB each, so ≈6 GB at the limit
+SOURCE_SHARE = 4              # by default a source may hold a quarter of the table (see default_max_per_source)
 FRAGMENT_MEMORY = 1024        # first fragments remembered, to translate the rest of their datagram
 REFRESH_INTERVAL = 1.0        # `last` moves at this granularity, as in the FDB
 PORT_RANGE = (1024, 65535)    # external ports chosen when the internal one is taken
-_PORT_TRIES = 64              # random probes before a linear scan
+ICMP_RANGE = (0, 65535)       # echo identifiers chosen when the internal one is taken
 
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _ORIG, _REPLY = 0, 1
@@ -67,8 +78,18 @@ class State(enum.Enum):
     UNREPLIED = "UNREPLIED"
     REPLIED = "REPLIED"
 
+    # States key the connection queues: hash by identity (as equality is), not Enum's hash in Python code.
+    __hash__ = object.__hash__
+
     def __str__(self) -> str:
         return self.value
+
+
+# The states of connections never answered, which early drop may take (Linux's: not assured). Every
+# connection in them is unassured: a connection is assured only once answered, which moves it out of them,
+# and a TCP port reused for a new connection (SYN_SENT again) starts unassured.
+_UNANSWERED = ((UDP, State.UNREPLIED), (ICMP, State.UNREPLIED), (TCP, State.SYN_SENT))
+_last_seen = operator.attrgetter("last")
 
 
 @attrs.frozen
@@ -96,6 +117,19 @@ class Timeouts:
             State.ESTABLISHED: self.tcp_established, State.FIN_WAIT: self.tcp_fin_wait,
             State.LAST_ACK: self.tcp_last_ack, State.TIME_WAIT: self.tcp_time_wait, State.CLOSE: self.tcp_close,
         }[state]
+
+
+def default_max_per_source(max_connections: int) -> int:
+    """The connections one source address may hold unless configured: a quarter of the table.
+
+    A quarter leaves three quarters of the table to everyone else, however
+    fast one container opens connections, and it stays below the 64,512 ports
+    of a masquerade address (the 16,384 of the default table), so it takes
+    several sources together to run out of ports. It is still far more than
+    an ordinary container keeps open, and a flooding source's unanswered
+    connections remain the first that early drop reclaims.
+    """
+    return max(1, max_connections // SOURCE_SHARE)
 
 
 # -- tuples -----------------------------------------------------------------
@@ -200,6 +234,88 @@ class Routing(Protocol):
     def interface_address(self, name: str) -> bytes | None: ...
 
 
+# -- external ports -------------------------------------------------------------
+
+
+class PortPool:
+    """The free ports of one external address and protocol; taking a given port, taking a random one and giving
+    one back each cost O(1), however few are left.
+
+    The free ports of ``low..high`` (the range random choices come from) sit in no order in
+    ``_free[:_count]``, and ``_where[port - low]`` is a port's place there, meaningful only while it points
+    into the free part at that very port. Taking a port moves the last free one into its place and shortens
+    the free part; giving one back appends it. So a random choice is uniform over the free ports, as
+    iptables' ``--random-fully``. Ports outside the range (a preserved port below 1024) are never chosen at
+    random: a set holds those taken. ``reserved`` ports (port forwards) are never free. Two ``array('H')``
+    of one entry per port in the range: about 250 KiB for TCP's or UDP's, made when an address first needs one.
+    """
+
+    __slots__ = ("low", "high", "_reserved", "_free", "_where", "_count", "_taken_outside")
+
+    def __init__(self, low: int, high: int, reserved: frozenset[int] = frozenset()) -> None:
+        if not 0 <= low <= high <= 0xFFFF:
+            raise ValueError(f"port range {low}..{high} is not within 0..65535")
+        self.low, self.high = low, high
+        span = high - low + 1
+        self._free = array("H", range(low, high + 1))
+        self._where = array("H", range(span))
+        self._count = span
+        self._reserved = reserved
+        self._taken_outside: set[int] = set()
+        for port in reserved:
+            self.take(port)
+
+    def __len__(self) -> int:
+        """Free ports in the random range."""
+        return self._count
+
+    def is_free(self, port: int) -> bool:
+        if self.low <= port <= self.high:
+            where = self._where[port - self.low]
+            return where < self._count and self._free[where] == port
+        return port not in self._taken_outside and port not in self._reserved
+
+    def take(self, port: int) -> bool:
+        """Take ``port`` if it is free; whether it was."""
+        low = self.low
+        if not low <= port <= self.high:
+            if port in self._taken_outside or port in self._reserved:
+                return False
+            self._taken_outside.add(port)
+            return True
+        where = self._where[port - low]
+        if where >= self._count or self._free[where] != port:
+            return False
+        self._remove_at(where)
+        return True
+
+    def take_random(self, rng: random.Random) -> int | None:
+        """A free port of the range, each equally likely; None when there is none."""
+        if not self._count:
+            return None
+        where = rng.randrange(self._count)
+        port = self._free[where]
+        self._remove_at(where)
+        return port
+
+    def give_back(self, port: int) -> None:
+        if self.is_free(port) or port in self._reserved:
+            raise ValueError(f"port {port} was not taken")
+        if not self.low <= port <= self.high:
+            self._taken_outside.discard(port)
+            return
+        self._free[self._count] = port
+        self._where[port - self.low] = self._count
+        self._count += 1
+
+    def _remove_at(self, where: int) -> None:
+        last = self._count - 1
+        moved = self._free[last]
+        self._free[where] = moved
+        self._where[moved - self.low] = where
+        self._count = last
+
+
 # -- connections ----------------------------------------------------------------
 
 
@@ -241,9 +357,11 @@ class Connection:
 class NatStatistics:
     connections: int = 0
     mappings: int = 0
+    sources: int = 0            # source addresses holding connections
     created: int = 0
     expired: int = 0
     early_dropped: int = 0      # unanswered connections dropped to make room
+    source_limited: int = 0     # new connections refused: their source held max_per_source already
     translated: int = 0         # packets rewritten
     icmp_translated: int = 0    # ICMP errors about tracked connections rewritten inside and out
     hairpinned: int = 0
@@ -265,22 +383,33 @@ class Nat:
         masquerade: tuple[Masquerade, ...] = (),
         forwards: tuple[Forward, ...] = (),
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_source: int | None = None,
         timeouts: Timeouts = Timeouts(),
         rng: random.Random | None = None,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        if not 1 <= max_connections <= MAX_CONNECTIONS:
+            raise ValueError(f"max_connections must be between 1 and {MAX_CONNECTIONS}, got {max_connections}")
+        if max_per_source is None:
+            max_per_source = default_max_per_source(max_connections)
+        if not 1 <= max_per_source <= max_connections:
+            raise ValueError(
+                f"max_per_source must be between 1 and max_connections ({max_connections}), got {max_per_source}")
         self.routing = routing
         self.masquerade = tuple(masquerade)
         self.forwards = tuple(forwards)
         self.max_connections = max_connections
+        self.max_per_source = max_per_source
         self.timeouts = timeouts
         self._rng = rng or random.Random()
         self._table: dict[bytes, tuple[Connection, int]] = {}
-        self._connections: dict[float, OrderedDict[Connection, None]] = {}  # per timeout, oldest first
+        # One queue per protocol and state, least recently seen first: each has one timeout, so its head
+        # expires first, and the queues of unanswered states hold only connections early drop may take.
+        self._queues: dict[tuple[int, State], OrderedDict[Connection, None]] = {}
         self._count = 0
+        self._sources: dict[bytes, int] = {}        # source address → its connections (none kept at zero)
         self._mappings: dict[bytes, Mapping] = {}   # proto + internal addr/port + external addr → mapping
         self._external: dict[bytes, Mapping] = {}   # proto + external addr/port → mapping
+        self._pools: dict[bytes, PortPool] = {}     # proto + external addr → its free ports
         self._reserved = {(f.protocol, f.port) for f in self.forwards}
         self._fragments: OrderedDict[bytes, Rewrite] = OrderedDict()
         self._masquerade_out = frozenset(m.out for m in self.masquerade)
@@ -292,10 +421,13 @@ class Nat:
         return self._count
 
     def connections(self) -> Iterator[Connection]:
-        return iter([c for queue in self._connections.values() for c in queue])
+        """Every tracked connection, least recently seen first per protocol and state."""
+        return iter([c for queue in self._queues.values() for c in queue])
 
     def statistics(self) -> NatStatistics:
-        return attrs.evolve(self._stats, connections=self._count, mappings=len(self._mappings))
+        return attrs.evolve(
+            self._stats, connections=self._count, mappings=len(self._mappings), sources=len(self._sources),
+        )
 
     # -- packets ----------------------------------------------------------------
 
@@ -374,15 +506,19 @@ class Nat:
         if snat_rule is None and not kind:
             # Routed in from outside untranslated: remember it, so the answer is not masqueraded
             # (unless its answer is already a tracked connection's packet: never take that over).
-            if (in_iface in self._masquerade_out and creatable and in_iface != out
-                    and invert(key) not in self._table and self._make_room(now)):
-                conn = self._insert(key, invert(key), key, now, "none", None, self._first_state(packet, ihl))
-                self._track(conn, _ORIG, packet, ihl, now)
+            if in_iface in self._masquerade_out and creatable and in_iface != out and invert(key) not in self._table:
+                refused = self._admit(src, now)
+                if refused is DropReason.NAT_SOURCE_LIMIT:
+                    return Verdict(None, refused)
+                if refused is None:   # a full table with nothing to drop early leaves it untracked
+                    conn = self._insert(key, invert(key), key, now, "none", None, self._first_state(packet, ihl))
+                    self._track(conn, _ORIG, packet, ihl, now)
             return Verdict(packet)
         if not creatable:
             return Verdict(None, DropReason.NAT_INVALID)
-        if not self._make_room(now):
-            return Verdict(None, DropReason.NAT_TABLE_FULL)
+        refused = self._admit(src, now)
+        if refused is not None:
+            return Verdict(None, refused)
         mapping = None
         if snat_rule is not None:
             address = routing.interface_address(snat_rule.out)
@@ -578,7 +714,7 @@ class Nat:
             self._move(conn, new_state, now)
         elif now - conn.last >= REFRESH_INTERVAL:
             conn.last = now
-            self._connections[conn.timeout].move_to_end(conn)
+            self._queues[proto, state].move_to_end(conn)
 
     @staticmethod
     def _tcp(conn: Connection, direction: int, flags: int) -> State:
@@ -605,11 +741,18 @@ class Nat:
         return state
 
     def _move(self, conn: Connection, state: State, now: float) -> None:
-        del self._connections[conn.timeout][conn]
+        proto = conn.orig[0]
+        del self._queues[proto, conn.state][conn]
         conn.state = state
         conn.last = now
-        conn.timeout = self.timeouts.of(conn.orig[0], state)
-        self._connections.setdefault(conn.timeout, OrderedDict())[conn] = None
+        conn.timeout = self.timeouts.of(proto, state)
+        self._queue(proto, state)[conn] = None
+
+    def _queue(self, proto: int, state: State) -> OrderedDict[Connection, None]:
+        queue = self._queues.get((proto, state))
+        if queue is None:
+            queue = self._queues[proto, state] = OrderedDict()
+        return queue
 
     def _insert(
         self, orig: bytes, reply: bytes, target: bytes, now: float, kind: str, mapping: Mapping | None, state: State,
@@ -620,16 +763,24 @@ class Nat:
             mapping.refs += 1
         self._table[orig] = (conn, _ORIG)
         self._table[reply] = (conn, _REPLY)
-        self._connections.setdefault(conn.timeout, OrderedDict())[conn] = None
+        self._queue(orig[0], state)[conn] = None
         self._count += 1
+        src = orig[1:5]
+        self._sources[src] = self._sources.get(src, 0) + 1
         self._stats.created += 1
         return conn
 
     def _remove(self, conn: Connection) -> None:
-        del self._connections[conn.timeout][conn]
+        del self._queues[conn.orig[0], conn.state][conn]
         self._table.pop(conn.orig, None)
         self._table.pop(conn.reply, None)
         self._count -= 1
+        src = conn.orig[1:5]
+        held = self._sources[src] - 1
+        if held:
+            self._sources[src] = held
+        else:
+            del self._sources[src]
         mapping = conn.mapping
         if mapping is not None:
             mapping.refs -= 1
@@ -637,8 +788,24 @@ class Nat:
                 self._unmap(mapping)
 
     def _unmap(self, mapping: Mapping) -> None:
-        del self._mappings[bytes((mapping.protocol,)) + mapping.internal + mapping.external[0:4]]
-        del self._external[bytes((mapping.protocol,)) + mapping.external]
+        pkey = bytes((mapping.protocol,))
+        del self._mappings[pkey + mapping.internal + mapping.external[0:4]]
+        del self._external[pkey + mapping.external]
+        self._pools[pkey + mapping.external[0:4]].give_back(int.from_bytes(mapping.external[4:6], "big"))
+
+    def _admit(self, src: bytes, now: float) -> DropReason | None:
+        """Room for one more connection from ``src``, or why there is none.
+
+        A source at its share is refused before anything is dropped early for it.
+        """
+        if self._sources.get(src, 0) >= self.max_per_source:
+            self.handle_timer(now)   # some of its connections may have expired since the timer last ran
+            if self._sources.get(src, 0) >= self.max_per_source:
+                self._stats.source_limited += 1
+                return DropReason.NAT_SOURCE_LIMIT
+        if not self._make_room(now):
+            return DropReason.NAT_TABLE_FULL
+        return None
 
     def _make_room(self, now: float) -> bool:
         if self._count < self.max_connections:
@@ -646,64 +813,56 @@ class Nat:
         self.handle_timer(now)
         if self._count < self.max_connections:
             return True
-        # Linux's early drop: the oldest connection that was never answered.
-        for timeout in (self.timeouts.udp_unreplied, self.timeouts.icmp, self.timeouts.tcp_syn_sent):
-            for conn in self._connections.get(timeout, ()):
-                if not conn.assured and conn.state in (State.UNREPLIED, State.SYN_SENT):
-                    self._remove(conn)
-                    self._stats.early_dropped += 1
-                    return True
-        return False
+        # Linux's early drop: a connection that was never answered, the least recently seen. Their queues
+        # hold nothing else, oldest first, so the candidates are the heads.
+        heads = [next(iter(queue)) for queue in map(self._queues.get, _UNANSWERED) if queue]
+        if not heads:
+            return False
+        self._remove(min(heads, key=_last_seen))
+        self._stats.early_dropped += 1
+        return True
 
     def _map(self, proto: int, internal: bytes, address: bytes, out: str) -> Mapping | None:
-        """The endpoint-independent mapping of ``internal`` (address + port) on ``address``, made if needed."""
+        """The endpoint-independent mapping of ``internal`` (address + port) on ``address``, made if needed.
+
+        The internal port is kept when free, otherwise a random free one is taken; None when none is left.
+        """
         pkey = bytes((proto,))
         mapping = self._mappings.get(pkey + internal + address)
         if mapping is not None:
             return mapping
-        external = self._external
+        pool = self._pools.get(pkey + address)
+        if pool is None:
+            low, high = ICMP_RANGE if proto == ICMP else PORT_RANGE
+            reserved = frozenset(port for protocol, port in self._reserved if protocol == proto)
+            pool = self._pools[pkey + address] = PortPool(low, high, reserved)
         port = int.from_bytes(internal[4:6], "big")
-
-        def free(p: int) -> bool:
-            return pkey + address + p.to_bytes(2, "big") not in external and (proto, p) not in self._reserved
-
-        if not free(port):
-            low, high = PORT_RANGE if proto != ICMP else (0, 65535)
-            choice = None
-            for _ in range(_PORT_TRIES):
-                candidate = self._rng.randint(low, high)
-                if free(candidate):
-                    choice = candidate
-                    break
-            else:
-                start = self._rng.randint(low, high)
-                span = high - low + 1
-                choice = next((low + (start - low + i) % span for i in range(span) if free(low + (start - low + i) % span)), None)
-            if choice is None:
+        if not pool.take(port):
+            port = pool.take_random(self._rng)
+            if port is None:
                 return None
-            port = choice
         mapping = Mapping(proto, internal, address + port.to_bytes(2, "big"), out)
         self._mappings[pkey + internal + address] = mapping
-        external[pkey + mapping.external] = mapping
+        self._external[pkey + mapping.external] = mapping
         return mapping
 
     # -- time ---------------------------------------------------------------------
 
     def poll_at(self) -> float | None:
         deadline = None
-        for timeout, queue in self._connections.items():
+        for queue in self._queues.values():
             if queue:
                 oldest = next(iter(queue))
-                expires = oldest.last + timeout
+                expires = oldest.last + oldest.timeout
                 if deadline is None or expires < deadline:
                     deadline = expires
         return deadline
 
     def handle_timer(self, now: float) -> None:
-        for timeout, queue in self._connections.items():
+        for queue in self._queues.values():
             while queue:
                 oldest = next(iter(queue))
-                if now < oldest.last + timeout:
+                if now < oldest.last + oldest.timeout:
                     break
                 self._remove(oldest)
                 self._stats.expired += 1

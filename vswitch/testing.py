@@ -175,3 +175,38 @@ def tap_config(name: str, control: Path, ports: list[dict]) -> str:
             lines.append(f"{key} = {json.dumps(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def uplink_config(name: str, control: Path, ports: list[dict], uplink: str, *, gateway: str, ext: str, outside: str,
+                  masquerade: bool) -> str:
+    """A node config whose tap ports (see :func:`tap_config`) sit on the bridge behind router interface ``gw``
+    (``gateway``/24), with a packet port on ``uplink`` as router interface ``ext`` (``ext``/24) and the default
+    route via ``outside``; with ``masquerade``, 10.244.0.0/16 leaving through ext is masqueraded (pod to pod is not).
+    """
+    text = tap_config(name, control, ports) + f"""
+[[ports]]
+name = "uplink"
+type = "packet"
+device = "{uplink}"
+
+[[router.interfaces]]
+name = "gw"
+address = "{gateway}/24"
+
+[[router.interfaces]]
+name = "ext"
+port = "uplink"
+address = "{ext}/24"
+
+[[router.routes]]
+to = "0.0.0.0/0"
+via = "{outside}"
+"""
+    if masquerade:
+        text += """
+[[nat.masquerade]]
+source = "10.244.0.0/16"
+out = "ext"
+exclude = ["10.244.0.0/16"]
+"""
+    return text

@@ -91,10 +91,26 @@ def test_nat_core_measures_router_nat_and_lookups() -> None:
     assert set(values) == {
         "nat.core.routed.64B", "nat.core.routed.1500B", "nat.core.masquerade.64B", "nat.core.masquerade.1500B",
         "nat.core.lookup.hit", "nat.core.lookup.miss",
+        "nat.core.new_connections.empty", "nat.core.new_connections.source_at_limit",
+        "nat.core.new_connections.beside_source_at_limit", "nat.core.new_connections.ports_exhausted",
+        "nat.core.new_connections.worst_ratio",
     }
     masquerade = next(line for line in lines if line["name"] == "nat.core.masquerade.64B")
     assert masquerade["connections"] == bench.nat.QUICK.connections
     assert masquerade["routes"] == bench.nat.QUICK.routes + 3  # plus the default and two connected routes
+    # new connections: what became of them in each case, and the slowest case against the empty table
+    new = {line["name"].rsplit(".", 1)[1]: line for line in lines if line["name"].startswith("nat.core.new_connections.")}
+    assert {name: line["outcome"] for name, line in new.items() if "outcome" in line} == {
+        "empty": "sent", "source_at_limit": "nat-source-limit", "beside_source_at_limit": "sent",
+        "ports_exhausted": "nat-no-port",
+    }
+    assert new["source_at_limit"]["held"] == new["empty"]["per_source"] == bench.nat.QUICK.table // 4
+    assert new["ports_exhausted"]["held_ports"] + new["ports_exhausted"]["reserved_ports"] == 64_512
+    assert all(len(line["rounds"]) == QUICK.rounds for name, line in new.items() if name != "worst_ratio")
+    worst = new["worst_ratio"]
+    assert worst["worst"] in {"source_at_limit", "beside_source_at_limit", "ports_exhausted"}
+    assert abs(worst["value"] - new[worst["worst"]]["value"] / new["empty"]["value"]) < 0.01
+    assert worst["meets_target"] == (worst["value"] >= 0.5)
 
 
 @pytest.mark.skipif(bool(bench.nat.unavailable()), reason=str(bench.nat.unavailable()))

@@ -199,3 +199,40 @@ def test_example_configs_load():
     assert examples, "config/ should hold example configurations"
     for path in examples:
         config.load(path)
+
+
+NAT_ROUTER = """
+[[router.interfaces]]
+name = "gw"
+address = "10.244.1.1/24"
+[nat]
+"""
+
+
+def test_nat_limits_and_their_defaults():
+    assert config.loads(NAT_ROUTER).nat == config.NatConfig(max_connections=65536, max_per_source=None)
+    cfg = config.loads(NAT_ROUTER + "max_connections = 4194304\nmax_per_source = 4194304")
+    assert (cfg.nat.max_connections, cfg.nat.max_per_source) == (4194304, 4194304)
+    cfg = config.loads(NAT_ROUTER + "max_connections = 1\nmax_per_source = 1")
+    assert (cfg.nat.max_connections, cfg.nat.max_per_source) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("max_connections = 0", "nat.max_connections", "between 1 and 4194304, got 0"),
+        ("max_connections = 4194305", "nat.max_connections", "between 1 and 4194304, got 4194305"),
+        ("max_connections = 1_000_000_000_000", "nat.max_connections", "about 1.4 KB of memory"),
+        ("max_connections = 1.5", "nat.max_connections", "must be an integer"),
+        ("max_per_source = 0", "nat.max_per_source", "between 1 and max_connections (65536), got 0"),
+        ("max_per_source = 65537", "nat.max_per_source", "between 1 and max_connections (65536), got 65537"),
+        ("max_connections = 100\nmax_per_source = 101", "nat.max_per_source", "max_connections (100), got 101"),
+        ("max_per_source = true", "nat.max_per_source", "must be an integer"),
+        ("max_per_sauce = 10", "nat.max_per_sauce", "unknown key"),
+    ],
+)
+def test_bad_nat_limits_name_key_and_reason(text, key, reason):
+    with pytest.raises(ConfigError) as info:
+        config.loads(NAT_ROUTER + text, source="node.toml")
+    assert info.value.key == key
+    assert reason in info.value.reason

@@ -2,6 +2,7 @@
 questions, and the clock is a number passed in."""
 
 import random
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given
@@ -310,6 +311,159 @@ def test_port_exhaustion(monkeypatch):
     assert len(nat) == 4
     nat.handle_timer(30.0)
     assert run(nat, udp(hosts[4], 2000, S, 53), "lan", 30.0)[UDP].sport == 2000
+
+
+class CountingRandom(random.Random):
+    """A seeded generator that counts the numbers it is asked for."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.draws = 0
+
+    def randrange(self, *args, **kwargs):
+        self.draws += 1
+        return super().randrange(*args, **kwargs)
+
+    def randint(self, *args, **kwargs):
+        self.draws += 1
+        return super().randint(*args, **kwargs)
+
+
+def test_a_taken_port_costs_one_random_draw_and_an_exhausted_address_none(monkeypatch):
+    """However full the address: one draw when the port is taken, none when none is left (no probing, no scan)."""
+    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2063))
+    rng = CountingRandom(3)
+    nat = make_nat(rng=rng)
+    hosts = [f"10.0.{i // 250}.{2 + i % 250}" for i in range(65)]
+    nat.masquerade = (Masquerade(Network.parse("10.0.0.0/16"), "wan"),)
+    ports = []
+    for i, host in enumerate(hosts[:64]):
+        before = rng.draws
+        ports.append(run(nat, udp(host, 2000, S, 53), "lan", 0.0)[UDP].sport)
+        assert rng.draws - before == (0 if i == 0 else 1)
+    assert sorted(ports) == list(range(2000, 2064))
+    before = rng.draws
+    refused = nat.process(udp(hosts[64], 2000, S, 53), "lan", 1.0)
+    assert (refused.drop, rng.draws) == (DropReason.NAT_NO_PORT, before)
+
+
+def test_random_ports_are_uniform_over_the_free_ones(monkeypatch):
+    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2007))
+    kept = [udp(A, port, S, 53) for port in (2000, 2002, 2004)]   # A keeps three ports
+    contended = udp(B, 2000, S, 53)
+    chosen = []
+    for seed in range(400):
+        nat = make_nat(rng=random.Random(seed))
+        for packet in kept:
+            nat.process(packet, "lan", 0.0)
+        chosen.append(int.from_bytes(nat.process(contended, "lan", 0.0).packet[20:22], "big"))
+    counts = {port: chosen.count(port) for port in set(chosen)}
+    assert set(counts) == {2001, 2003, 2005, 2006, 2007}       # only free ports, every one of them
+    assert all(50 <= n <= 110 for n in counts.values()), counts   # 80 each expected; 50..110 is > 3 sigma
+
+
+def test_forwarded_ports_are_never_chosen_at_random(monkeypatch):
+    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2003))
+    nat = make_nat(forwards=(Forward(nat_module.UDP, 2001, ip_from_str(B), 53),))
+    hosts = [f"10.0.0.{i}" for i in range(10, 14)]
+    ports = [run(nat, udp(h, 2001, S, 53), "lan", 0.0)[UDP].sport for h in hosts[:3]]   # never preserved
+    assert sorted(ports) == [2000, 2002, 2003]
+    assert nat.process(udp(hosts[3], 2001, S, 53), "lan", 0.0).drop is DropReason.NAT_NO_PORT
+
+
+def test_ports_chosen_at_random_come_back_when_their_mappings_expire(monkeypatch):
+    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2001))
+    nat = make_nat()
+    run(nat, udp(A, 2000, S, 53), "lan", 0.0)
+    assert run(nat, udp(B, 2000, S, 53), "lan", 0.0)[UDP].sport == 2001   # the one left
+    assert nat.process(udp(C, 2000, S, 53), "lan", 1.0).drop is DropReason.NAT_NO_PORT
+    nat.handle_timer(30.0)
+    ports = [run(nat, udp(h, 2000, S, 53), "lan", 31.0)[UDP].sport for h in (C, "10.0.0.9")]
+    assert sorted(ports) == [2000, 2001]
+
+
+def test_port_pool_hands_out_every_port_of_the_range_once():
+    pool = nat_module.PortPool(*nat_module.PORT_RANGE, reserved=frozenset({80, 8080}))
+    rng = random.Random(5)
+    ports = [pool.take_random(rng) for _ in range(64_511)]
+    assert sorted(ports) == [p for p in range(1024, 65536) if p != 8080]
+    assert len(pool) == 0 and pool.take_random(rng) is None
+    assert not pool.take(80) and pool.take(22) and not pool.take(22)   # below the range: only preserved
+    pool.give_back(40000)
+    assert pool.take_random(rng) == 40000
+    with pytest.raises(ValueError):
+        pool.give_back(8080)                                   # reserved: never taken
+    with pytest.raises(ValueError):
+        pool.give_back(23)                                     # free
+
+
+@given(
+    low=st.integers(0, 40), span=st.integers(1, 12), reserved=st.frozensets(st.integers(0, 60), max_size=6),
+    ops=st.lists(st.tuples(st.sampled_from(["take", "random", "give"]), st.integers(0, 60)), max_size=80),
+    seed=st.integers(0, 2**16),
+)
+def test_port_pool_against_a_model(low, span, reserved, ops, seed):
+    """A set of taken ports is the model: the pool never hands out a taken or reserved port and never loses one."""
+    high = low + span - 1
+    pool = nat_module.PortPool(low, high, reserved)
+    rng = random.Random(seed)
+    taken: set[int] = set()
+
+    def free(port: int) -> bool:
+        return port not in taken and port not in reserved
+
+    for op, port in ops:
+        if op == "take":
+            expected = free(port)
+            assert pool.take(port) == expected
+            if expected:
+                taken.add(port)
+        elif op == "random":
+            got = pool.take_random(rng)
+            if not any(free(p) for p in range(low, high + 1)):
+                assert got is None
+            else:
+                assert got is not None and low <= got <= high and free(got)
+                taken.add(got)
+        elif taken:
+            back = sorted(taken)[port % len(taken)]
+            pool.give_back(back)
+            taken.discard(back)
+        assert len(pool) == sum(free(p) for p in range(low, high + 1))
+        assert all(pool.is_free(p) == free(p) for p in range(0, 61))
+
+
+_OPENINGS = {(host, sport, proto): (udp if proto == "udp" else tcp)(f"10.0.0.{10 + host}", sport, S, 53)
+             for host in range(6) for sport in (2000, 2001, 2002, 5000) for proto in ("udp", "tcp")}
+
+
+@given(
+    steps=st.lists(st.tuples(st.integers(0, 5), st.sampled_from([2000, 2001, 2002, 5000]), st.sampled_from(["udp", "tcp"]),
+                             st.sampled_from([0.0, 0.0, 10.0, 40.0])), max_size=40),
+    seed=st.integers(0, 2**16),
+)
+def test_mappings_never_share_a_port_and_none_is_lost(steps, seed):
+    """Connections come and go at random on a four-port range with one port forwarded; each live mapping holds
+    its own port, never the forwarded one, and once everything expires all three others can be taken again."""
+    with patch.object(nat_module, "PORT_RANGE", (2000, 2003)):
+        nat = make_nat(rng=random.Random(seed), forwards=(Forward(nat_module.UDP, 2002, ip_from_str(B), 53),
+                                                           Forward(nat_module.TCP, 2002, ip_from_str(B), 53)))
+        now = 0.0
+        for host, sport, proto, wait in steps:
+            now += wait
+            nat.handle_timer(now)
+            verdict = nat.process(_OPENINGS[host, sport, proto], "lan", now)
+            assert verdict.drop in (None, DropReason.NAT_NO_PORT)
+            mappings = {id(c.mapping): c.mapping for c in nat.connections()}.values()
+            external = [(m.protocol, m.external) for m in mappings]
+            assert len(external) == len(set(external)) == nat.statistics().mappings
+            assert all(int.from_bytes(e[4:6], "big") != 2002 for _, e in external)
+        nat.handle_timer(now + TIMEOUTS.tcp_syn_sent)
+        assert len(nat) == 0 and nat.statistics().mappings == 0
+        for proto in (udp, tcp):
+            ports = [checked(nat.process(proto(f"10.0.0.{20 + i}", 2002, S, 53), "lan", now + 200).packet).sport
+                     for i in range(3)]
+            assert sorted(ports) == [2000, 2001, 2003]
 
 
 # -- hairpinning -----------------------------------------------------------------------
@@ -696,27 +850,28 @@ def test_poll_at_is_the_earliest_expiry():
 
 
 def test_full_table_drops_the_oldest_unanswered_then_refuses():
-    nat = make_nat(max_connections=3)
-    for i, port in enumerate((1001, 1002, 1003)):
-        run(nat, udp(A, port, S, 53), "lan", float(i))
-    run(nat, udp(A, 1002, S, 53), "lan", 3.0)                  # 1002 seen again: now 1001 is the oldest
-    assert run(nat, udp(A, 1004, S, 53), "lan", 4.0)[UDP].sport == 1004
+    nat = make_nat(max_connections=3)                          # one connection per source by default
+    hosts = [f"10.0.0.{i}" for i in range(11, 16)]
+    for i, host in enumerate(hosts[:3]):
+        run(nat, udp(host, 1001 + i, S, 53), "lan", float(i))
+    run(nat, udp(hosts[1], 1002, S, 53), "lan", 3.0)          # seen again: now the first is the oldest
+    assert run(nat, udp(hosts[3], 1004, S, 53), "lan", 4.0)[UDP].sport == 1004
     ports = sorted(describe(c.orig)["sport"] for c in nat.connections())
     assert ports == [1002, 1003, 1004] and nat.statistics().early_dropped == 1
     gone = udp(S, 53, WAN_ADDR, 1001)
     assert nat.process(gone, "wan", 5.0).packet == gone
     for port in (1002, 1003, 1004):
         run(nat, udp(S, 53, WAN_ADDR, port), "wan", 5.0)       # answered: assured, never dropped early
-    refused = nat.process(udp(A, 1005, S, 53), "lan", 6.0)
+    refused = nat.process(udp(hosts[4], 1005, S, 53), "lan", 6.0)
     assert refused == nat_module.Verdict(None, DropReason.NAT_TABLE_FULL)
     assert len(nat) == 3 and nat.statistics().early_dropped == 1
 
 
 def test_full_table_drops_an_unanswered_syn():
     nat = make_nat(max_connections=2)
-    run(nat, tcp(A, 1001, S, 80, "S"), "lan", 0.0)
+    run(nat, tcp(B, 1001, S, 80, "S"), "lan", 0.0)
     drive(nat, HANDSHAKE_AND_CLOSE[:3])                        # A:40000 established and assured
-    run(nat, tcp(A, 1003, S, 80, "S"), "lan", 10.0)
+    run(nat, tcp(C, 1003, S, 80, "S"), "lan", 10.0)
     ports = sorted(describe(c.orig)["sport"] for c in nat.connections())
     assert ports == [1003, 40000]
 
@@ -729,9 +884,130 @@ def test_full_table_reclaims_expired_connections_first():
     assert (stats.expired, stats.early_dropped, stats.connections) == (1, 0, 1)
 
 
+def test_early_drop_finds_the_oldest_unanswered_behind_answered_connections_of_the_same_timeout():
+    """Answered connections that share the unanswered ones' timeouts (120 s: UDP replied, TCP TIME_WAIT, like
+    SYN_SENT; 30 s: ICMP echo answered, like UDP unreplied) are never taken, however many are older."""
+    nat = make_nat(max_connections=206, max_per_source=206)
+    hosts = [f"10.0.{1 + i // 200}.{1 + i % 200}" for i in range(220)]
+    nat.masquerade = (Masquerade(Network.parse("10.0.0.0/16"), "wan"),)
+    now = 0.0
+    for i in range(100):                                        # UDP, answered: 120 s
+        out = run(nat, udp(hosts[i], 5000, S, 53), "lan", now)
+        run(nat, udp(S, 53, WAN_ADDR, out[UDP].sport), "wan", now)
+    for i in range(100, 200):                                   # ICMP echo, answered: 30 s
+        out = run(nat, ping(hosts[i], S, 7), "lan", now)
+        run(nat, ping(S, WAN_ADDR, out[ICMP].id, reply=True), "wan", now)
+    now = 5.0
+    run(nat, tcp(A, 1001, S, 80, "S"), "lan", now)             # SYN_SENT, 120 s: the oldest unanswered
+    run(nat, udp(A, 1002, S, 53), "lan", now + 1)              # unanswered, 30 s
+    run(nat, ping(A, S, 1003), "lan", now + 2)                 # unanswered, 30 s
+    for i in range(200, 203):                                   # the table is full now: 203 + 3
+        run(nat, udp(hosts[i], 5000, S, 53), "lan", now + 3)
+    states = sorted(str(c.state) for c in nat.connections() if describe(c.orig)["src"] == A)
+    assert states == ["SYN_SENT", "UNREPLIED", "UNREPLIED"] and len(nat) == 206
+    dropped = []
+    for i in range(203, 206):
+        before = {describe(c.orig)["sport"] for c in nat.connections() if describe(c.orig)["src"] == A}
+        run(nat, udp(hosts[i], 5000, T, 53), "lan", now + 10)
+        after = {describe(c.orig)["sport"] for c in nat.connections() if describe(c.orig)["src"] == A}
+        (gone,) = before - after
+        dropped.append(gone)
+    # A's three, least recently seen first whatever their timeouts; never an answered connection
+    assert dropped == [1001, 1002, 1003]
+    assert nat.statistics().early_dropped == 3
+    for i in range(200, 203):
+        run(nat, udp(hosts[i], 5000, S, 53), "lan", now + 11)  # seen again: now hosts[203] is the oldest
+    assert nat.process(udp(hosts[206], 5000, S, 53), "lan", now + 12).drop is None
+    sources = {describe(c.orig)["src"] for c in nat.connections()}
+    assert hosts[203] not in sources and {hosts[204], hosts[205], hosts[206]} <= sources
+    assert nat.statistics().early_dropped == 4 and len(nat) == 206
+
+
+def test_a_source_at_its_limit_is_refused_while_others_are_not():
+    nat = make_nat(max_connections=8, max_per_source=2)
+    run(nat, udp(A, 1001, S, 53), "lan", 0.0)
+    run(nat, tcp(A, 1002, S, 80, "S"), "lan", 1.0)
+    refused = nat.process(udp(A, 1003, S, 53), "lan", 2.0)
+    assert refused == nat_module.Verdict(None, DropReason.NAT_SOURCE_LIMIT)
+    assert nat.process(ping(A, S, 9), "lan", 2.0).drop is DropReason.NAT_SOURCE_LIMIT
+    # its own connections still pass, and its unanswered ones are not dropped early to make room for it
+    assert run(nat, udp(A, 1001, S, 53), "lan", 3.0)[UDP].sport == 1001
+    for host in (B, C):
+        run(nat, udp(host, 1001, S, 53), "lan", 3.0)
+        run(nat, udp(host, 1002, S, 53), "lan", 3.0)
+    stats = nat.statistics()
+    assert (stats.connections, stats.sources, stats.source_limited, stats.early_dropped) == (6, 3, 2, 0)
+    assert nat.process(udp(B, 1003, S, 53), "lan", 4.0).drop is DropReason.NAT_SOURCE_LIMIT
+
+
+def test_a_source_gets_room_again_as_its_connections_expire():
+    nat = make_nat(max_connections=8, max_per_source=2)
+    run(nat, udp(A, 1001, S, 53), "lan", 0.0)                  # expires at 30
+    run(nat, udp(A, 1002, S, 53), "lan", 10.0)                 # expires at 40
+    assert nat.process(udp(A, 1003, S, 53), "lan", 29.0).drop is DropReason.NAT_SOURCE_LIMIT
+    # the timer has not run: the source's expired connection is reclaimed when it asks
+    assert run(nat, udp(A, 1003, S, 53), "lan", 30.0)[UDP].sport == 1003
+    assert nat.statistics().expired == 1
+    nat.handle_timer(100.0)
+    assert nat.statistics().sources == 0                        # no count is kept at zero
+    for port in (1004, 1005):
+        run(nat, udp(A, port, S, 53), "lan", 100.0)
+    assert nat.process(udp(A, 1006, S, 53), "lan", 100.0).drop is DropReason.NAT_SOURCE_LIMIT
+
+
+def test_the_limit_counts_outside_sources_too():
+    """Forwarded and untranslated inbound connections count for their outside source, refused alike."""
+    nat = make_nat(max_connections=8, max_per_source=2, forwards=(WEB,))
+    run(nat, tcp(X, 40000, WAN_ADDR, 8080, "S"), "wan", 0.0)   # forwarded to B
+    inbound = tcp(X, 40001, A, 22, "S")                          # routed straight in, tracked untranslated
+    assert nat.process(inbound, "wan", 0.0).packet == inbound
+    assert len(nat) == 2
+    for refused in (tcp(X, 40002, WAN_ADDR, 8080, "S"), tcp(X, 40003, A, 22, "S")):
+        assert nat.process(refused, "wan", 1.0).drop is DropReason.NAT_SOURCE_LIMIT
+    assert nat.statistics().source_limited == 2
+
+
+_REQUESTS = {(host, sport): udp(f"10.0.0.{20 + host}", sport, S, 53) for host in range(4) for sport in range(1000, 1008)}
+
+
+@given(
+    steps=st.lists(st.tuples(st.integers(0, 3), st.integers(1000, 1007), st.booleans(), st.sampled_from([0.0, 5.0, 31.0])),
+                   max_size=40),
+    limit=st.integers(1, 4),
+)
+def test_source_limit_against_the_connections_held(steps, limit):
+    """A new connection is refused for its source exactly when that source holds ``limit`` live connections."""
+    nat = make_nat(max_connections=64, max_per_source=limit)
+    now = 0.0
+    for host, sport, answer, wait in steps:
+        now += wait
+        packet = _REQUESTS[host, sport]
+        live = [c.orig for c in nat.connections() if c.expires() > now]
+        held = sum(1 for orig in live if orig[1:5] == packet[12:16])
+        verdict = nat.process(packet, "lan", now)
+        refused = packet[9:10] + packet[12:24] not in live and held >= limit
+        assert (verdict.drop is DropReason.NAT_SOURCE_LIMIT) == refused
+        if answer and not refused:
+            out = verdict.packet
+            nat.process(udp(S, 53, WAN_ADDR, int.from_bytes(out[20:22], "big")), "wan", now)
+        live = [describe(c.orig)["src"] for c in nat.connections()]
+        assert nat.statistics().sources == len(set(live)) and max(map(live.count, live), default=0) <= limit
+
+
 def test_max_connections_must_be_positive():
     with pytest.raises(ValueError):
         make_nat(max_connections=0)
+
+
+@pytest.mark.parametrize(("connections", "per_source"), [(nat_module.MAX_CONNECTIONS + 1, None), (10, 0), (10, 11)])
+def test_limits_out_of_bounds_are_refused(connections, per_source):
+    with pytest.raises(ValueError):
+        make_nat(max_connections=connections, max_per_source=per_source)
+
+
+def test_a_source_may_hold_a_quarter_of_the_table_by_default():
+    assert make_nat().max_per_source == 16384
+    assert make_nat(max_connections=3).max_per_source == 1
 
 
 # -- untranslated traffic through the masquerading interface --------------------------------------

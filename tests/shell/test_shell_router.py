@@ -94,7 +94,23 @@ async def test_masquerade_shows_the_uplink_address_outside_and_lists_the_transla
         assert nat["rules"]["masquerade"] == [{"source": "10.244.0.0/16", "out": "ext", "exclude": ["10.244.0.0/16"]}]
         text = control.format_nat(nat)
         assert "10.244.1.2:" in text and "198.51.100.2:" in text
-        assert text.splitlines()[-1].startswith("1 of 65536 connections, 1 mappings")
+        assert text.splitlines()[-1].startswith("1 of 65536 connections from 1 source (at most 16384 per source), 1 mappings")
+        assert "0 refused at the source limit" in text
+
+
+async def test_a_source_at_its_limit_is_refused_and_counted_while_others_go_on(tmp_path):
+    async with running(tmp_path, nat=MASQUERADE + "[nat]\nmax_per_source = 1\n") as node:
+        c1, c2 = host(node, "c1"), host(node, "c2")
+        assert (await c1.ping("198.51.100.1", timeout=TIMEOUT)).received == 1   # its one connection
+        assert (await c1.ping("198.51.100.1", timeout=0.5)).received == 0       # a new identifier: refused
+        assert (await c2.ping("198.51.100.1", timeout=TIMEOUT)).received == 1   # another source is not
+        nat = await ask(node, "nat")
+        assert nat["max_per_source"] == 1
+        assert (nat["statistics"]["source_limited"], nat["statistics"]["sources"]) == (1, 2)
+        assert "1 refused at the source limit" in control.format_nat(nat)
+        stats = await ask(node, "stats")
+        assert stats["drops"]["nat-source-limit"] == 1
+        assert stats["router"]["nat"]["source_limited"] == 1
 
 
 async def test_show_arp_and_routes(tmp_path):

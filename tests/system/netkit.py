@@ -11,6 +11,7 @@ import pytest
 
 from vswitch.testing import (  # noqa: F401  (re-exported for the tests)
     Daemon, Namespaces, can_run, in_ns, link_exists, link_mac, outside_link, ping, sh, tap_config, unique,
+    uplink_config,
 )
 
 requires_root = pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
