@@ -952,6 +952,9 @@ class CoreTarget:
                 yield "nat.connections", len(nat), nat.max_connections
                 yield "nat.mappings", len(nat._mappings), nat.max_connections
                 yield "nat.fragments", len(nat._fragments), FRAGMENT_MEMORY
+                yield "nat.sources", len(nat._sources), nat.max_connections
+                yield "nat.per-source", max(nat._sources.values(), default=0), nat.max_per_source
+                yield "nat.port-pools", len(nat._pools), 3 * len(router._interfaces)   # tcp, udp, icmp per address
         overlay = self.overlay
         if overlay is not None:
             yield "overlay.peers", len(overlay.peers), overlay.peers.max_peers

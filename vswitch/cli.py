@@ -49,6 +49,8 @@ def _command(argv: list[str] | None) -> int:
     show = commands.add_parser("show", help="ask a running daemon: ports, fdb, arp, routes, nat, peers or stats")
     show.add_argument("what", metavar="ports|fdb|arp|routes|nat|peers|stats", help="what to show")
     show.add_argument("--json", action="store_true", help="print the daemon's answer as JSON (stable, for scripts)")
+    show.add_argument("--limit", type=int, metavar="N",
+                      help="nat: list at most N connections (default 1000; the counters cover them all)")
     _daemon_options(show, config_flags=("-c", "--config"))
 
     capture = commands.add_parser(
@@ -180,6 +182,8 @@ async def _ask(path: str, args: argparse.Namespace) -> int:
     message: dict[str, Any]
     if args.command == "show":
         message = {"command": "show", "what": args.what}
+        if args.limit is not None:
+            message["limit"] = args.limit
     elif args.command == "reload":
         message = {"command": "reload"}
     elif args.command == "attach":

@@ -425,14 +425,9 @@ def _parse_neighbour(raw: Any, key: str, interfaces: tuple[InterfaceConfig, ...]
 def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig:
     _check_keys(raw, key, {"max_connections", "max_per_source", "masquerade", "forward"})
     names = {i.name for i in router.interfaces}
-    max_connections = _get(raw, key, "max_connections", int, DEFAULT_MAX_CONNECTIONS)
-    if not 1 <= max_connections <= MAX_CONNECTIONS:
-        raise ConfigError(f"{key}.max_connections", f"must be between 1 and {MAX_CONNECTIONS}, got {max_connections}"
-                          " (each connection takes about 1.4 KB of memory)")
-    max_per_source = _get(raw, key, "max_per_source", int, None)
-    if max_per_source is not None and not 1 <= max_per_source <= max_connections:
-        raise ConfigError(f"{key}.max_per_source",
-                          f"must be between 1 and max_connections ({max_connections}), got {max_per_source}")
+    max_connections = _count(raw, key, "max_connections", DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS,
+                             why=" (each connection takes about 1.4 KB of memory)")
+    max_per_source = _count(raw, key, "max_per_source", None, max_connections, why=" (max_connections)")
     masquerade = []
     for i, item in enumerate(_array(raw, key, "masquerade")):
         where = f"{key}.masquerade[{i}]"
@@ -650,11 +645,11 @@ def _seconds(raw: dict[str, Any], key: str, name: str, default: float, maximum: 
     return float(value)
 
 
-def _count(raw: dict[str, Any], key: str, name: str, default: int, maximum: int) -> int:
-    """A size from 1 to ``maximum``."""
+def _count(raw: dict[str, Any], key: str, name: str, default: int | None, maximum: int, *, why: str = "") -> Any:
+    """A size from 1 to ``maximum`` (``why`` says where the maximum comes from)."""
     value = _get(raw, key, name, int, default)
-    if not 1 <= value <= maximum:
-        raise ConfigError(f"{key}.{name}", f"must be at least 1 and at most {maximum:,}, got {value:,}")
+    if value is not None and not 1 <= value <= maximum:
+        raise ConfigError(f"{key}.{name}", f"must be at least 1 and at most {maximum:,}{why}, got {value:,}")
     return value
 
 

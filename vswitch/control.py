@@ -28,6 +28,7 @@ traceback once per place it was raised, and never reaches the server's task.
 
 import errno
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -62,6 +63,8 @@ SEND_PIECE = 64 * 1024           # bytes a capture sends at a time: progress is 
 CAPTURE_FRAMES = 4096            # frames a capture buffers for a slow reader ...
 CAPTURE_BYTES = 8 * 1024 * 1024  # ... and bytes; beyond either, frames are dropped and counted
 MAX_LOGGED_SITES = 64            # places whose failures have had their traceback logged
+LISTING_SLICE = 512              # table rows rendered between checkpoints: a long listing never holds up forwarding
+NAT_LISTED = 1000                # connections `show nat` lists unless asked for more (its counters cover them all)
 _SUN_PATH_MAX = 107              # sockaddr_un.sun_path holds 108 bytes including the NUL
 
 
@@ -118,6 +121,15 @@ def _response(*, result: Any = None, error: str | None = None) -> bytes:
     return _encode({"ok": False, "error": error} if error is not None else {"ok": True, "result": result})
 
 
+async def _answer(result: Any) -> bytes:
+    """The answer line for ``result``. A long listing (an FDB of a million entries is a second of work) is
+    encoded in a worker thread, so that the ports go on meanwhile; ``result`` is a snapshot nothing else holds."""
+    rows = result.get("connections") if isinstance(result, dict) else result
+    if isinstance(rows, list) and len(rows) > LISTING_SLICE:
+        return await trio.to_thread.run_sync(lambda: _response(result=result))
+    return _response(result=result)
+
+
 # -- what `show` reports ----------------------------------------------------------
 
 
@@ -146,13 +158,22 @@ def show_ports(node: Any) -> list[dict[str, Any]]:
     return ports
 
 
-def show_fdb(node: Any, now: float) -> list[dict[str, Any]]:
+async def show_fdb(node: Any, now: float) -> list[dict[str, Any]]:
     """Every FDB entry, by port then MAC; ``age`` is seconds since its address was last seen."""
     entries = sorted(_fdb(node.switch.core), key=lambda e: (e.port, e.mac))
-    return [
-        {"mac": mac_to_str(e.mac), "port": e.port, "static": e.static, "age": round(max(0.0, now - e.updated), 3)}
-        for e in entries
-    ]
+    return await _rendered(entries, lambda e: {
+        "mac": mac_to_str(e.mac), "port": e.port, "static": e.static, "age": round(max(0.0, now - e.updated), 3),
+    })
+
+
+async def _rendered(items: Sequence[Any], render: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``render`` applied to each item, a slice at a time with a checkpoint between slices, so that listing a
+    table of a million entries lets the ports run meanwhile (``items`` is a snapshot: a list)."""
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(items), LISTING_SLICE):
+        rows += map(render, items[start:start + LISTING_SLICE])
+        await trio.lowlevel.checkpoint()
+    return rows
 
 
 def show_stats(node: Any, server: "ControlServer | None" = None) -> dict[str, Any]:
@@ -256,25 +277,24 @@ def show_routes(node: Any) -> dict[str, Any]:
     }
 
 
-def show_nat(node: Any, now: float) -> dict[str, Any]:
-    """Tracked connections, least recently seen first per protocol and state, with what each direction is
-    rewritten to; the table's limits and counters."""
+async def show_nat(node: Any, now: float, limit: int = NAT_LISTED) -> dict[str, Any]:
+    """The first ``limit`` tracked connections, least recently seen first per protocol and state, with what
+    each direction is rewritten to (``unlisted``: how many more there are); the table's limits and counters."""
     nat = _router(node).nat
     if nat is None:
         raise ControlError("this daemon's router does no NAT: add [[nat.masquerade]] or [[nat.forward]] to its config")
-    connections = []
-    for c in nat.connections():
-        connections.append({
-            "protocol": describe(c.orig)["protocol"],
-            "state": str(c.state),
-            "kind": c.kind,
-            "assured": c.assured,
-            "original": _endpoints(c.orig),
-            "reply": _endpoints(c.reply),
-            "expires": round(max(0.0, c.expires() - now), 3),
-            "packets": list(c.packets),
-            "bytes": list(c.bytes),
-        })
+    listed = list(itertools.islice(nat.connections(), limit))
+    connections = await _rendered(listed, lambda c: {
+        "protocol": describe(c.orig)["protocol"],
+        "state": str(c.state),
+        "kind": c.kind,
+        "assured": c.assured,
+        "original": _endpoints(c.orig),
+        "reply": _endpoints(c.reply),
+        "expires": round(max(0.0, c.expires() - now), 3),
+        "packets": list(c.packets),
+        "bytes": list(c.bytes),
+    })
     return {
         "statistics": attrs.asdict(nat.statistics()),
         "max_connections": nat.max_connections,
@@ -286,6 +306,7 @@ def show_nat(node: Any, now: float) -> dict[str, Any]:
                          "to_port": f.to_port, "interface": f.interface} for f in nat.forwards],
         },
         "connections": connections,
+        "unlisted": len(nat) - len(connections),
     }
 
 
@@ -465,6 +486,8 @@ def format_nat(result: dict[str, Any]) -> str:
                           "packets(orig/reply)"], rows, right=[5, 6])
     stats = result["statistics"]
     sources = f"{stats['sources']} source{'' if stats['sources'] == 1 else 's'}"
+    if result.get("unlisted"):
+        table += f"\n... and {result['unlisted']} more (--limit N lists more)"
     return (f"{table}\n{stats['connections']} of {result['max_connections']} connections from {sources}"
             f" (at most {result['max_per_source']} per source), {stats['mappings']} mappings;"
             f" {stats['created']} created, {stats['expired']} expired, {stats['early_dropped']} dropped early,"
@@ -784,7 +807,7 @@ class ControlServer:
                         request = parse_request(line)
                         what = f"a control client's {request['command']!r}"
                         if request["command"] != "capture":
-                            await stream.send_all(_response(result=await self._dispatch(request)))
+                            await stream.send_all(await _answer(await self._dispatch(request)))
                             return
                         if self._capture_pool.active >= self._capture_pool.limit:
                             self._capture_pool.refused += 1
@@ -955,7 +978,7 @@ async def _cmd_show(server: ControlServer, request: dict[str, Any]) -> Any:
     if what == "ports":
         return show_ports(node)
     if what == "fdb":
-        return show_fdb(node, trio.current_time())  # the daemon's Switch runs on trio's clock
+        return await show_fdb(node, trio.current_time())  # the daemon's Switch runs on trio's clock
     if what == "stats":
         return show_stats(node, server)
     if what == "arp":
@@ -963,7 +986,10 @@ async def _cmd_show(server: ControlServer, request: dict[str, Any]) -> Any:
     if what == "routes":
         return show_routes(node)
     if what == "nat":
-        return show_nat(node, trio.current_time())
+        limit = _field(request, "limit", int, required=False)
+        if limit is not None and limit < 1:
+            raise ControlError(f"show: 'limit' must be at least 1, got {limit}")
+        return await show_nat(node, trio.current_time(), NAT_LISTED if limit is None else limit)
     if what == "peers":
         return show_peers(node)
     raise ControlError(f"cannot show {what!r} (available: {', '.join(FORMATTERS)})")

@@ -88,7 +88,7 @@ class State(enum.Enum):
 # The states of connections never answered, which early drop may take (Linux's: not assured). Every
 # connection in them is unassured: a connection is assured only once answered, which moves it out of them,
 # and a TCP port reused for a new connection (SYN_SENT again) starts unassured.
-_UNANSWERED = ((UDP, State.UNREPLIED), (ICMP, State.UNREPLIED), (TCP, State.SYN_SENT))
+_UNANSWERED = ((UDP, State.UNREPLIED), (ICMP, State.UNREPLIED), (TCP, State.SYN_SENT), (TCP, State.UNREPLIED))
 _last_seen = operator.attrgetter("last")
 
 
@@ -103,6 +103,7 @@ class Timeouts:
     tcp_last_ack: float = 30.0
     tcp_time_wait: float = 120.0
     tcp_close: float = 10.0
+    tcp_unreplied: float = 300.0        # picked up mid-stream and not answered yet (Linux's unacknowledged)
     udp_unreplied: float = 30.0
     udp_replied: float = 120.0
     icmp: float = 30.0
@@ -116,6 +117,7 @@ class Timeouts:
             State.SYN_SENT: self.tcp_syn_sent, State.SYN_RECV: self.tcp_syn_recv,
             State.ESTABLISHED: self.tcp_established, State.FIN_WAIT: self.tcp_fin_wait,
             State.LAST_ACK: self.tcp_last_ack, State.TIME_WAIT: self.tcp_time_wait, State.CLOSE: self.tcp_close,
+            State.UNREPLIED: self.tcp_unreplied,
         }[state]
 
 
@@ -571,8 +573,10 @@ class Nat:
     def _first_state(packet: bytes, ihl: int) -> State:
         if packet[9] != TCP:
             return State.UNREPLIED
-        # A TCP connection picked up mid-stream (Linux's nf_conntrack_tcp_loose) counts as established.
-        return State.SYN_SENT if packet[ihl + 13] & (_SYN | _ACK) == _SYN else State.ESTABLISHED
+        # A TCP connection picked up mid-stream (Linux's nf_conntrack_tcp_loose) is established once it is
+        # answered; until then it is as unanswered as a SYN: short-lived, and first to go when the table is full
+        # (or a flood of bare ACKs would fill the table with five-day entries nothing could reclaim).
+        return State.SYN_SENT if packet[ihl + 13] & (_SYN | _ACK) == _SYN else State.UNREPLIED
 
     @staticmethod
     def _creatable(packet: bytes, ihl: int, proto: int) -> bool:
@@ -721,6 +725,14 @@ class Nat:
         state = conn.state
         if flags & _RST:
             return State.CLOSE
+        if state is State.UNREPLIED:   # picked up mid-stream
+            if direction == _REPLY:
+                conn.assured = True    # a valid answer to a picked-up connection (Linux sets ASSURED here too)
+                return State.ESTABLISHED
+            if flags & (_SYN | _ACK) == _SYN:
+                return State.SYN_SENT  # a new connection on the same ports
+            if not flags & _FIN:
+                return state
         if flags & _SYN:
             if direction == _ORIG and not flags & _ACK and state in (State.TIME_WAIT, State.CLOSE):
                 conn.fins = 0

@@ -44,18 +44,19 @@ def test_every_table_stays_within_its_bound(report: fuzz.Report) -> None:
     assert report.over_bound() == []
     tables = {name for _, name in report.tables}
     assert {"fdb", "neighbours.gw", "neighbours.gw.resolving", "neighbours.gw.queue", "route-cache", "icmp-peers",
-            "nat.connections", "nat.fragments", "overlay.peers"} <= tables
+            "nat.connections", "nat.fragments", "nat.sources", "nat.per-source", "nat.port-pools", "overlay.peers"} <= tables
     # the floods are big enough to fill some tables to the brim even in the slice
     assert any(size == bound for size, bound in report.tables.values())
 
 
-def test_valid_traffic_flows_through_every_core_once_the_timeouts_have_run(report: fuzz.Report) -> None:
+def test_valid_traffic_flows_through_every_core_at_once_and_once_the_timeouts_have_run(report: fuzz.Report) -> None:
+    """At once too in the cores with NAT: what the floods left in its table is unanswered, so early drop makes
+    room for a new connection."""
     assert set(report.forwards) == {"bridge", "router-nat", "overlay-udp", "overlay-vxlan", "dropin-udp", "dropin-vxlan"}
     for name, (at_once, after) in report.forwards.items():
         assert after.ok, (name, after.problems)
         assert after.steps >= 2
-        if name in ("bridge", "dropin-udp", "dropin-vxlan"):   # no NAT table a flood can fill: at once too
-            assert at_once.ok, (name, at_once.problems)
+        assert at_once.ok, (name, at_once.problems)
 
 
 def test_a_seed_gives_the_same_inputs() -> None:

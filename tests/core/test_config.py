@@ -220,13 +220,13 @@ def test_nat_limits_and_their_defaults():
 @pytest.mark.parametrize(
     ("text", "key", "reason"),
     [
-        ("max_connections = 0", "nat.max_connections", "between 1 and 4194304, got 0"),
-        ("max_connections = 4194305", "nat.max_connections", "between 1 and 4194304, got 4194305"),
+        ("max_connections = 0", "nat.max_connections", "at least 1 and at most 4,194,304 (each connection takes about 1.4 KB of memory), got 0"),
+        ("max_connections = 4194305", "nat.max_connections", "at most 4,194,304 (each connection takes about 1.4 KB of memory), got 4,194,305"),
         ("max_connections = 1_000_000_000_000", "nat.max_connections", "about 1.4 KB of memory"),
         ("max_connections = 1.5", "nat.max_connections", "must be an integer"),
-        ("max_per_source = 0", "nat.max_per_source", "between 1 and max_connections (65536), got 0"),
-        ("max_per_source = 65537", "nat.max_per_source", "between 1 and max_connections (65536), got 65537"),
-        ("max_connections = 100\nmax_per_source = 101", "nat.max_per_source", "max_connections (100), got 101"),
+        ("max_per_source = 0", "nat.max_per_source", "at least 1 and at most 65,536 (max_connections), got 0"),
+        ("max_per_source = 65537", "nat.max_per_source", "at most 65,536 (max_connections), got 65,537"),
+        ("max_connections = 100\nmax_per_source = 101", "nat.max_per_source", "at most 100 (max_connections), got 101"),
         ("max_per_source = true", "nat.max_per_source", "must be an integer"),
         ("max_per_sauce = 10", "nat.max_per_sauce", "unknown key"),
     ],

@@ -752,13 +752,38 @@ def test_tcp_passive_close():
     assert (conn.state, conn.timeout) == (State.TIME_WAIT, TIMEOUTS.tcp_time_wait)
 
 
-def test_mid_stream_tcp_is_picked_up_as_established():
+def test_mid_stream_tcp_is_picked_up_unanswered_and_established_by_its_answer():
     nat = make_nat()
     out = run(nat, tcp(A, 40000, S, 80, "PA", b"more"), "lan", 0.0)
     assert out.src == WAN_ADDR
     conn = only_connection(nat)
-    assert (conn.state, conn.timeout, conn.assured) == (State.ESTABLISHED, TIMEOUTS.tcp_established, False)
+    assert (conn.state, conn.timeout, conn.assured) == (State.UNREPLIED, TIMEOUTS.tcp_unreplied, False)
+    run(nat, tcp(A, 40000, S, 80, "A"), "lan", 0.5)                 # more from the same side: still unanswered
+    assert conn.state is State.UNREPLIED
     assert run(nat, tcp(S, 80, WAN_ADDR, 40000, "A"), "wan", 1.0).dst == A
+    assert (conn.state, conn.timeout, conn.assured) == (State.ESTABLISHED, TIMEOUTS.tcp_established, True)
+
+
+def test_an_unanswered_mid_stream_pickup_expires_soon():
+    nat = make_nat()
+    run(nat, tcp(A, 40000, S, 80, "A"), "lan", 0.0)
+    assert nat.poll_at() == TIMEOUTS.tcp_unreplied
+    nat.handle_timer(TIMEOUTS.tcp_unreplied)
+    assert len(nat) == 0
+
+
+def test_a_flood_of_bare_acks_cannot_fill_the_table_for_good():
+    """Mid-stream pickups that nobody answers are early-dropped like SYNs; answered connections stay."""
+    nat = make_nat(max_connections=8, max_per_source=8)
+    run(nat, tcp(B, 5000, S, 80), "lan", 0.0)
+    run(nat, tcp(S, 80, WAN_ADDR, 5000, "SA"), "wan", 0.1)
+    run(nat, tcp(B, 5000, S, 80, "A"), "lan", 0.2)                   # B's connection: assured, established
+    for i in range(50):                                              # then A's bare ACKs to ever new ports
+        run(nat, tcp(A, 10000 + i, S, 80, "A"), "lan", 1.0 + i)
+    states = sorted(str(c.state) for c in nat.connections())
+    assert states == ["ESTABLISHED"] + ["UNREPLIED"] * 7
+    assert nat.statistics().early_dropped == 43
+    assert run(nat, tcp(C, 6000, S, 80), "lan", 60.0).src == WAN_ADDR   # a new connection still gets in
 
 
 def test_rst_and_echo_reply_cannot_start_a_translated_connection():

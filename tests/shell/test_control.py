@@ -123,11 +123,27 @@ async def test_show_fdb_lists_learned_and_static_entries_with_age(tmp_path):
         assert lines[-1] == "3 entries"
 
 
+async def test_a_long_listing_comes_whole_while_the_ports_keep_forwarding(tmp_path):
+    """Thousands of entries are rendered a slice at a time and encoded off the ports' thread: the answer is
+    complete and in order, and a ping answered during it shows that the switch ran meanwhile."""
+    async with running(tmp_path) as r:
+        await r.ping()   # both hosts learned
+        now = trio.current_time()
+        macs = [bytes([2, 0, 0, 1]) + i.to_bytes(2, "big") for i in range(5 * control.LISTING_SLICE)]
+        for mac in macs:
+            r.node.switch.core.add_static(mac, "p2", now=now)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.ping)
+            result = await r.ask(command="show", what="fdb")
+        assert [e["mac"] for e in result if e["static"]] == [mac.hex(":") for mac in macs]
+        assert len(result) == len(macs) + 2
+
+
 async def test_fdb_age_is_seconds_since_the_last_frame(tmp_path):
     async with running(tmp_path) as r:
         await r.ping()
         learned = {e.mac.hex(":"): e.updated for e in r.node.switch.core.fdb}
-        result = control.show_fdb(r.node, now=learned[MAC1] + 42.25)
+        result = await control.show_fdb(r.node, now=learned[MAC1] + 42.25)
         ages = {e["mac"]: e["age"] for e in result}
         assert ages[MAC1] == 42.25
         assert ages[MAC2] == round(learned[MAC1] + 42.25 - learned[MAC2], 3)

@@ -113,6 +113,22 @@ async def test_a_source_at_its_limit_is_refused_and_counted_while_others_go_on(t
         assert stats["router"]["nat"]["source_limited"] == 1
 
 
+async def test_show_nat_lists_a_bounded_number_of_connections_and_counts_them_all(tmp_path):
+    async with running(tmp_path) as node:
+        c1, c2 = host(node, "c1"), host(node, "c2")
+        for runner in (c1, c1, c2):   # three identifiers: three connections
+            assert (await runner.ping("198.51.100.1", timeout=TIMEOUT)).received == 1
+        path = node.config.node.control
+        listed = await control.request(path, {"command": "show", "what": "nat", "limit": 2})
+        assert len(listed["connections"]) == 2 and listed["unlisted"] == 1
+        assert listed["statistics"]["connections"] == 3
+        assert "... and 1 more (--limit N lists more)" in control.format_nat(listed)
+        everything = await ask(node, "nat")
+        assert len(everything["connections"]) == 3 and everything["unlisted"] == 0
+        with pytest.raises(ControlError, match="'limit' must be at least 1"):
+            await control.request(path, {"command": "show", "what": "nat", "limit": 0})
+
+
 async def test_show_arp_and_routes(tmp_path):
     async with running(tmp_path) as node:
         assert (await host(node, "c1").ping("198.51.100.1", timeout=TIMEOUT)).received == 1
