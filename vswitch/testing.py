@@ -150,8 +150,8 @@ class Daemon:
         command = [sys.executable, "-m", "vswitch", *args, "-c", str(self.config_path)]
         return subprocess.run(command, capture_output=True, text=True, check=check, timeout=timeout)
 
-    def show(self, what: str) -> object:
-        return json.loads(self.cli("show", what, "--json").stdout)
+    def show(self, what: str, *options: str) -> object:
+        return json.loads(self.cli("show", what, "--json", *options).stdout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         assert self.proc is not None
