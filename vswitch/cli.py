@@ -295,8 +295,9 @@ def _demo(args: argparse.Namespace) -> int:
         summary.update(await run_demo(pcap=args.pcap, hosts=args.hosts, backend=args.backend))
 
     try:
-        if trio.run(_until_signal, demo) is not None:
-            return INTERRUPTED   # the pcap so far is whole: the demo closes it on its way out
+        stopped_by = trio.run(_until_signal, demo)
+        if stopped_by is not None:
+            return 128 + stopped_by   # 130 after Ctrl-C; the pcap so far is whole: the demo closes it on its way out
         status = 0 if summary["received"] == summary["sent"] else 1
     except* BrokenPipeError:
         # The reader (head, less) went away: not the demo's failure.

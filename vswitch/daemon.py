@@ -30,10 +30,10 @@ from overlay.peers import LeaseChanges
 from .bridge import Bridge
 from .config import OVERLAY_INTERFACE, Config, ConfigError, PortConfig
 from .datapath import Datapath
+from .faults import Faults
 from .host import Host, HostRunner
 from .nat import Forward, Masquerade, Nat
 from .netns import configure_link
-from .faults import Faults
 from .ports import MemoryPort, PcapPort, PcapWriter, Port
 from .ports.pcap import open_pcaps
 from .ports.packet import PacketPort
