@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from . import __version__
+from .ports.pcap import PcapError
 from .ports.tuntap import DeviceError
 
 
@@ -118,7 +119,7 @@ def _run(path: str) -> int:
     stopped_by = None
     try:
         stopped_by = trio.run(daemon.run_until_signal, daemon.build(cfg, config_path=path))
-    except* (DeviceError, ControlError, config_mod.ConfigError) as group:
+    except* (DeviceError, PcapError, ControlError, config_mod.ConfigError) as group:
         for exc in _leaves(group):
             print(f"vswitch: {exc}", file=sys.stderr)
     if stopped_by is None:

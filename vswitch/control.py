@@ -21,9 +21,11 @@ ended; a quiet port's capture, with nothing to send, never is. Refusals,
 timeouts, stalls and failures are counted (``show stats``, ``control``).
 
 Each connection is a bulkhead: an unexpected exception while serving one
-client (a handler, the capture stream, the monitor callback a capture
-installs in a port's task) closes that client, is counted and logged with its
-traceback once per place it was raised, and never reaches the server's task.
+client (a handler, the capture stream) closes that client, is counted and
+logged with its traceback once per place it was raised, and never reaches the
+server's task. The monitor callback a capture installs runs in a port's task,
+where the switch's own containment ends it (:mod:`vswitch.faults`, site
+``monitor``), and the capture with it.
 """
 
 import errno
@@ -47,6 +49,8 @@ import trio
 from overlay.codec import capture_frame
 
 from .actions import DropReason
+from .config import SUN_PATH_MAX
+from .faults import FirstAtSite
 from .nat import PROTOCOL_NAMES, describe
 from .ports.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, SNAPLEN, PcapWriter
 from .wire.addr import ip_to_str, mac_to_str
@@ -62,10 +66,8 @@ STALL_TIMEOUT = 10.0             # seconds a capture waits for its client to tak
 SEND_PIECE = 64 * 1024           # bytes a capture sends at a time: progress is measured per piece
 CAPTURE_FRAMES = 4096            # frames a capture buffers for a slow reader ...
 CAPTURE_BYTES = 8 * 1024 * 1024  # ... and bytes; beyond either, frames are dropped and counted
-MAX_LOGGED_SITES = 64            # places whose failures have had their traceback logged
 LISTING_SLICE = 512              # table rows rendered between checkpoints: a long listing never holds up forwarding
 NAT_LISTED = 1000                # connections `show nat` lists unless asked for more (its counters cover them all)
-_SUN_PATH_MAX = 107              # sockaddr_un.sun_path holds 108 bytes including the NUL
 
 
 class ControlError(Exception):
@@ -546,8 +548,9 @@ class _Chunk:
 
 class CaptureSession:
     """One client's live capture of a port: a bounded buffer between the
-    switch's tasks (:meth:`push`, sync, never blocks, never raises) and the
-    client's socket (:meth:`stream`).
+    switch's tasks (:meth:`push`, sync, never blocks) and the client's socket
+    (:meth:`stream`). Should :meth:`push` raise (a bug), the switch contains
+    it in the port's task and ends the monitor, and with it this capture.
 
     ``convert`` turns the port's frames into what is recorded (the underlay's
     datagrams into UDP frames); ``linktype`` says what they are (Ethernet, or
@@ -572,28 +575,16 @@ class CaptureSession:
         self._wakeup = trio.Event()
         self.written = 0
         self.dropped = 0
-        self.stalled = False                   # ended because the client took nothing for the stall timeout
-        self.failure: Exception | None = None  # what :meth:`push` raised; :meth:`stream` raises it
+        self.stalled = False   # ended because the client took nothing for the stall timeout
 
     def summary(self) -> dict[str, Any]:
         return {"port": self.port, "written": self.written, "dropped": self.dropped,
                 "buffered": self._frames, "count": self.count}
 
     def push(self, frames: list[bytes]) -> None:
-        """The switch's monitor callback, run in a port's task: keep what fits, count the rest.
-
-        An exception here would end the port's task; it is kept instead, and
-        ends this capture in the client's task, where :meth:`stream` raises it.
-        """
-        if self.failure is not None:
-            return
-        try:
-            self._keep(self._convert(frames) if self._convert is not None else frames)
-        except Exception as exc:  # the port's task is not this capture's to end
-            self.failure = exc
-            self._wakeup.set()
-
-    def _keep(self, frames: list[bytes]) -> None:
+        """The switch's monitor callback, run in a port's task: keep what fits, count the rest."""
+        if self._convert is not None:
+            frames = self._convert(frames)
         room = min(self.max_frames - self._frames, len(frames))
         size = 0
         for i in range(room):
@@ -610,11 +601,9 @@ class CaptureSession:
         self.dropped += len(frames) - room
 
     async def _next(self) -> list[tuple[float, list[bytes]]]:
-        while not self._batches and self.failure is None:
+        while not self._batches:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
-        if self.failure is not None:
-            raise self.failure
         batches = list(self._batches)
         self._batches.clear()
         self._frames = self._bytes = 0
@@ -698,7 +687,7 @@ class ControlServer:
         self._timed_out = 0
         self._stalled = 0
         self._failed = 0
-        self._logged_sites: set[tuple[str, str, int]] = set()
+        self._first_at_site = FirstAtSite()
 
     def statistics(self) -> ControlStatistics:
         return ControlStatistics(attrs.evolve(self._request_pool), attrs.evolve(self._capture_pool),
@@ -719,8 +708,8 @@ class ControlServer:
     async def _listen(self) -> tuple[trio.socket.SocketType, tuple[int, int]]:
         path = self.path
         size = len(os.fsencode(path))
-        if size > _SUN_PATH_MAX:
-            raise ControlError(f"control socket path is too long ({size} bytes, at most {_SUN_PATH_MAX}): {path}")
+        if size > SUN_PATH_MAX:
+            raise ControlError(f"control socket path is too long ({size} bytes, at most {SUN_PATH_MAX}): {path}")
         await self._remove_stale(path)
         parent = Path(path).parent
         try:
@@ -835,11 +824,9 @@ class ControlServer:
     def _fail(self, what: str, exc: Exception) -> None:
         """Count an unexpected exception; log its traceback the first time it comes from its place."""
         self._failed += 1
-        site = _site(exc)
-        if site in self._logged_sites or len(self._logged_sites) >= MAX_LOGGED_SITES:
+        if not self._first_at_site("control", exc):
             log.debug("%s failed again: %r", what, exc)
             return
-        self._logged_sites.add(site)
         log.error("%s failed (once per place; `show stats` counts them): %r", what, exc, exc_info=exc)
 
     async def _dispatch(self, request: dict[str, Any]) -> Any:
@@ -911,18 +898,6 @@ class ControlServer:
                 stalled = f"; its client took nothing for {self.stall_timeout:g} s"
             log.info("capture of %s ended: %d frames written, %d dropped for a slow reader%s",
                      session.port, session.written, session.dropped, stalled)
-
-
-def _site(exc: BaseException) -> tuple[str, str, int]:
-    """Where ``exc`` was raised (the first of a group's): its type, file and line."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    tb = exc.__traceback__
-    if tb is None:
-        return type(exc).__qualname__, "", 0
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno
 
 
 async def _refuse(stream: trio.abc.SendStream, error: str, *, patience: float = 1.0) -> None:

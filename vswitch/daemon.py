@@ -100,10 +100,7 @@ class Node:
 
     def open_pcaps(self) -> None:
         """Open (and so truncate) the config's pcap files: the last step of a start, once nothing can refuse it."""
-        try:
-            open_pcaps(writer for writer in self.pcaps if not writer.opened)
-        except OSError as exc:
-            raise DeviceError(exc.errno or 1, exc.strerror or str(exc)) from None
+        open_pcaps(writer for writer in self.pcaps if not writer.opened)
 
     async def remove_host_rules(self) -> None:
         """Take out what the daemon put into the host beyond its devices: drop-in ip_masq's iptables rules."""

@@ -7,8 +7,9 @@ received, passed through the core, sent, timed or monitored is handed to
 :meth:`Faults.record`, and the task carries on with the next batch. Each
 fault is:
 
-* counted per site and port (``show stats``: the ``internal-error`` drop
-  reason counts the frames, ``faults`` the incidents);
+* counted per site and port (``show stats``: ``faults`` counts the
+  incidents, the ``internal-error`` drop reason the frames lost with them;
+  a monitor's fault loses none: the frames go on, the monitor ends);
 * logged with its traceback the first time its code site (the line that
   raised) is seen, and only counted after that;
 * kept for a bug report: the newest faults in memory, with the head of the
@@ -42,6 +43,23 @@ MAX_SITES = 256          # distinct code sites remembered as logged (beyond: cou
 HEAD_BYTES = 64          # bytes of the first offending frame kept with each fault
 
 
+class FirstAtSite:
+    """Whether an exception is the first from its code site (the line that raised it), for logging its
+    traceback once and only counting the rest; at most ``limit`` sites are remembered, and exceptions from
+    sites beyond them are only counted, so a stream of new bugs cannot flood the log."""
+
+    def __init__(self, limit: int = MAX_SITES) -> None:
+        self._seen: set[tuple[str, str]] = set()
+        self._limit = limit
+
+    def __call__(self, site: str, exc: BaseException) -> bool:
+        key = (site, where(exc))
+        if key in self._seen or len(self._seen) >= self._limit:
+            return False
+        self._seen.add(key)
+        return True
+
+
 @attrs.frozen
 class Fault:
     """One contained exception."""
@@ -72,7 +90,7 @@ class Faults:
         self._clock = clock
         self.counts: Counter[tuple[str, str]] = Counter()   # (site, port) -> faults
         self.recent: deque[Fault] = deque(maxlen=RECENT_FAULTS)
-        self._logged: set[tuple[str, str]] = set()
+        self._first = FirstAtSite()
         self._writer: PcapWriter | None = None
         self.pcap_frames = 0
         self.pcap_error: str | None = None
@@ -94,14 +112,10 @@ class Faults:
         else:
             cause = exc
         frames = list(frames)
-        where = _where(cause)
         self.counts[site, port] += 1
-        self.recent.append(Fault(self._clock(), site, port, repr(cause), where, len(frames),
+        self.recent.append(Fault(self._clock(), site, port, repr(cause), where(cause), len(frames),
                                  bytes(frames[0][:HEAD_BYTES]) if frames else b""))
-        key = (site, where)
-        if key not in self._logged:
-            if len(self._logged) < MAX_SITES:
-                self._logged.add(key)
+        if self._first(site, cause):
             log.error("internal error (%s, port %s): %r; %d frame(s) dropped and kept%s; this site is now only"
                       " counted (show stats)", site, port or "-", cause, len(frames),
                       f" in {self.pcap}" if self.pcap else "", exc_info=cause)
@@ -139,8 +153,11 @@ class Faults:
             self._writer = None
 
 
-def _where(exc: BaseException) -> str:
-    """The line that raised: ``file:line (function)``, the innermost frame of the traceback."""
+def where(exc: BaseException) -> str:
+    """The line that raised: ``file:line (function)``, the innermost frame of the traceback (of a group's
+    first exception)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return "?"

@@ -301,8 +301,8 @@ class Switch:
         for monitor in list(runner.monitors):
             try:
                 monitor.callback(frames)
-            except Exception as exc:
-                self._contain("monitor", runner.port.name, exc, frames)
+            except Exception as exc:   # the frames themselves go on: only the monitor is lost
+                self.faults.record("monitor", runner.port.name, exc, frames)
                 runner.monitors.remove(monitor)
                 monitor.ended.set()
 
