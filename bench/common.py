@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from vswitch.wire.ethernet import ETH_P_IP, build_ethernet
+from vswitch.core.wire.ethernet import ETH_P_IP, build_ethernet
 
 BATCH = 64
 FRAME_SIZES = (64, 1500)

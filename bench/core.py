@@ -18,10 +18,19 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from vswitch.bridge import Bridge
-from vswitch.wire.addr import BROADCAST_MAC
+from vswitch.core.l2.bridge import Bridge
+from vswitch.core.wire.addr import BROADCAST_MAC
 
-from .common import BATCH, FRAME_SIZES, Options, best_rate, ipv4_frame, mac, profiled, rate_result
+from .common import (
+    BATCH,
+    FRAME_SIZES,
+    Options,
+    best_rate,
+    ipv4_frame,
+    mac,
+    profiled,
+    rate_result,
+)
 
 TARGET_UNICAST = 1_000_000  # frames/s
 PORTS = 4

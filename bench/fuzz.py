@@ -47,32 +47,65 @@ from typing import Any
 
 import attrs
 from scapy.all import (
-    ARP, ICMP, IP, LLC, STP, TCP, UDP, Dot1AD, Dot1Q, Ether, ICMPv6EchoRequest, IPOption_LSRR, IPOption_Router_Alert,
-    IPOption_RR, IPv6, fragment, raw,
+    ARP,
+    ICMP,
+    IP,
+    LLC,
+    STP,
+    TCP,
+    UDP,
+    Dot1AD,
+    Dot1Q,
+    Ether,
+    ICMPv6EchoRequest,
+    IPOption_LSRR,
+    IPOption_Router_Alert,
+    IPOption_RR,
+    IPv6,
+    fragment,
+    raw,
 )
 from scapy.layers.vxlan import VXLAN
 
-from overlay.codec import MAX_PAYLOAD, address_header, capture_frame, decrement_ttl, flow_source_port, parse_address
-from overlay.dropin import DeviceOverlay
-from vswitch.actions import Drop, Transmit
-from vswitch.bridge import Bridge
 from vswitch.config import loads
-from vswitch.daemon import UNDERLAY_PORT, build_core
-from vswitch.nat import FRAGMENT_MEMORY
-from vswitch.ports.udp import SOL_UDP, UDP_GRO, split_gro
-from vswitch.router import ICMP_PEERS
-from vswitch.wire.addr import BROADCAST_MAC, ip_from_str, mac_from_str
-from vswitch.wire.arp import OP_REQUEST, Arp
-from vswitch.wire.checksum import internet_checksum
-from vswitch.wire.errors import WireError
-from vswitch.wire.icmp import build_echo
-from vswitch.wire.ipv4 import FLAG_DF, FLAG_MF, PROTO_TCP, PROTO_UDP, build_ipv4
-from vswitch.wire.offload import (
-    F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, VNET_HDR, VNET_HDR_LEN, VNET_HDR_NONE, coalesce_tcp4,
-    complete_checksum, from_vnet, segment_tcp4,
+from vswitch.core.actions import Drop, Transmit
+from vswitch.core.l2.bridge import Bridge
+from vswitch.core.l3.router import ICMP_PEERS
+from vswitch.core.nat import FRAGMENT_MEMORY
+from vswitch.core.wire.addr import BROADCAST_MAC, ip_from_str, mac_from_str
+from vswitch.core.wire.arp import OP_REQUEST, Arp
+from vswitch.core.wire.checksum import internet_checksum
+from vswitch.core.wire.errors import WireError
+from vswitch.core.wire.icmp import build_echo
+from vswitch.core.wire.ipv4 import FLAG_DF, FLAG_MF, PROTO_TCP, PROTO_UDP, build_ipv4
+from vswitch.core.wire.offload import (
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    VNET_HDR_NONE,
+    coalesce_tcp4,
+    complete_checksum,
+    from_vnet,
+    segment_tcp4,
 )
-from vswitch.wire.tcp import ACK, FIN, PSH, RST, SYN, build_tcp
-from vswitch.wire.udp import build_udp
+from vswitch.core.wire.tcp import ACK, FIN, PSH, RST, SYN, build_tcp
+from vswitch.core.wire.udp import build_udp
+from vswitch.daemon import UNDERLAY_PORT, build_core
+from vswitch.overlay.core.codec import (
+    MAX_PAYLOAD,
+    address_header,
+    capture_frame,
+    decrement_ttl,
+    flow_source_port,
+    parse_address,
+)
+from vswitch.overlay.core.dropin import DeviceOverlay
+from vswitch.shell.ports.udp import SOL_UDP, UDP_GRO, split_gro
 
 from .common import Options, result
 

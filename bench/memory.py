@@ -23,12 +23,21 @@ from typing import Any
 
 import trio
 
-from vswitch.actions import DropReason
-from vswitch.bridge import Bridge
-from vswitch.ports.memory import MemoryPort
-from vswitch.switch import Switch
+from vswitch.core.actions import DropReason
+from vswitch.core.l2.bridge import Bridge
+from vswitch.shell.ports.memory import MemoryPort
+from vswitch.shell.switch import Switch
 
-from .common import BATCH, FRAME_SIZES, Options, ipv4_frame, mac, profiled, rate_result, result
+from .common import (
+    BATCH,
+    FRAME_SIZES,
+    Options,
+    ipv4_frame,
+    mac,
+    profiled,
+    rate_result,
+    result,
+)
 
 TARGET = 500_000  # frames/s
 PORTS = ("a", "b", "c", "d")

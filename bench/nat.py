@@ -75,15 +75,32 @@ from typing import Any
 
 import attrs
 
-from vswitch.actions import Drop, DropReason, Transmit
-from vswitch.nat import DEFAULT_MAX_CONNECTIONS, PORT_RANGE, Forward, Masquerade, Nat, State, invert, make_key
-from vswitch.router import ROUTE_CACHE, Router
-from vswitch.testing import Daemon, Namespaces, outside_link, ping, sh, unique, uplink_config
-from vswitch.wire.addr import Network, ip_from_str
-from vswitch.wire.ethernet import ETH_P_IP, build_ethernet
-from vswitch.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4
-from vswitch.wire.tcp import ACK, SYN, build_tcp
-from vswitch.wire.udp import build_udp
+from vswitch.core.actions import Drop, DropReason, Transmit
+from vswitch.core.l3.router import ROUTE_CACHE, Router
+from vswitch.core.nat import (
+    DEFAULT_MAX_CONNECTIONS,
+    PORT_RANGE,
+    Forward,
+    Masquerade,
+    Nat,
+    State,
+    invert,
+    make_key,
+)
+from vswitch.core.wire.addr import Network, ip_from_str
+from vswitch.core.wire.ethernet import ETH_P_IP, build_ethernet
+from vswitch.core.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4
+from vswitch.core.wire.tcp import ACK, SYN, build_tcp
+from vswitch.core.wire.udp import build_udp
+from vswitch.testing import (
+    Daemon,
+    Namespaces,
+    outside_link,
+    ping,
+    sh,
+    unique,
+    uplink_config,
+)
 
 from .common import BATCH, FRAME_SIZES, Options, best_rate, mac, profiled, result
 from .devices import iperf_seconds, iperf_tcp

@@ -59,7 +59,16 @@ from typing import Any
 
 import attrs
 
-from vswitch.testing import Daemon, Namespaces, in_ns, link_exists, link_mac, ping, sh, unique
+from vswitch.testing import (
+    Daemon,
+    Namespaces,
+    in_ns,
+    link_exists,
+    link_mac,
+    ping,
+    sh,
+    unique,
+)
 
 from .common import Options, result
 from .devices import iperf_seconds, iperf_tcp

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 
-
 def can_run() -> str | None:
     """None if namespaces and TAP devices can be used here, else the reason why not."""
     if os.geteuid() != 0:

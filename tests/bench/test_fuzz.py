@@ -15,7 +15,7 @@ import pytest
 import bench
 from bench import fuzz
 from bench.common import Options
-from vswitch.fdb import Fdb
+from vswitch.core.l2.fdb import Fdb
 
 ROOT = Path(__file__).parents[2]
 SLICE = 20_000

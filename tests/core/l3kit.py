@@ -9,9 +9,9 @@ The router under test has two Ethernet interfaces::
 
 from scapy.all import ARP, IP, Ether, Raw, raw
 
-from vswitch.actions import Drop, DropReason, Transmit
-from vswitch.router import Router
-from vswitch.wire.addr import Network, ip_from_str, mac_from_str
+from vswitch.core.actions import Drop, DropReason, Transmit
+from vswitch.core.l3.router import Router
+from vswitch.core.wire.addr import Network, ip_from_str, mac_from_str
 
 BCAST = "ff:ff:ff:ff:ff:ff"
 MAC = {

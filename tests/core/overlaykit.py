@@ -12,11 +12,11 @@ its peers::
 from scapy.all import IP, UDP, Ether, raw
 from scapy.layers.vxlan import VXLAN
 
-from overlay.codec import address_header
-from overlay.core import Overlay, Unreachable
-from overlay.peers import Lease
-from vswitch.actions import Drop, Transmit
-from vswitch.wire.addr import Network, ip_from_str, mac_from_str
+from vswitch.core.actions import Drop, Transmit, Unreachable
+from vswitch.core.wire.addr import Network, ip_from_str, mac_from_str
+from vswitch.overlay.core.codec import address_header
+from vswitch.overlay.core.peers import Lease
+from vswitch.overlay.core.tunnel import Overlay
 
 NETWORK = "10.244.0.0/16"
 PORT = {"udp": 8285, "vxlan": 8472}

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vswitch.arp import REFRESH_INTERVAL, NeighbourTable, State
+from vswitch.core.l3.neighbour import REFRESH_INTERVAL, NeighbourTable, State
 
 
 def addr(n: int) -> bytes:

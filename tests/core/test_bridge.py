@@ -3,10 +3,10 @@
 import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Ether, raw
 
-from vswitch.actions import Drop, DropReason, Transmit
-from vswitch.bridge import Bridge
-from vswitch.fdb import REFRESH_INTERVAL
-from vswitch.wire import mac_from_str
+from vswitch.core.actions import Drop, DropReason, Transmit
+from vswitch.core.l2.bridge import Bridge
+from vswitch.core.l2.fdb import REFRESH_INTERVAL
+from vswitch.core.wire import mac_from_str
 
 MAC = {name: f"02:00:00:00:00:{i:02x}" for i, name in enumerate(["a", "b", "c", "d", "e"], start=1)}
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -368,7 +368,7 @@ def test_add_static_checks_port_and_address():
 
 
 def test_oversized_builds_raise_value_error():
-    from vswitch.wire import build_ipv4, build_udp
+    from vswitch.core.wire import build_ipv4, build_udp
 
     with pytest.raises(ValueError, match="too large"):
         build_ipv4(b"\x0a\0\0\1", b"\x0a\0\0\2", 17, bytes(65536))

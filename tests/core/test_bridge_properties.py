@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scapy.all import Ether, raw
 
-from vswitch.actions import Drop, DropReason, Transmit
-from vswitch.bridge import Bridge
+from vswitch.core.actions import Drop, DropReason, Transmit
+from vswitch.core.l2.bridge import Bridge
 
 PORTS = ["p1", "p2", "p3", "p4"]
 UNICAST = [bytes([2, 0, 0, 0, 0, i]) for i in range(1, 7)]

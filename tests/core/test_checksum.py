@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from scapy.all import IP, raw
 from scapy.utils import checksum as scapy_checksum
 
-from vswitch.wire import internet_checksum, ip_from_str, update16, update32
-from vswitch.wire.checksum import ones_complement_sum
+from vswitch.core.wire import internet_checksum, ip_from_str, update16, update32
+from vswitch.core.wire.checksum import ones_complement_sum
 
 
 def test_rfc1071_example():

@@ -3,7 +3,7 @@
 import pytest
 
 from vswitch import config
-from vswitch.config import ConfigError
+from vswitch.errors import ConfigError
 
 GOOD = """
 [node]

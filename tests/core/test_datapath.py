@@ -4,10 +4,10 @@ import pytest
 from l3kit import BCAST, IPS, MAC, REMOTE, arp_reply, arp_request, eth, ip, mac, net
 from scapy.all import ARP, ICMP, IP, UDP, Ether, raw
 
-from vswitch.actions import Drop, DropReason, Transmit
-from vswitch.bridge import Bridge
-from vswitch.datapath import MAX_ROUNDS, Datapath
-from vswitch.router import Router
+from vswitch.core.actions import Drop, DropReason, Transmit
+from vswitch.core.datapath import MAX_ROUNDS, Datapath
+from vswitch.core.l2.bridge import Bridge
+from vswitch.core.l3.router import Router
 
 R = DropReason
 CONTAINERS = ["p1", "p2", "p3"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vswitch.fdb import DEFAULT_AGEING, Fdb
+from vswitch.core.l2.fdb import DEFAULT_AGEING, Fdb
 
 A = b"\x02\x00\x00\x00\x00\x0a"
 B = b"\x02\x00\x00\x00\x00\x0b"

@@ -24,9 +24,9 @@ from scapy.all import (
     raw,
 )
 
-from vswitch import nat as nat_module
-from vswitch.actions import DropReason
-from vswitch.nat import (
+from vswitch.core import nat as nat_module
+from vswitch.core.actions import DropReason
+from vswitch.core.nat import (
     Forward,
     Masquerade,
     Nat,
@@ -36,8 +36,8 @@ from vswitch.nat import (
     invert,
     make_key,
 )
-from vswitch.wire import ip_from_str
-from vswitch.wire.addr import Network
+from vswitch.core.wire import ip_from_str
+from vswitch.core.wire.addr import Network
 
 LAN_ADDR, A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"   # inside
 WAN_ADDR, UPSTREAM = "192.0.2.1", "192.0.2.254"                      # the masquerading side

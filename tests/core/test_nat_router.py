@@ -20,12 +20,12 @@ from scapy.all import (
     raw,
 )
 
-from vswitch.actions import Drop, DropReason, Transmit
-from vswitch.nat import TCP as PROTO_TCP
-from vswitch.nat import UDP as PROTO_UDP
-from vswitch.nat import Forward, Masquerade, Nat
-from vswitch.router import Router
-from vswitch.wire.addr import Network, ip_from_str, mac_from_str
+from vswitch.core.actions import Drop, DropReason, Transmit
+from vswitch.core.l3.router import Router
+from vswitch.core.nat import TCP as PROTO_TCP
+from vswitch.core.nat import UDP as PROTO_UDP
+from vswitch.core.nat import Forward, Masquerade, Nat
+from vswitch.core.wire.addr import Network, ip_from_str, mac_from_str
 
 LAN_ADDR, A, B = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 WAN_ADDR, UPSTREAM = "192.0.2.1", "192.0.2.254"

@@ -2,7 +2,7 @@
 
 from scapy.all import ICMP, IP, UDP, VXLAN, Ether, raw
 
-from overlay.codec import address_header, capture_frame
+from vswitch.overlay.core.codec import address_header, capture_frame
 
 LOCAL = bytes([10, 99, 0, 1])
 PEER = bytes([10, 99, 0, 2])

@@ -9,7 +9,8 @@ from overlaykit import packet
 from scapy.all import IP, TCP, UDP, fragment, raw
 from scapy.layers.vxlan import VXLAN
 
-from overlay.codec import (
+from vswitch.core.wire.checksum import internet_checksum, ones_complement_sum
+from vswitch.overlay.core.codec import (
     ADDRESS_LEN,
     MAX_VNI,
     SOURCE_PORT_MAX,
@@ -20,7 +21,6 @@ from overlay.codec import (
     parse_address,
     vxlan_header,
 )
-from vswitch.wire.checksum import internet_checksum, ones_complement_sum
 
 # -- decrement_ttl ---------------------------------------------------------------------
 

@@ -3,12 +3,17 @@
 import attrs
 import pytest
 
-from overlay.node import config_leases, masquerade_rules, restart_needed, subnet_env
-from overlay.peers import Lease
 from vswitch import config
-from vswitch.config import ConfigError
+from vswitch.core.wire.addr import Network, ip_from_str, mac_from_str
 from vswitch.daemon import build_core, stable_mac
-from vswitch.wire.addr import Network, ip_from_str, mac_from_str
+from vswitch.errors import ConfigError
+from vswitch.overlay.core.peers import Lease
+from vswitch.overlay.shell.node import (
+    config_leases,
+    masquerade_rules,
+    restart_needed,
+    subnet_env,
+)
 
 GATEWAY = """
 [[router.interfaces]]

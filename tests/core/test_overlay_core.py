@@ -27,12 +27,23 @@ from overlaykit import (
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPerror, IPv6, UDPerror, raw
 from scapy.layers.vxlan import VXLAN
 
-from overlay.codec import SOURCE_PORT_MAX, SOURCE_PORT_MIN, flow_source_port
-from overlay.core import INSIDE, UNDERLAY, Overlay, Unreachable
-from overlay.peers import Lease
-from vswitch.actions import Drop, DropReason, Transmit
-from vswitch.router import ICMP_BURST
-from vswitch.wire.addr import Network
+from vswitch.core.actions import (
+    INSIDE,
+    UNDERLAY,
+    Drop,
+    DropReason,
+    Transmit,
+    Unreachable,
+)
+from vswitch.core.l3.router import ICMP_BURST
+from vswitch.core.wire.addr import Network
+from vswitch.overlay.core.codec import (
+    SOURCE_PORT_MAX,
+    SOURCE_PORT_MIN,
+    flow_source_port,
+)
+from vswitch.overlay.core.peers import Lease
+from vswitch.overlay.core.tunnel import Overlay
 
 R = DropReason
 

@@ -12,14 +12,14 @@ import pytest
 from overlaykit import drops, ip_checksum_ok, to_wire, transmitted
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPerror, UDPerror, raw
 
-from overlay.core import Overlay
 from vswitch import config
-from vswitch.actions import DropReason
-from vswitch.bridge import Bridge
+from vswitch.core.actions import DropReason
+from vswitch.core.datapath import Datapath
+from vswitch.core.l2.bridge import Bridge
+from vswitch.core.l3.router import Router
+from vswitch.core.wire.addr import Network
 from vswitch.daemon import build_core
-from vswitch.datapath import Datapath
-from vswitch.router import Router
-from vswitch.wire.addr import Network
+from vswitch.overlay.core.tunnel import Overlay
 
 R = DropReason
 OUTSIDE, OUTSIDE_MAC, WAN_MAC = "192.0.2.20", "02:00:00:00:00:20", "02:00:00:00:01:0e"

@@ -18,8 +18,8 @@ from overlaykit import (
 from scapy.all import ARP, ICMP, IP, Ether, raw
 from scapy.layers.vxlan import VXLAN
 
-from overlay.dropin import DeviceOverlay
-from vswitch.actions import DropReason
+from vswitch.core.actions import DropReason
+from vswitch.overlay.core.dropin import DeviceOverlay
 
 R = DropReason
 DEVICE, UNDERLAY = "flannel0", "underlay"

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlay.codec import address_header
-from overlay.peers import Lease, LeaseChanges, PeerTable
-from vswitch.wire.addr import Network, ip_from_str, mac_from_str
+from vswitch.core.wire.addr import Network, ip_from_str, mac_from_str
+from vswitch.overlay.core.codec import address_header
+from vswitch.overlay.core.peers import Lease, LeaseChanges, PeerTable
 
 
 def lease(text: str, n: int, vtep: bool = False) -> Lease:

@@ -1,71 +1,18 @@
 """The core is sans-I/O: no trio, socket, os or time, directly or through another project module."""
 
-import ast
 from pathlib import Path
 
 import pytest
+from importkit import ROOT, imports, module_name, module_path
 
-ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = frozenset({"trio", "socket", "os", "time"})
-PROJECT_PACKAGES = ("vswitch", "overlay")
+PROJECT_PACKAGES = ("vswitch",)
+# every folder named core is pure: vswitch's and the overlay's (vswitch/overlay links to the checkout's overlay/)
+CORE_FOLDERS = (ROOT / "vswitch" / "core", ROOT / "vswitch" / "overlay" / "core")
 
 
 def core_modules() -> list[Path]:
-    vswitch = ROOT / "vswitch"
-    overlay = ROOT / "overlay"
-    paths = [vswitch / "bridge.py", vswitch / "fdb.py", vswitch / "actions.py"]
-    paths += sorted((vswitch / "wire").glob("*.py"))
-    paths += [p for p in (vswitch / "arp.py", vswitch / "router.py", vswitch / "nat.py", vswitch / "datapath.py",
-                          overlay / "__init__.py", overlay / "peers.py", overlay / "core.py", overlay / "dropin.py")
-              if p.exists()]
-    paths += sorted(overlay.glob("codec*.py"))
-    paths += sorted(p for d in overlay.glob("codec*") if d.is_dir() for p in d.rglob("*.py"))
-    return paths
-
-
-def module_name(path: Path) -> str:
-    if not path.is_relative_to(ROOT):
-        return path.stem  # a loose file (the checker's own tests): a top-level module
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def module_path(name: str) -> Path | None:
-    base = ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def imports(path: Path) -> list[tuple[int, str]]:
-    """(line, absolute dotted name) of everything ``path`` imports, relative imports resolved."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".") if package else []
-                base = base[: len(base) - (node.level - 1)]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module
-            found.append((node.lineno, module))
-            # `from pkg import sub` may name a submodule
-            found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names if alias.name != "*"]
-        elif isinstance(node, ast.Call):
-            func = node.func
-            dynamic = (isinstance(func, ast.Name) and func.id == "__import__") or (
-                isinstance(func, ast.Attribute) and func.attr == "import_module"
-            )
-            if dynamic and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                found.append((node.lineno, node.args[0].value))
-    return found
+    return [path for folder in CORE_FOLDERS for path in sorted(folder.rglob("*.py"))]
 
 
 def forbidden_imports(path: Path) -> list[str]:
@@ -94,10 +41,13 @@ def forbidden_imports(path: Path) -> list[str]:
 
 def test_the_core_exists():
     names = {module_name(p) for p in core_modules()}
-    assert {"vswitch.bridge", "vswitch.fdb", "vswitch.actions", "vswitch.wire.checksum", "vswitch.wire.ethernet"} <= names
-    # the overlay's cores (overlay/node.py is its shell side: leases, files, devices)
-    assert {"overlay.codec", "overlay.peers", "overlay.core", "overlay.dropin"} <= names
-    assert "overlay.node" not in names
+    assert {"vswitch.core.l2.bridge", "vswitch.core.l2.fdb", "vswitch.core.actions", "vswitch.core.datapath",
+            "vswitch.core.wire.checksum", "vswitch.core.wire.ethernet", "vswitch.core.l3.router",
+            "vswitch.core.nat"} <= names
+    # the overlay's core (overlay/shell is its shell side: leases, files, devices)
+    assert {"vswitch.overlay.core.codec", "vswitch.overlay.core.peers", "vswitch.overlay.core.tunnel",
+            "vswitch.overlay.core.dropin"} <= names
+    assert not any(".shell" in name for name in names)
 
 
 @pytest.mark.parametrize("path", core_modules(), ids=module_name)
@@ -137,10 +87,10 @@ def test_checker_allows(tmp_path, source):
 
 
 def test_checker_follows_project_imports(tmp_path):
-    # vswitch.switch is the Trio shell: a module importing it is impure even with no trio of its own
+    # vswitch.shell.switch is the Trio shell: a module importing it is impure even with no trio of its own
     module = tmp_path / "indirect.py"
-    module.write_text("from vswitch import switch\n")
+    module.write_text("from vswitch.shell import switch\n")
     problems = forbidden_imports(module)
-    assert any(p.startswith("vswitch/switch.py:") and p.endswith("imports trio") for p in problems)
-    module.write_text("from vswitch.wire import checksum\nimport vswitch.fdb\n")
+    assert any(p.startswith("vswitch/shell/switch.py:") and p.endswith("imports trio") for p in problems)
+    module.write_text("from vswitch.core.wire import checksum\nimport vswitch.core.l2.fdb\n")
     assert forbidden_imports(module) == []

@@ -43,9 +43,9 @@ from scapy.all import (
     raw,
 )
 
-from vswitch.actions import DropReason, Transmit
-from vswitch.arp import State
-from vswitch.router import (
+from vswitch.core.actions import DropReason, Transmit
+from vswitch.core.l3.neighbour import State
+from vswitch.core.l3.router import (
     ICMP_BURST,
     ICMP_PEER_BURST,
     Route,
@@ -53,8 +53,8 @@ from vswitch.router import (
     RouteTable,
     fragment,
 )
-from vswitch.wire.addr import Network
-from vswitch.wire.checksum import internet_checksum
+from vswitch.core.wire.addr import Network
+from vswitch.core.wire.checksum import internet_checksum
 
 R = DropReason
 

@@ -4,8 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vswitch.wire import (
-    BROADCAST_MAC, ZERO_MAC, ip_from_str, ip_to_str, is_link_local_mac, is_multicast_mac, mac_from_str, mac_to_str,
+from vswitch.core.wire import (
+    BROADCAST_MAC,
+    ZERO_MAC,
+    ip_from_str,
+    ip_to_str,
+    is_link_local_mac,
+    is_multicast_mac,
+    mac_from_str,
+    mac_to_str,
 )
 
 

@@ -5,8 +5,7 @@ import struct
 import pytest
 from scapy.all import ARP, Ether, raw
 
-from vswitch.wire import Arp, Malformed, Truncated, ip_from_str, mac_from_str
-from vswitch.wire import arp
+from vswitch.core.wire import Arp, Malformed, Truncated, arp, ip_from_str, mac_from_str
 
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"

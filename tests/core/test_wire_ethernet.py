@@ -3,8 +3,13 @@
 import pytest
 from scapy.all import ARP, IP, Dot1AD, Dot1Q, Ether, raw
 
-from vswitch.wire import Ethernet, Truncated, build_ethernet, mac_from_str
-from vswitch.wire import ethernet
+from vswitch.core.wire import (
+    Ethernet,
+    Truncated,
+    build_ethernet,
+    ethernet,
+    mac_from_str,
+)
 
 DST = "02:00:00:00:00:02"
 SRC = "02:00:00:00:00:01"

@@ -5,10 +5,18 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.all import ICMP, IP, UDP, IPOption_Router_Alert, IPerror, UDPerror, raw
+from scapy.all import ICMP, IP, UDP, IPerror, IPOption_Router_Alert, UDPerror, raw
 
-from vswitch.wire import Icmp, Malformed, Truncated, build_echo, build_error, build_icmp, internet_checksum
-from vswitch.wire import icmp
+from vswitch.core.wire import (
+    Icmp,
+    Malformed,
+    Truncated,
+    build_echo,
+    build_error,
+    build_icmp,
+    icmp,
+    internet_checksum,
+)
 
 
 def _scapy_recomputed_checksum(message: bytes) -> int:

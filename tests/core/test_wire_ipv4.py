@@ -8,8 +8,15 @@ from hypothesis import strategies as st
 from scapy.all import ICMP, IP, UDP, Ether, IPOption_Router_Alert, Raw, raw
 from scapy.utils import checksum as scapy_checksum
 
-from vswitch.wire import Ipv4, Malformed, Truncated, build_ipv4, internet_checksum, ip_from_str
-from vswitch.wire import ipv4
+from vswitch.core.wire import (
+    Ipv4,
+    Malformed,
+    Truncated,
+    build_ipv4,
+    internet_checksum,
+    ip_from_str,
+    ipv4,
+)
 
 
 def _refresh_checksum(header: bytearray, ihl: int = 20) -> bytes:

@@ -7,9 +7,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, raw
 
-from vswitch.wire import Malformed, Tcp, Truncated, Udp, build_ipv4, build_tcp, build_udp, internet_checksum
-from vswitch.wire import ipv4, tcp
-from vswitch.wire.ipv4 import pseudo_header_sum
+from vswitch.core.wire import (
+    Malformed,
+    Tcp,
+    Truncated,
+    Udp,
+    build_ipv4,
+    build_tcp,
+    build_udp,
+    internet_checksum,
+    ipv4,
+    tcp,
+)
+from vswitch.core.wire.ipv4 import pseudo_header_sum
 
 SRC = bytes([192, 0, 2, 1])
 DST = bytes([198, 51, 100, 2])

@@ -8,11 +8,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, Dot1Q, Ether, IPOption_Router_Alert, raw
 
-from vswitch.wire import Malformed, Truncated
-from vswitch.wire.ipv4 import pseudo_header_sum
-from vswitch.wire.offload import (
-    F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_UDP, VNET_HDR, VNET_HDR_NONE, UnsupportedOffload, coalesce_tcp4,
-    complete_checksum, from_vnet, segment_tcp4,
+from vswitch.core.wire import Malformed, Truncated
+from vswitch.core.wire.ipv4 import pseudo_header_sum
+from vswitch.core.wire.offload import (
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_TCPV4,
+    GSO_UDP,
+    VNET_HDR,
+    VNET_HDR_NONE,
+    UnsupportedOffload,
+    coalesce_tcp4,
+    complete_checksum,
+    from_vnet,
+    segment_tcp4,
 )
 
 ETH = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

@@ -5,8 +5,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Dot1Q, Ether, IPOption_Router_Alert, raw
 
-from vswitch.wire import Arp, Ethernet, Icmp, Ipv4, Malformed, Tcp, Truncated, Udp, WireError
-from vswitch.wire import ethernet, ipv4
+from vswitch.core.wire import (
+    Arp,
+    Ethernet,
+    Icmp,
+    Ipv4,
+    Malformed,
+    Tcp,
+    Truncated,
+    Udp,
+    WireError,
+    ethernet,
+    ipv4,
+)
 
 
 def parse_stack(frame: bytes) -> tuple:

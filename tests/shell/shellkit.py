@@ -15,9 +15,9 @@ import trio
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from vswitch.bridge import Bridge
-from vswitch.ports import MemoryPort, Port
-from vswitch.switch import SHUTDOWN_TIMEOUT, Switch
+from vswitch.core.l2.bridge import Bridge
+from vswitch.shell.ports import MemoryPort, Port
+from vswitch.shell.switch import SHUTDOWN_TIMEOUT, Switch
 
 BROADCAST = b"\xff" * 6
 ETH_P_EXPERIMENTAL = 0x88B5  # IEEE 802 local experimental ethertype

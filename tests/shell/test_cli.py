@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from vswitch import config
-from vswitch.cli import main
-from vswitch.demo import run_demo
+from vswitch.cli.demo import run_demo
+from vswitch.cli.main import main
 
 ROOT = Path(__file__).parents[2]
 

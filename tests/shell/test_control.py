@@ -20,11 +20,12 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.utils import rdpcap
 
 from vswitch import config, control, daemon
-from vswitch.actions import Transmit
-from vswitch.cli import main
-from vswitch.control import ControlError, ControlServer, PcapRecords
+from vswitch.cli.main import main
+from vswitch.control import ControlServer, PcapRecords
+from vswitch.core.actions import Transmit
 from vswitch.daemon import Node
-from vswitch.ports.pcap import PcapWriter
+from vswitch.errors import ControlError
+from vswitch.shell.ports.pcap import PcapWriter
 
 MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 TIMEOUT = 5.0

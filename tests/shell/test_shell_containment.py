@@ -16,14 +16,14 @@ import dpkt
 import pytest
 import trio
 import trio.testing
-
-import vswitch.ports.fd
 from shellkit import BROADCAST, eth, mac, recv, start_switch
-from vswitch.actions import DropReason
-from vswitch.bridge import Bridge
-from vswitch.faults import Faults
-from vswitch.ports.base import PortWrapper
-from vswitch.ports.fd import READ_SIZE, FdPort
+
+import vswitch.shell.ports.fd
+from vswitch.core.actions import DropReason
+from vswitch.core.l2.bridge import Bridge
+from vswitch.shell.faults import Faults
+from vswitch.shell.ports.base import PortWrapper
+from vswitch.shell.ports.fd import READ_SIZE, FdPort
 
 A, B, C = mac(0xA), mac(0xB), mac(0xC)
 POISON = b"\xde\xad\xbe\xef"
@@ -124,7 +124,7 @@ async def test_a_core_that_raises_costs_one_batch_and_forwarding_carries_on(nurs
     rig = await start_switch(nursery, ["p0", "p1", "p2"], bridge=FragileBridge(), faults=faults)
     bad = poison()
 
-    with caplog.at_level(logging.ERROR, logger="vswitch.faults"):
+    with caplog.at_level(logging.ERROR, logger="vswitch.shell.faults"):
         await rig.send("p0", bad)
         await trio.testing.wait_all_tasks_blocked()   # alone in its batch: a batch is what a fault costs
         # the same port and the others forward as before
@@ -184,7 +184,7 @@ async def test_a_port_whose_decoder_raises_loses_that_batch_and_keeps_receiving(
         assert POISON in packet, "only the poisoned packet asks for virtio-net work"
         raise ValueError("decoder bug (on purpose)")
 
-    monkeypatch.setattr(vswitch.ports.fd, "from_vnet", broken_from_vnet)
+    monkeypatch.setattr(vswitch.shell.ports.fd, "from_vnet", broken_from_vnet)
     fragile, far = socket_port("s0")
     rig = await start_switch(nursery, ["p0"])
     rig.switch.add_port(fragile)
@@ -250,7 +250,7 @@ async def test_a_queued_send_that_raises_costs_that_batch(nursery):
 
 @pytest.mark.parametrize("writable", [True, False])
 async def test_the_faults_pcap_is_made_at_the_first_fault_and_bounded(tmp_path, writable):
-    import vswitch.faults as faults_module
+    import vswitch.shell.faults as faults_module
 
     target = tmp_path / ("faults.pcap" if writable else "missing-dir/faults.pcap")
     faults = Faults(str(target))

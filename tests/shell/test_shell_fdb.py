@@ -2,9 +2,9 @@
 
 import trio
 import trio.testing
-
 from shellkit import BROADCAST, eth, mac, recv, start_switch
-from vswitch.bridge import Bridge
+
+from vswitch.core.l2.bridge import Bridge
 
 A, B = mac(0xA), mac(0xB)
 AGEING = 10.0

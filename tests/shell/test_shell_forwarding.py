@@ -1,9 +1,9 @@
 """Flooding, learning, station moves, malformed input: raw frames through the running switch."""
 
 from scapy.layers.l2 import Ether
-
 from shellkit import BROADCAST, eth, mac, recv, start_switch
-from vswitch.actions import DropReason
+
+from vswitch.core.actions import DropReason
 
 PORTS = ["p0", "p1", "p2", "p3"]
 A, B, C = mac(0xA), mac(0xB), mac(0xC)

@@ -4,11 +4,12 @@ import itertools
 
 import trio
 from scapy.layers.l2 import ARP, Ether
-
 from shellkit import mac, recv, start_switch
-from vswitch.host import Host, HostRunner
-from vswitch.ports import MemoryPort
-from vswitch.wire.addr import ip_from_str
+
+from vswitch.core.host import Host
+from vswitch.core.wire.addr import ip_from_str
+from vswitch.shell.hosts import HostRunner
+from vswitch.shell.ports import MemoryPort
 
 ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
 

@@ -5,10 +5,11 @@ from collections import Counter
 import pytest
 import trio
 import trio.testing
-
 from shellkit import BROADCAST, eth, mac, recv, seq_of, start_switch
-from vswitch.host import Host, HostRunner
-from vswitch.ports import ImpairedPort, Impairment, MemoryPort
+
+from vswitch.core.host import Host
+from vswitch.shell.hosts import HostRunner
+from vswitch.shell.ports import ImpairedPort, Impairment, MemoryPort
 
 A = mac(0xA)
 N = 2000

@@ -3,12 +3,12 @@
 import pytest
 import trio
 import trio.testing
-
 from shellkit import BROADCAST, eth, mac, recv, start_switch
-from vswitch.actions import DropReason
-from vswitch.bridge import Bridge
-from vswitch.ports import MemoryPort, PortClosed, PortStatistics
-from vswitch.switch import SHUTDOWN_TIMEOUT, Switch
+
+from vswitch.core.actions import DropReason
+from vswitch.core.l2.bridge import Bridge
+from vswitch.shell.ports import MemoryPort, PortClosed, PortStatistics
+from vswitch.shell.switch import SHUTDOWN_TIMEOUT, Switch
 
 A, B, C = mac(0xA), mac(0xB), mac(0xC)
 

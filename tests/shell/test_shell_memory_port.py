@@ -2,9 +2,9 @@
 
 import pytest
 import trio
-
 from shellkit import BROADCAST, eth, mac, recv
-from vswitch.ports import MemoryPort, Port, PortClosed
+
+from vswitch.shell.ports import MemoryPort, Port, PortClosed
 
 A = mac(0xA)
 

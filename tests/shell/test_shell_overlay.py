@@ -13,12 +13,13 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from shellkit import host, watch
 
-from overlay.codec import address_header
-from vswitch import config, control, daemon, demo
-from vswitch.actions import DropReason
-from vswitch.control import ControlError
-from vswitch.ports.udp import MemoryUnderlay
-from vswitch.wire.addr import ip_from_str
+from vswitch import config, control, daemon
+from vswitch.cli import demo
+from vswitch.core.actions import DropReason
+from vswitch.core.wire.addr import ip_from_str
+from vswitch.errors import ControlError
+from vswitch.overlay.core.codec import address_header
+from vswitch.shell.ports.udp import MemoryUnderlay
 
 TIMEOUT = 5.0
 BACKENDS = ["udp", "vxlan"]

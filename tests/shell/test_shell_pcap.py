@@ -5,9 +5,9 @@ import time
 
 import trio.testing
 from scapy.utils import PcapReader, rdpcap
-
 from shellkit import BROADCAST, eth, mac, recv, start_switch
-from vswitch.ports import MemoryPort, PcapPort, PcapWriter
+
+from vswitch.shell.ports import MemoryPort, PcapPort, PcapWriter
 
 A, B = mac(0xA), mac(0xB)
 PCAP_HEADER = struct.Struct("<IHHiIII")  # magic, major, minor, thiszone, sigfigs, snaplen, linktype

@@ -10,7 +10,7 @@ from scapy.layers.inet import ICMP
 from shellkit import host, watch
 
 from vswitch import config, control, daemon
-from vswitch.control import ControlError
+from vswitch.errors import ControlError
 
 TIMEOUT = 5.0
 

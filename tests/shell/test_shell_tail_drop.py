@@ -2,9 +2,9 @@
 
 import trio
 import trio.testing
-
 from shellkit import BROADCAST, eth, mac, recv, seq_of, start_switch
-from vswitch.actions import DropReason
+
+from vswitch.core.actions import DropReason
 
 A, B = mac(0xA), mac(0xB)
 TX_QUEUE = 16

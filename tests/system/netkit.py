@@ -10,7 +10,17 @@ from collections.abc import Callable
 import pytest
 
 from vswitch.testing import (  # noqa: F401  (re-exported for the tests)
-    Daemon, Namespaces, can_run, in_ns, link_exists, link_mac, outside_link, ping, sh, tap_config, unique,
+    Daemon,
+    Namespaces,
+    can_run,
+    in_ns,
+    link_exists,
+    link_mac,
+    outside_link,
+    ping,
+    sh,
+    tap_config,
+    unique,
     uplink_config,
 )
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import trio
 
-from vswitch.demo import run_demo
+from vswitch.cli.demo import run_demo
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed (CI installs it)")
 

@@ -24,7 +24,18 @@ import time
 
 import pytest
 from netkit import (
-    ask_peer, in_ns, link_mac, outside_link, peer_server, ping, requires_root, sh, start_in_ns, stop, unique, uplink_config,
+    ask_peer,
+    in_ns,
+    link_mac,
+    outside_link,
+    peer_server,
+    ping,
+    requires_root,
+    sh,
+    start_in_ns,
+    stop,
+    unique,
+    uplink_config,
 )
 
 pytestmark = [requires_root, pytest.mark.timeout(120),

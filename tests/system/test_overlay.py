@@ -31,7 +31,16 @@ from pathlib import Path
 
 import pytest
 from netkit import (
-    Daemon, Namespaces, in_ns, ping, requires_root, sh, start_in_ns, stop, unique, wait_until,
+    Daemon,
+    Namespaces,
+    in_ns,
+    ping,
+    requires_root,
+    sh,
+    start_in_ns,
+    stop,
+    unique,
+    wait_until,
 )
 
 pytestmark = [requires_root, pytest.mark.timeout(120)]

@@ -23,7 +23,18 @@ from pathlib import Path
 import attrs
 import pytest
 from netkit import (
-    Daemon, Namespaces, ask_peer, in_ns, link_mac, outside_link, peer_server, ping, requires_root, sh, start_in_ns, stop,
+    Daemon,
+    Namespaces,
+    ask_peer,
+    in_ns,
+    link_mac,
+    outside_link,
+    peer_server,
+    ping,
+    requires_root,
+    sh,
+    start_in_ns,
+    stop,
     unique,
 )
 

@@ -6,7 +6,16 @@ import shutil
 import signal
 
 import pytest
-from netkit import in_ns, link_exists, link_mac, ping, requires_root, sh, tap_config, unique
+from netkit import (
+    in_ns,
+    link_exists,
+    link_mac,
+    ping,
+    requires_root,
+    sh,
+    tap_config,
+    unique,
+)
 
 pytestmark = requires_root
 

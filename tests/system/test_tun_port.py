@@ -3,12 +3,12 @@
 import trio
 from netkit import in_ns, requires_root, unique
 
-from vswitch.netns import configure_link
-from vswitch.ports import PortClosed
-from vswitch.ports.tuntap import TunTapPort
-from vswitch.wire import Icmp, Ipv4, build_echo, build_ipv4
-from vswitch.wire.icmp import ECHO_REQUEST
-from vswitch.wire.ipv4 import PROTO_ICMP
+from vswitch.core.wire import Icmp, Ipv4, build_echo, build_ipv4
+from vswitch.core.wire.icmp import ECHO_REQUEST
+from vswitch.core.wire.ipv4 import PROTO_ICMP
+from vswitch.shell.netns import configure_link
+from vswitch.shell.ports import PortClosed
+from vswitch.shell.ports.tuntap import TunTapPort
 
 pytestmark = requires_root
 

@@ -1,0 +1,702 @@
+"""The IPv4 router: interfaces, longest-prefix match, ICMP, fragmentation, ARP, NAT. Pure, time passed in.
+
+``handle_frames(interface, frames, now)`` takes what arrived on one router
+interface — Ethernet frames, or IP packets on an L3 interface such as a TUN —
+and returns :mod:`vswitch.core.actions` whose ``port`` is a router interface name;
+the datapath maps interfaces to bridge ports or devices.
+
+Per packet, in Linux's order: header checks (each failure a counted drop),
+NAT before routing (answers, port forwards, hairpins; masquerade is decided
+there too, with the route in hand), local delivery (echo replies, port and
+protocol unreachable, TCP RST), the route lookup, TTL, the next hop's MTU
+(fragmentation needed when DF is set, fragments when not), then the
+neighbour cache. The TTL is decremented with an incremental checksum update,
+as Linux's ``ip_decrease_ttl``.
+
+ICMP errors follow RFC 1812 and Linux: never about an ICMP error, a
+non-first fragment, or a broadcast or multicast packet; sourced from the
+address of the interface they leave by; rate-limited by a global token
+bucket and one per destination (fragmentation-needed is exempt, as Linux
+exempts it, so path MTU discovery is never starved); and translated by NAT
+like any packet, so an error about a translated flow reaches its sender
+with the header it sent.
+"""
+
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
+
+import attrs
+
+from vswitch.core.actions import Action, Drop, DropReason, Transmit
+from vswitch.core.nat import Nat
+from vswitch.core.wire import arp as arp_wire
+from vswitch.core.wire import icmp, ipv4, tcp
+from vswitch.core.wire.addr import BROADCAST_MAC, Network, ip_to_str
+from vswitch.core.wire.checksum import internet_checksum
+from vswitch.core.wire.errors import WireError
+
+from .neighbour import NeighbourTable
+
+ETHERTYPE_IPV4 = b"\x08\x00"
+ETHERTYPE_ARP = b"\x08\x06"
+_ZERO_IP = b"\0\0\0\0"
+_LIMITED_BROADCAST = b"\xff\xff\xff\xff"
+ROUTE_CACHE = 65536          # destinations remembered by the route cache (cleared when full or when routes change)
+ICMP_RATE = 1000.0           # ICMP errors per second, overall (Linux icmp_msgs_per_sec) ...
+ICMP_BURST = 50.0            # ... with this burst (icmp_msgs_burst)
+ICMP_PEER_INTERVAL = 1.0     # and one per second per destination (icmp_ratelimit) ...
+ICMP_PEER_BURST = 6.0        # ... after a burst of six (XRLIM_BURST_FACTOR)
+ICMP_PEERS = 1024            # destinations remembered by the per-destination limit
+
+
+@attrs.define(slots=True)
+class InterfaceStatistics:
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    arp_requests: int = 0       # requests sent
+    arp_replies: int = 0        # replies sent (own addresses and proxy)
+    address_conflicts: int = 0  # ARP from another MAC claiming our address
+
+
+@attrs.define(slots=True, eq=False)
+class Interface:
+    name: str
+    address: bytes
+    network: Network
+    mac: bytes | None          # None: an L3 interface (TUN), no Ethernet header and no ARP
+    mtu: int
+    proxy_arp: bool
+    neighbours: NeighbourTable | None
+    up: bool = True
+    stats: InterfaceStatistics = attrs.Factory(InterfaceStatistics)
+    broadcast: bytes = attrs.field(init=False, repr=False)   # the network's broadcast address, computed once
+
+    def __attrs_post_init__(self) -> None:
+        self.broadcast = (self.network.address | (~self.network.mask & 0xFFFFFFFF)).to_bytes(4, "big")
+
+
+@attrs.frozen
+class Route:
+    network: Network
+    interface: str
+    via: bytes | None = None    # None: the destination is on the link
+    connected: bool = False
+
+    def __str__(self) -> str:
+        via = f" via {ip_to_str(self.via)}" if self.via else ""
+        return f"{self.network}{via} dev {self.interface}{' proto kernel' if self.connected else ''}"
+
+
+class Prefixed(Protocol):
+    @property
+    def network(self) -> Network: ...
+
+
+R = TypeVar("R", bound=Prefixed)
+
+
+class RouteTable(Generic[R]):
+    """Longest-prefix match: one dict per prefix length, longest first, behind a cache of destinations.
+
+    A lookup costs one dict probe when the destination was seen before, and
+    at most one per distinct prefix length in the table otherwise, whatever
+    the number of routes. Entries are anything with a ``network``: routes
+    here, the overlay's peers.
+    """
+
+    def __init__(self, *, cache_size: int = ROUTE_CACHE) -> None:
+        self._by_length: dict[int, dict[int, R]] = {}
+        self._lengths: list[tuple[int, int, dict[int, R]]] = []  # (length, mask, routes), longest first
+        self._cache: dict[bytes, R | None] = {}
+        self._cache_size = cache_size
+
+    def add(self, route: R) -> None:
+        """Add or replace the route for ``route.network``."""
+        length = route.network.prefix_len
+        routes = self._by_length.setdefault(length, {})
+        routes[route.network.address] = route
+        self._changed()
+
+    def remove(self, network: Network) -> R:
+        routes = self._by_length[network.prefix_len]
+        route = routes.pop(network.address)
+        if not routes:
+            del self._by_length[network.prefix_len]
+        self._changed()
+        return route
+
+    def lookup(self, dst: bytes) -> R | None:
+        cache = self._cache
+        try:
+            return cache[dst]
+        except KeyError:
+            pass
+        value = int.from_bytes(dst, "big")
+        route = None
+        for _, mask, routes in self._lengths:
+            route = routes.get(value & mask)
+            if route is not None:
+                break
+        if len(cache) >= self._cache_size:
+            cache.clear()
+        cache[dst] = route
+        return route
+
+    def __iter__(self) -> Iterator[R]:
+        return iter([r for _, _, routes in self._lengths for r in routes.values()])
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._by_length.values())
+
+    def _changed(self) -> None:
+        self._lengths = [
+            (length, (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, routes)
+            for length, routes in sorted(self._by_length.items(), reverse=True)
+        ]
+        self._cache.clear()
+
+
+class TokenBucket:
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+    def take(self, now: float, rate: float, burst: float) -> bool:
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@attrs.define(slots=True)
+class RouterStatistics:
+    forwarded: int = 0
+    delivered: int = 0           # packets for the router's own addresses
+    fragments_created: int = 0
+    icmp_sent: Counter[str] = attrs.Factory(Counter)   # by kind: echo-reply, time-exceeded, ...
+    icmp_rate_limited: int = 0
+
+
+class _Out:
+    """What one call produces: frames per interface, in order, and drops."""
+
+    __slots__ = ("drops", "frames")
+
+    def __init__(self) -> None:
+        self.frames: dict[str, list[bytes]] = {}
+        self.drops: list[Action] = []
+
+    def send(self, interface: str, frame: bytes) -> None:
+        queue = self.frames.get(interface)
+        if queue is None:
+            queue = self.frames[interface] = []
+        queue.append(frame)
+
+    def drop(self, interface: str, reason: DropReason, frame: bytes) -> None:
+        self.drops.append(Drop(interface, reason, frame))
+
+
+class Router:
+    def __init__(self, *, neighbour_options: dict[str, float] | None = None) -> None:
+        self._interfaces: dict[str, Interface] = {}
+        self._local: dict[bytes, Interface] = {}     # own address → interface
+        self._macs: set[bytes] = set()
+        self.routes: RouteTable[Route] = RouteTable()
+        self.nat: Nat | None = None
+        self._neighbour_options = neighbour_options or {}
+        self._announce: set[str] = set()               # interfaces owed a gratuitous ARP
+        self._icmp_bucket = TokenBucket(ICMP_BURST, float("-inf"))
+        self._icmp_peers: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        self._drops: Counter[DropReason] = Counter()
+        self._stats = RouterStatistics()
+        self._ident = 0
+
+    # -- configuration ------------------------------------------------------------
+
+    def add_interface(
+        self, name: str, address: bytes, prefix_len: int, *, mac: bytes | None, mtu: int = 1500, proxy_arp: bool = False,
+    ) -> Interface:
+        """Add an interface with its address; its connected route comes with it."""
+        if name in self._interfaces:
+            raise ValueError(f"router interface {name!r} already exists")
+        if address in self._local:
+            raise ValueError(f"address {ip_to_str(address)} is already on interface {self._local[address].name!r}")
+        if mtu < 68:
+            raise ValueError(f"mtu must be at least 68, got {mtu}")
+        neighbours = NeighbourTable(**self._neighbour_options) if mac is not None else None  # type: ignore[arg-type]
+        iface = Interface(name, address, Network.of(address, prefix_len), mac, mtu, proxy_arp, neighbours)
+        self._interfaces[name] = iface
+        self._local[address] = iface
+        if mac is not None:
+            self._macs.add(mac)
+            self._announce.add(name)
+        self.routes.add(Route(iface.network, name, connected=True))
+        return iface
+
+    def add_route(self, network: Network, *, via: bytes | None = None, interface: str | None = None) -> Route:
+        """A static route. ``via`` must be on a connected network unless ``interface`` says where it is."""
+        if via is None and interface is None:
+            raise ValueError(f"route {network}: needs a gateway (via) or an interface")
+        if interface is None:
+            assert via is not None
+            connected = next((i for i in self._interfaces.values() if via in i.network), None)
+            if connected is None:
+                raise ValueError(f"route {network}: gateway {ip_to_str(via)} is not on any interface's network")
+            interface = connected.name
+        elif interface not in self._interfaces:
+            raise ValueError(f"route {network}: no interface named {interface!r}")
+        route = Route(network, interface, via)
+        self.routes.add(route)
+        return route
+
+    def add_neighbour(self, interface: str, ip: bytes, mac: bytes) -> None:
+        """A static ARP entry."""
+        table = self._interfaces[interface].neighbours
+        if table is None:
+            raise ValueError(f"interface {interface!r} has no ARP (it is an L3 interface)")
+        table.add_static(ip, mac)
+
+    def set_interface_up(self, name: str, up: bool) -> list[Action]:
+        """An interface going down forgets its neighbours (dropping what they held); coming up, it announces itself."""
+        iface = self._interfaces[name]
+        if iface.up == up:
+            return []
+        iface.up = up
+        self.routes._changed()
+        if up:
+            if iface.mac is not None:
+                self._announce.add(name)
+            return []
+        self._announce.discard(name)
+        held = iface.neighbours.flush() if iface.neighbours else []
+        return self._count([Drop(name, DropReason.PORT_DOWN, p) for p in held])
+
+    @property
+    def interfaces(self) -> dict[str, Interface]:
+        return dict(self._interfaces)
+
+    # -- what NAT asks (nat.Routing) --------------------------------------------------
+
+    def route_interface(self, dst: bytes) -> str | None:
+        route = self.routes.lookup(dst)
+        return None if route is None else route.interface
+
+    def local_interface(self, ip: bytes) -> str | None:
+        iface = self._local.get(ip)
+        return None if iface is None else iface.name
+
+    def interface_address(self, name: str) -> bytes | None:
+        iface = self._interfaces.get(name)
+        return None if iface is None else iface.address
+
+    # -- frames -------------------------------------------------------------------
+
+    def handle_frames(self, interface: str, frames: list[bytes], now: float) -> list[Action]:
+        iface = self._interfaces[interface]  # an unknown interface is misuse: KeyError
+        emit = _Out()
+        drops = emit.drops
+        stats = iface.stats
+        stats.rx_packets += len(frames)
+        stats.rx_bytes += sum(map(len, frames))
+        if not iface.up:
+            drops += [Drop(interface, DropReason.PORT_DOWN, f) for f in frames]
+        elif iface.mac is None:
+            for packet in frames:
+                reason = self._ip_input(iface, packet, now, emit)
+                if reason is not None:
+                    drops.append(Drop(interface, reason, packet))
+        else:
+            mac, own = iface.mac, self._macs
+            for frame in frames:
+                if len(frame) < 14:
+                    drops.append(Drop(interface, DropReason.TRUNCATED, frame))
+                    continue
+                if frame[6:12] in own:
+                    continue  # our own broadcast, flooded back by the bridge
+                ethertype = frame[12:14]
+                if ethertype == ETHERTYPE_IPV4:
+                    if frame[0:6] != mac:
+                        reason = DropReason.NOT_ROUTED if frame[0] & 1 else DropReason.NOT_FOR_ROUTER
+                    else:
+                        reason = self._ip_input(iface, frame[14:], now, emit)
+                elif ethertype == ETHERTYPE_ARP:
+                    reason = self._arp_input(iface, frame, now, emit)
+                else:
+                    reason = DropReason.UNSUPPORTED_ETHERTYPE
+                if reason is not None:
+                    drops.append(Drop(interface, reason, frame))
+        return self._actions(emit)
+
+    def _actions(self, emit: _Out) -> list[Action]:
+        actions: list[Action] = []
+        interfaces = self._interfaces
+        drops = emit.drops
+        for name, frames in emit.frames.items():
+            stats = interfaces[name].stats
+            stats.tx_packets += len(frames)
+            stats.tx_bytes += sum(map(len, frames))
+            actions.append(Transmit(name, frames))
+        if drops:
+            actions.extend(self._count(drops))
+        return actions
+
+    def _count(self, drops: list[Action]) -> list[Action]:
+        for drop in drops:
+            self._drops[drop.reason] += 1  # type: ignore[union-attr]
+        return drops
+
+    # -- IPv4 ---------------------------------------------------------------------
+
+    def _ip_input(self, iface: Interface, packet: bytes, now: float, emit: _Out) -> DropReason | None:
+        """Check, translate, deliver or forward one packet; a reason if it was dropped."""
+        size = len(packet)
+        if size < 20:
+            return DropReason.IP_TRUNCATED
+        first = packet[0]
+        if first != 0x45:
+            if first >> 4 != 4:
+                return DropReason.IP_VERSION
+            ihl = (first & 0x0F) * 4
+            if ihl < 20 or ihl > size:
+                return DropReason.IP_HEADER_LENGTH
+        else:
+            ihl = 20
+        total = (packet[2] << 8) | packet[3]
+        if total < ihl or total > size:
+            return DropReason.IP_LENGTH
+        if total < size:
+            packet = packet[:total]  # Ethernet padding
+        if internet_checksum(packet[:ihl]) != 0:
+            return DropReason.IP_CHECKSUM
+        if packet[12] >= 224 or packet[12] == 127 or packet[12:16] == _ZERO_IP or packet[12:16] in self._local:
+            return DropReason.MARTIAN_SOURCE
+        nat = self.nat
+        if nat is not None:
+            verdict = nat.process(packet, iface.name, now)
+            if verdict.packet is None:
+                return verdict.drop
+            packet = verdict.packet
+        dst = packet[16:20]
+        local = self._local.get(dst)
+        if local is not None:
+            self._stats.delivered += 1
+            return self._local_input(packet, ihl, now, emit)
+        if dst == _LIMITED_BROADCAST or packet[16] >= 224:
+            return DropReason.NOT_ROUTED
+        route = self.routes.lookup(dst)
+        if route is None:
+            self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
+            return DropReason.NO_ROUTE
+        out = self._interfaces[route.interface]
+        if route.connected and dst == out.broadcast and out.network.prefix_len < 31:
+            return DropReason.NOT_ROUTED  # a directed broadcast, of any interface (Linux: bc_forwarding off)
+        if not out.up:
+            self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
+            return DropReason.NO_ROUTE
+        ttl = packet[8]
+        if ttl <= 1:
+            self._icmp_error(packet, icmp.TIME_EXCEEDED, 0, now, emit)
+            return DropReason.TTL_EXCEEDED
+        if total > out.mtu and packet[6] & 0x40:
+            self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, now, emit, mtu=out.mtu)
+            return DropReason.FRAGMENTATION_NEEDED
+        # ip_decrease_ttl: the TTL is the high byte of its 16-bit word
+        check = ((packet[10] << 8) | packet[11]) + 0x0100
+        if check >= 0xFFFF:
+            check = (check + 1) & 0xFFFF
+        packet = b"".join((packet[:8], bytes((ttl - 1, packet[9], check >> 8, check & 0xFF)), packet[12:]))
+        self._stats.forwarded += 1
+        nexthop = route.via or dst
+        if total > out.mtu:
+            fragments = fragment(packet, out.mtu)
+            self._stats.fragments_created += len(fragments)
+            for piece in fragments:
+                self._output(out, nexthop, piece, now, emit)
+        else:
+            self._output(out, nexthop, packet, now, emit)
+        return None
+
+    def _output(self, out: Interface, nexthop: bytes, packet: bytes, now: float, emit: _Out) -> None:
+        """Send ``packet`` to ``nexthop`` on ``out``: resolve its MAC, or hold the packet while ARP asks."""
+        mac = out.mac
+        if mac is None:
+            emit.send(out.name, packet)
+            return
+        neighbours = out.neighbours
+        assert neighbours is not None
+        dst_mac = neighbours.lookup(nexthop, now)
+        if dst_mac is None:
+            resolution = neighbours.resolve(nexthop, packet, now)
+            if resolution.request:
+                self._arp_request(out, nexthop, emit)
+            for dropped in resolution.dropped:
+                emit.drop(out.name, DropReason.NEIGHBOUR_QUEUE_FULL, dropped)
+            dst_mac = resolution.mac
+            if dst_mac is None:
+                return
+        emit.send(out.name, dst_mac + mac + ETHERTYPE_IPV4 + packet)
+
+    def _send(self, packet: bytes, now: float, emit: _Out) -> None:
+        """Route a packet the router made itself (no TTL decrement, no MTU check: they are small)."""
+        route = self.routes.lookup(packet[16:20])
+        if route is None:
+            return
+        out = self._interfaces[route.interface]
+        if out.up:
+            self._output(out, route.via or packet[16:20], packet, now, emit)
+
+    def _local_input(self, packet: bytes, ihl: int, now: float, emit: _Out) -> DropReason | None:
+        """A packet for one of the router's addresses."""
+        if int.from_bytes(packet[6:8], "big") & (ipv4.FLAG_MF | ipv4.OFFSET_MASK):
+            return DropReason.LOCAL_FRAGMENT   # the router does not reassemble
+        proto = packet[9]
+        src, dst = packet[12:16], packet[16:20]
+        payload = packet[ihl:]
+        if proto == ipv4.PROTO_ICMP:
+            if len(payload) < icmp.HEADER_LEN or internet_checksum(payload) != 0:
+                return DropReason.ICMP_MALFORMED
+            if payload[0] == icmp.ECHO_REQUEST:
+                ident, seq = int.from_bytes(payload[4:6], "big"), int.from_bytes(payload[6:8], "big")
+                reply = icmp.build_echo(ident, seq, payload[8:], reply=True)
+                self._stats.icmp_sent["echo-reply"] += 1
+                self._send(self._ip(dst, src, ipv4.PROTO_ICMP, reply, tos=packet[1]), now, emit)
+            return None  # echo replies and errors for the router end here
+        if proto == ipv4.PROTO_TCP:
+            try:
+                segment = tcp.Tcp.parse(payload)
+            except WireError:
+                return DropReason.PORT_UNREACHABLE
+            if not segment.flags & tcp.RST:
+                self._send(self._ip(dst, src, ipv4.PROTO_TCP, _tcp_reset(src, dst, segment, len(payload))), now, emit)
+                self._stats.icmp_sent["tcp-reset"] += 1
+            return DropReason.PORT_UNREACHABLE
+        code = icmp.PORT_UNREACHABLE if proto == ipv4.PROTO_UDP else 2  # protocol unreachable
+        self._icmp_error(packet, icmp.DEST_UNREACHABLE, code, now, emit)
+        return DropReason.PORT_UNREACHABLE
+
+    def _ip(self, src: bytes, dst: bytes, proto: int, payload: bytes, *, tos: int = 0) -> bytes:
+        self._ident = (self._ident + 1) & 0xFFFF
+        return ipv4.build_ipv4(src, dst, proto, payload, ttl=64, ident=self._ident, tos=tos, flags_offset=0)
+
+    # -- ICMP errors ----------------------------------------------------------------
+
+    def icmp_error(self, packet: bytes, type_: int, code: int, now: float) -> list[Action]:
+        """An ICMP error about ``packet`` that a hop beyond an interface (the overlay) owes its sender.
+
+        The same rules as the router's own errors: RFC 1812, the rate
+        limits, NAT, and the address of the interface it leaves by.
+        """
+        emit = _Out()
+        self._icmp_error(packet, type_, code, now, emit)
+        return self._actions(emit)
+
+    def _icmp_error(self, packet: bytes, type_: int, code: int, now: float, emit: _Out, *, mtu: int = 0) -> None:
+        """Tell ``packet``'s sender why it went no further, when RFC 1812 allows and the rate limit agrees."""
+        src = packet[12:16]
+        ihl = (packet[0] & 0x0F) * 4
+        if int.from_bytes(packet[6:8], "big") & ipv4.OFFSET_MASK:
+            return  # not about a fragment after the first
+        if src[0] >= 224 or src == _ZERO_IP or src == _LIMITED_BROADCAST or packet[16] >= 224:
+            return
+        if packet[9] == ipv4.PROTO_ICMP and len(packet) > ihl and packet[ihl] in icmp.ERROR_TYPES:
+            return  # never about an ICMP error
+        if not (type_ == icmp.DEST_UNREACHABLE and code == icmp.FRAGMENTATION_NEEDED) and not self._icmp_allowed(src, now):
+            self._stats.icmp_rate_limited += 1
+            return
+        body = icmp.build_error(type_, code, packet, mtu=mtu)
+        error = self._ip(_ZERO_IP, src, ipv4.PROTO_ICMP, body)
+        if self.nat is not None:
+            # An error about a translated packet goes to its sender, quoting what the sender sent.
+            error = self.nat.process(error, "", now).packet or error
+        if error[16:20] in self._local:
+            return  # about a packet the router made itself (an echo reply that found no neighbour)
+        dst = error[16:20]
+        route = self.routes.lookup(dst)
+        if route is None:
+            return
+        source = self._interfaces[route.interface].address  # the address of the interface it leaves by
+        self._stats.icmp_sent[_ICMP_NAMES.get((type_, code), f"icmp-{type_}-{code}")] += 1
+        self._send(ipv4.build_ipv4(
+            source, dst, ipv4.PROTO_ICMP, error[20:], ttl=64, ident=self._ident, tos=0xC0, flags_offset=0,
+        ), now, emit)
+
+    def _icmp_allowed(self, dst: bytes, now: float) -> bool:
+        """Linux's order: the global bucket first, then the destination's."""
+        if not self._icmp_bucket.take(now, ICMP_RATE, ICMP_BURST):
+            return False
+        peers = self._icmp_peers
+        bucket = peers.get(dst)
+        if bucket is None:
+            bucket = peers[dst] = TokenBucket(ICMP_PEER_BURST, now)
+            if len(peers) > ICMP_PEERS:
+                peers.popitem(last=False)
+        else:
+            peers.move_to_end(dst)
+        return bucket.take(now, 1.0 / ICMP_PEER_INTERVAL, ICMP_PEER_BURST)
+
+    # -- ARP ------------------------------------------------------------------------
+
+    def _arp_input(self, iface: Interface, frame: bytes, now: float, emit: _Out) -> DropReason | None:
+        try:
+            message = arp_wire.Arp.parse(frame, 14)
+        except WireError:
+            return DropReason.ARP_MALFORMED
+        assert iface.mac is not None and iface.neighbours is not None
+        sender = message.sender_ip
+        for_us = message.target_ip == iface.address
+        if sender == iface.address and sender != _ZERO_IP:
+            iface.stats.address_conflicts += 1
+            return None
+        if sender != _ZERO_IP and sender in iface.network and not message.sender_mac[0] & 1:
+            confirmed = message.op == arp_wire.OP_REPLY and frame[0:6] == iface.mac
+            held = iface.neighbours.learn(sender, message.sender_mac, now, confirmed=confirmed, create=for_us)
+            for packet in held:
+                emit.send(iface.name, message.sender_mac + iface.mac + ETHERTYPE_IPV4 + packet)
+        if message.op != arp_wire.OP_REQUEST:
+            return None
+        if not for_us:
+            if not iface.proxy_arp or message.target_ip in self._local or sender == _ZERO_IP:
+                return None  # duplicate-address probes get answers only for our own addresses
+            route = self.routes.lookup(message.target_ip)
+            if route is None or route.interface == iface.name:
+                return None
+        reply = arp_wire.Arp(arp_wire.OP_REPLY, iface.mac, message.target_ip, message.sender_mac, sender)
+        emit.send(iface.name, message.sender_mac + iface.mac + ETHERTYPE_ARP + reply.build())
+        iface.stats.arp_replies += 1
+        return None
+
+    def _arp_request(self, iface: Interface, target: bytes, emit: _Out, *, to: bytes = BROADCAST_MAC) -> None:
+        """Ask who has ``target``: broadcast, or unicast ``to`` a known MAC to refresh a stale entry (Linux's PROBE)."""
+        assert iface.mac is not None
+        request = arp_wire.Arp(arp_wire.OP_REQUEST, iface.mac, iface.address, b"\0" * 6, target)
+        emit.send(iface.name, to + iface.mac + ETHERTYPE_ARP + request.build())
+        iface.stats.arp_requests += 1
+
+    # -- time -----------------------------------------------------------------------
+
+    def poll_at(self) -> float | None:
+        if self._announce:
+            return float("-inf")
+        deadline = None
+        for iface in self._interfaces.values():
+            if iface.neighbours is not None and len(iface.neighbours):
+                when = iface.neighbours.poll_at()
+                if when is not None and (deadline is None or when < deadline):
+                    deadline = when
+        if self.nat is not None:
+            when = self.nat.poll_at()
+            if when is not None and (deadline is None or when < deadline):
+                deadline = when
+        return deadline
+
+    def handle_timer(self, now: float) -> list[Action]:
+        emit = _Out()
+        for name in sorted(self._announce):
+            iface = self._interfaces[name]
+            if iface.up:  # a gratuitous ARP: a request for our own address, so neighbours update their caches
+                self._arp_request(iface, iface.address, emit)
+        self._announce.clear()
+        for iface in self._interfaces.values():
+            if iface.neighbours is None:
+                continue
+            expiry = iface.neighbours.handle_timer(now)
+            if not iface.up:
+                continue
+            for target in expiry.requests:
+                known = iface.neighbours.get(target)
+                self._arp_request(iface, target, emit, to=known.mac if known and known.mac else BROADCAST_MAC)
+            for _, held in expiry.failed:
+                for packet in held:
+                    self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.HOST_UNREACHABLE, now, emit)
+                    emit.drop(iface.name, DropReason.NEIGHBOUR_UNREACHABLE, packet)
+        if self.nat is not None:
+            self.nat.handle_timer(now)
+        return self._actions(emit)
+
+    # -- introspection ----------------------------------------------------------------
+
+    def statistics(self) -> RouterStatistics:
+        return attrs.evolve(self._stats, icmp_sent=Counter(self._stats.icmp_sent))
+
+    def drop_counts(self) -> dict[DropReason, int]:
+        return dict(self._drops)
+
+
+_ICMP_NAMES = {
+    (icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE): "net-unreachable",
+    (icmp.DEST_UNREACHABLE, icmp.HOST_UNREACHABLE): "host-unreachable",
+    (icmp.DEST_UNREACHABLE, 2): "protocol-unreachable",
+    (icmp.DEST_UNREACHABLE, icmp.PORT_UNREACHABLE): "port-unreachable",
+    (icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED): "fragmentation-needed",
+    (icmp.TIME_EXCEEDED, 0): "time-exceeded",
+}
+
+
+def _tcp_reset(src: bytes, dst: bytes, segment: tcp.Tcp, length: int) -> bytes:
+    """RFC 793's answer to a segment for a closed port, from ``dst`` back to ``src``."""
+    if segment.flags & tcp.ACK:
+        return tcp.build_tcp(dst, src, segment.dst_port, segment.src_port, seq=segment.ack, flags=tcp.RST, window=0)
+    data = length - segment.header_len + (1 if segment.flags & tcp.SYN else 0) + (1 if segment.flags & tcp.FIN else 0)
+    return tcp.build_tcp(
+        dst, src, segment.dst_port, segment.src_port, seq=0, ack=(segment.seq + data) & 0xFFFFFFFF,
+        flags=tcp.RST | tcp.ACK, window=0,
+    )
+
+
+def fragment(packet: bytes, mtu: int) -> list[bytes]:
+    """Split an IPv4 packet into fragments of at most ``mtu`` bytes (RFC 791).
+
+    Later fragments carry only the options whose copied flag is set. A packet
+    that is itself a fragment keeps its offset and its more-fragments flag.
+    """
+    ihl = (packet[0] & 0x0F) * 4
+    header, payload = packet[:ihl], packet[ihl:]
+    flags_offset = int.from_bytes(packet[6:8], "big")
+    base = (flags_offset & ipv4.OFFSET_MASK) * 8
+    last_more = flags_offset & ipv4.FLAG_MF
+    later_options = _copied_options(header[20:])
+    pieces = []
+    position = 0
+    options = header[20:]
+    while position < len(payload):
+        room = (mtu - 20 - len(options)) & ~7
+        if room <= 0:
+            raise ValueError(f"mtu {mtu} cannot carry a fragment with {len(options)} bytes of options")
+        chunk = payload[position:position + room]
+        more = position + len(chunk) < len(payload)
+        field = ((base + position) // 8) | (ipv4.FLAG_MF if more or last_more else 0)
+        pieces.append(ipv4.build_ipv4(
+            packet[12:16], packet[16:20], packet[9], chunk,
+            ttl=packet[8], ident=int.from_bytes(packet[4:6], "big"), tos=packet[1], flags_offset=field, options=options,
+        ))
+        position += len(chunk)
+        options = later_options
+    return pieces
+
+
+def _copied_options(options: bytes) -> bytes:
+    """The options with the copied flag, padded to a multiple of four bytes."""
+    kept = bytearray()
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:       # end of options
+            break
+        if kind == 1:       # no-op
+            i += 1
+            continue
+        if i + 1 >= len(options) or options[i + 1] < 2:
+            break           # malformed: keep what was whole
+        length = options[i + 1]
+        if kind & 0x80:
+            kept += options[i:i + length]
+        i += length
+    kept += b"\0" * (-len(kept) % 4)
+    return bytes(kept)

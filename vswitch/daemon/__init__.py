@@ -1,0 +1,395 @@
+"""Wiring: a validated config becomes a running switch (shell side)."""
+
+import hashlib
+import ipaddress
+import logging
+import os
+import signal
+import tempfile
+
+import attrs
+import trio
+
+from vswitch.config import OVERLAY_INTERFACE, Config, PortConfig
+from vswitch.core.datapath import Datapath
+from vswitch.core.host import Host
+from vswitch.core.l2.bridge import Bridge
+from vswitch.core.l3.router import Router
+from vswitch.core.nat import Forward, Masquerade, Nat
+from vswitch.core.wire.addr import Network, ip_from_str, mac_to_str
+from vswitch.core.wire.ipv4 import PROTO_TCP, PROTO_UDP
+from vswitch.errors import ConfigError
+from vswitch.overlay.core.dropin import DeviceOverlay
+from vswitch.overlay.core.peers import LeaseChanges
+from vswitch.overlay.core.tunnel import Overlay
+from vswitch.overlay.shell.node import (
+    StaticLeases,
+    apply_lease_routes,
+    build_overlay,
+    config_leases,
+    configure_device,
+    device_name,
+    install_masquerade,
+    masquerade_rules,
+    remove_masquerade,
+    restart_needed,
+    write_subnet_env,
+)
+from vswitch.shell.faults import Faults
+from vswitch.shell.hosts import HostRunner
+from vswitch.shell.netns import configure_link
+from vswitch.shell.ports import MemoryPort, PcapPort, PcapWriter, Port
+from vswitch.shell.ports.packet import PacketPort
+from vswitch.shell.ports.pcap import open_pcaps
+from vswitch.shell.ports.tuntap import TunTapPort
+from vswitch.shell.ports.udp import MemoryUnderlay, UdpPort
+from vswitch.shell.switch import Core, Switch
+
+log = logging.getLogger(__name__)
+
+UNDERLAY_PORT = "underlay"   # the switch port of the overlay's UDP socket
+
+
+def stable_mac(*parts: str) -> bytes:
+    """A locally administered unicast MAC derived from names, the same every run."""
+    digest = hashlib.sha256("/".join(parts).encode()).digest()
+    return bytes([0x02]) + digest[:5]
+
+
+@attrs.define
+class Node:
+    """A configured daemon: its switch, simulated hosts, and the devices it opened."""
+
+    config: Config
+    switch: Switch
+    hosts: list[tuple[HostRunner, tuple[str, ...], float]]
+    router: Router | None = None
+    overlay: Overlay | None = None
+    vtep_mac: bytes | None = None
+    underlay: MemoryUnderlay | None = None   # a simulated underlay (tests, the demo); None: a real UDP socket
+    config_path: str | None = None           # where `reload` reads the config again
+    devices_open: bool = False
+    masquerading: bool = False               # drop-in ip_masq: flannel's iptables rules are (being) installed
+    pcaps: list[PcapWriter] = attrs.Factory(list)   # the config's pcap files, opened last (open_pcaps)
+
+    async def open_devices(self) -> None:
+        """Open the device ports of the config and link them into their namespaces (once).
+
+        On failure every device opened so far is closed again: a refused
+        start leaves no device behind.
+        """
+        if self.devices_open:
+            return
+        self.devices_open = True
+        opened: list[Port] = []
+        try:
+            for pc in self.config.ports:
+                if pc.type == "memory":
+                    continue
+                port = await open_device_port(pc)
+                opened.append(port)
+                self.switch.add_port(_with_pcap(port, pc, self.pcaps))
+            if self.overlay is not None:
+                opened += await self._open_overlay()
+        except BaseException:
+            for port in opened:
+                with trio.CancelScope(shield=True):
+                    await port.aclose()
+            with trio.CancelScope(shield=True):
+                await self.remove_host_rules()
+            raise
+
+    def open_pcaps(self) -> None:
+        """Open (and so truncate) the config's pcap files: the last step of a start, once nothing can refuse it."""
+        open_pcaps(writer for writer in self.pcaps if not writer.opened)
+
+    async def remove_host_rules(self) -> None:
+        """Take out what the daemon put into the host beyond its devices: drop-in ip_masq's iptables rules."""
+        if self.masquerading:
+            self.masquerading = False
+            await remove_masquerade()
+
+    async def _open_overlay(self) -> list[Port]:
+        """The underlay socket, the flannel device in drop-in mode, its routes and ip-masq rules, and subnet.env."""
+        oc = self.config.overlay
+        assert oc is not None and self.overlay is not None
+        opened: list[Port] = []
+        if self.underlay is None:
+            port = UdpPort.open(UNDERLAY_PORT, oc.public_ip, oc.port, source_ports=oc.backend == "vxlan", mtu=oc.mtu)
+            opened.append(port)
+            self.switch.add_port(port)
+        if oc.device is not None:
+            name = device_name(oc)
+            device = TunTapPort.open(name, kind="tun" if oc.backend == "udp" else "tap", mtu=oc.mtu)
+            opened.append(device)
+            await configure_device(oc, self.vtep_mac)
+            self.switch.add_port(device)
+            await apply_lease_routes(oc, LeaseChanges(added=tuple(p.lease for p in self.overlay.peers)))
+            if oc.ip_masq:   # in router mode the router masquerades (masquerade_rules); here the host kernel does
+                self.masquerading = True
+                await install_masquerade(oc)
+        if oc.subnet_env:
+            write_subnet_env(oc.subnet_env, oc)
+        return opened
+
+    async def reload(self, config: Config) -> LeaseChanges:
+        """Take the peers of a re-read config; unchanged peers carry on untouched.
+
+        Only ``[[overlay.peers]]`` changes under a running daemon: any other
+        change raises ValueError naming the keys, and nothing changes.
+        """
+        if self.overlay is None or self.config.overlay is None:
+            raise ValueError("this daemon has no overlay: nothing to reload")
+        if config.overlay is None:
+            raise ValueError("the new config has no [overlay]: restart the daemon to remove it")
+        keys = [f"overlay.{key}" for key in restart_needed(self.config.overlay, config.overlay)]
+        for section in attrs.fields(Config):   # the other sections: a reload would silently ignore them
+            old, new = getattr(self.config, section.name), getattr(config, section.name)
+            if section.name == "overlay" or old == new:
+                continue
+            if attrs.has(type(old)):
+                keys += [f"{section.name}.{f.name}" for f in attrs.fields(type(old))
+                         if getattr(old, f.name) != getattr(new, f.name)]
+            else:
+                keys.append(section.name)
+        if keys:
+            raise ValueError(f"{', '.join(keys)} changed: a restart takes those (peers reload alone)")
+        changes = self.overlay.set_leases(await StaticLeases(config.overlay, self.vtep_mac).peer_leases())
+        self.config = attrs.evolve(self.config, overlay=config.overlay)
+        if self.devices_open:
+            await apply_lease_routes(config.overlay, changes)
+        log.info("reloaded leases: %d added, %d removed, %d changed, %d unchanged",
+                 len(changes.added), len(changes.removed), len(changes.changed), changes.kept)
+        return changes
+
+    async def attach(
+        self, *, netns: str, name: str, address: str | None = None, gateway: str | None = None, mtu: int | None = None,
+    ) -> None:
+        """Link a container at run time: a new TAP in ``netns``, on the bridge (MTU: the overlay's, or 1500)."""
+        if name in self.switch.ports:
+            raise ValueError(f"port {name!r} already exists")
+        if mtu is None:
+            mtu = self.config.overlay.mtu if self.config.overlay is not None else 1500
+        pc = PortConfig(name=name, type="tap", netns=netns, address=address, gateway=gateway, mtu=mtu)
+        port = await open_device_port(pc)
+        self.switch.add_port(port)
+        log.info("attached %s in netns %s%s", name, netns, f" as {address}" if address else "")
+
+    async def detach(self, name: str) -> None:
+        """Remove a port; closing a TAP's fd deletes the device."""
+        if name not in self.switch.ports:
+            raise KeyError(f"no port named {name!r}")
+        await self.switch.remove_port(name)
+        log.info("detached %s", name)
+
+
+async def open_device_port(pc: PortConfig) -> Port:
+    """Open a tap or packet port and configure its link; DeviceError says what went wrong."""
+    if pc.type == "packet":
+        assert pc.device is not None  # config validation guarantees it
+        return PacketPort.open(pc.device, name=pc.name, mtu=pc.mtu)
+    port = TunTapPort.open(pc.name, kind=pc.type, mtu=pc.mtu)  # tap or tun
+    try:
+        await configure_link(pc.name, netns=pc.netns, address=pc.address, gateway=pc.gateway, mtu=pc.mtu)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await port.aclose()
+        raise
+    return port
+
+
+def _with_pcap(port: Port, pc: PortConfig, pcaps: list[PcapWriter]) -> Port:
+    """``port`` recording to its pcap file, if it has one; the file opens with the others (Node.open_pcaps)."""
+    if not pc.pcap:
+        return port
+    writer = PcapWriter.deferred(pc.pcap)
+    pcaps.append(writer)
+    return PcapPort(port, writer)
+
+
+def build(config: Config, *, underlay: MemoryUnderlay | None = None, config_path: str | None = None) -> Node:
+    """The node with its memory ports; device ports open in :meth:`Node.open_devices`.
+
+    ``underlay`` puts the overlay on a simulated UDP network instead of a
+    real socket (several nodes in one process: tests, the demo).
+    """
+    core, router, overlay, vtep_mac = build_core(config)
+    switch = Switch(core, faults=Faults(faults_pcap(config)))
+    hosts = []
+    pcaps: list[PcapWriter] = []
+    for pc in config.ports:
+        if pc.type != "memory":
+            continue
+        port, runner = _build_memory_port(config, pc, pcaps)
+        switch.add_port(port)
+        hosts.append((runner, pc.host.ping, pc.host.ping_interval))
+    if overlay is not None and underlay is not None:
+        assert config.overlay is not None
+        switch.add_port(underlay.port(UNDERLAY_PORT, config.overlay.public_ip, config.overlay.port, mtu=config.overlay.mtu))
+    return Node(config, switch, hosts, router, overlay, vtep_mac, underlay, config_path, pcaps=pcaps)
+
+
+def faults_pcap(config: Config) -> str:
+    """Where the frames of contained internal errors go, should there be any (vswitch.shell.faults): beside the
+    control socket, or else in the temporary directory."""
+    name = f"{config.node.name}.internal-errors.pcap"
+    if config.node.control:
+        return os.path.join(os.path.dirname(os.path.abspath(config.node.control)), name)
+    return os.path.join(tempfile.gettempdir(), f"vswitch-{os.getpid()}-{name}")
+
+
+def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, bytes | None]:
+    """The bridge alone, the bridge and the router joined in a :class:`Datapath` (with the overlay as one
+    of the router's interfaces), or, in drop-in mode, the overlay alone between its device and the underlay."""
+    overlay = vtep_mac = None
+    oc = config.overlay
+    if oc is not None:
+        vtep_mac = (oc.vtep_mac or stable_mac(config.node.name, "vtep")) if oc.backend == "vxlan" else None
+        overlay = build_overlay(oc, vtep_mac)
+        try:
+            overlay.set_leases(config_leases(oc))
+        except ValueError as exc:
+            raise ConfigError("overlay.peers", str(exc)) from None
+        if oc.device is not None:
+            return DeviceOverlay(overlay, device_name(oc), UNDERLAY_PORT), None, overlay, vtep_mac
+    bridge = Bridge(ageing=config.bridge.ageing, max_entries=config.bridge.max_entries)
+    if not config.router.interfaces:
+        return bridge, None, None, None
+    router = Router()
+    port_types = {p.name: p.type for p in config.ports}
+    for ic in config.router.interfaces:
+        address = ipaddress.IPv4Interface(ic.address)
+        layer3 = ic.port is not None and port_types[ic.port] == "tun"
+        mac = None if layer3 else ic.mac or stable_mac(config.node.name, "router", ic.name)
+        router.add_interface(
+            ic.name, address.ip.packed, address.network.prefixlen, mac=mac, mtu=ic.mtu, proxy_arp=ic.proxy_arp,
+        )
+    for rc in config.router.routes:
+        router.add_route(Network.parse(rc.to), via=ip_from_str(rc.via) if rc.via else None, interface=rc.interface)
+    for nc in config.router.neighbours:
+        router.add_neighbour(nc.interface, ip_from_str(nc.address), nc.mac)
+    masquerade = tuple(
+        Masquerade(Network.parse(m.source), m.out, tuple(Network.parse(e) for e in m.exclude)) for m in config.nat.masquerade
+    )
+    if overlay is not None:
+        assert oc is not None
+        # The overlay is an L3 interface with flannel0's address; the whole cluster network is routed to it,
+        # so an address no lease holds gets ICMP net unreachable, as flannel's proxy sends.
+        router.add_interface(OVERLAY_INTERFACE, overlay.address, 32, mac=None, mtu=oc.mtu)
+        router.add_route(overlay.network, interface=OVERLAY_INTERFACE)
+        if oc.ip_masq:
+            networks = {name: iface.network for name, iface in router.interfaces.items()}
+            masquerade += masquerade_rules(oc, networks, OVERLAY_INTERFACE)
+    nat = config.nat
+    if masquerade or nat.forward:
+        router.nat = Nat(
+            router,
+            masquerade=masquerade,
+            forwards=tuple(
+                Forward(PROTO_TCP if f.protocol == "tcp" else PROTO_UDP, f.port, ip_from_str(f.to), f.to_port, f.interface)
+                for f in nat.forward
+            ),
+            max_connections=nat.max_connections,
+            max_per_source=nat.max_per_source,
+        )
+    datapath = Datapath(bridge, router)
+    for ic in config.router.interfaces:
+        datapath.attach_interface(ic.name, ic.port)
+    if overlay is not None:
+        datapath.attach_overlay(overlay, OVERLAY_INTERFACE, UNDERLAY_PORT)
+    return datapath, router, overlay, vtep_mac
+
+
+def _build_memory_port(config: Config, pc: PortConfig, pcaps: list[PcapWriter]) -> tuple[Port, HostRunner]:
+    assert pc.host is not None  # config validation guarantees it for memory ports
+    port, far_end = MemoryPort.pair(pc.name, f"{pc.name}-host", mtu=pc.mtu)
+    port = _with_pcap(port, pc, pcaps)
+    mac = pc.host.mac or stable_mac(config.node.name, pc.name)
+    host = Host(f"{pc.name}-host", mac, pc.host.address, gateway=pc.host.gateway)
+    return port, HostRunner(host, far_end)
+
+
+async def _pinger(runner: HostRunner, targets: tuple[str, ...], interval: float) -> None:
+    while True:
+        for target in targets:
+            result = await runner.ping(target, timeout=interval)
+            if result.received:
+                log.info("%s: reply from %s in %.3f ms", runner.host.name, target, result.rtts[0] * 1e3)
+            else:
+                log.warning("%s: no reply from %s", runner.host.name, target)
+        await trio.sleep(interval)
+
+
+async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the node until cancelled.
+
+    Start-up goes in the order that lets a refused start leave nothing
+    behind: devices and sockets first (closed again if anything after them
+    fails), then the control socket (which refuses if another daemon is
+    listening on it), then the pcap files, which opening truncates; only
+    then do frames flow.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await node.open_devices()
+                if node.config.node.control:
+                    from vswitch.control import ControlServer
+
+                    path = await nursery.start(ControlServer(node, node.config.node.control).run)
+                    log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
+                node.open_pcaps()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await node.switch.aclose()
+                raise
+            await nursery.start(node.switch.run)
+            for runner, targets, interval in node.hosts:
+                await nursery.start(runner.run)
+                log.info("%s: %s %s", runner.host.name, mac_to_str(runner.host.mac), runner.host.interface)
+                if targets:
+                    nursery.start_soon(_pinger, runner, targets, interval)
+            task_status.started(node)
+    finally:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 15):
+            await node.remove_host_rules()
+
+
+async def run_until_signal(node: Node) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down within the switch's bounded timeout; returns that signal.
+
+    SIGHUP reads the config again and takes its peers (see :meth:`Node.reload`).
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, node)
+            log.info(
+                "node %s running with %d port(s): %s", node.config.node.name, len(node.switch.ports),
+                ", ".join(node.switch.ports) or "none",
+            )
+            if not node.switch.ports:
+                log.warning("no ports yet: link containers with `vswitch attach` (control socket %s)",
+                            node.config.node.control)
+            stopped_by = signal.SIGTERM
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await _reload_from_file(node)
+                    continue
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                stopped_by = signum
+                break
+            nursery.cancel_scope.cancel()
+    log.info("node %s stopped", node.config.node.name)
+    return stopped_by
+
+
+async def _reload_from_file(node: Node) -> None:
+    from vswitch.config import load
+
+    if node.config_path is None:
+        log.warning("SIGHUP: this daemon was not started from a config file; nothing to reload")
+        return
+    try:
+        await node.reload(load(node.config_path))
+    except (ConfigError, ValueError, OSError) as exc:
+        log.error("SIGHUP: reload refused, the running leases stay: %s", exc)
