@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,17 @@ def test_importing_the_core_does_not_import_trio():
     code = "import sys, vswitch.core.l2.bridge, vswitch.core.nat; print('trio' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "False"
+
+
+def test_the_wheel_installs_one_name_with_its_overlay_examples_and_license(tmp_path):
+    # build in a copy: the build must not leave build/ or egg-info in the checkout
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("vswitch-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.startswith("vswitch-")}
+    assert tops == {"vswitch"}, "no top-level `overlay` (or anything else) beside vswitch"
+    assert {"vswitch/overlay/core/tunnel.py", "vswitch/overlay/shell/node.py"} <= set(names)
+    examples = {Path(name).name for name in names if name.startswith("vswitch/examples/")}
+    assert examples == {path.name for path in (ROOT / "config").glob("*.toml")}
+    assert any(name.endswith("/LICENSE") for name in names)
