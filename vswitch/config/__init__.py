@@ -5,14 +5,13 @@
 
 from vswitch.errors import ConfigError
 
-from .loader import load, loads, parse
+from .loader import load, loads, parse, parse_interface, parse_ip
 from .model import (
     IFNAMSIZ,
     MAX_AGEING,
     MAX_BRIDGE_ENTRIES,
     MAX_PING_INTERVAL,
     NAT_PROTOCOLS,
-    OVERLAY_BACKENDS,
     OVERLAY_INTERFACE,
     PORT_TYPES,
     SUN_PATH_MAX,
@@ -33,9 +32,9 @@ from .model import (
 )
 
 __all__ = [
-    "ConfigError", "load", "loads", "parse",
-    "IFNAMSIZ", "MAX_AGEING", "MAX_BRIDGE_ENTRIES", "MAX_PING_INTERVAL", "NAT_PROTOCOLS", "OVERLAY_BACKENDS",
-    "OVERLAY_INTERFACE", "PORT_TYPES", "SUN_PATH_MAX",
+    "ConfigError", "load", "loads", "parse", "parse_interface", "parse_ip",
+    "IFNAMSIZ", "MAX_AGEING", "MAX_BRIDGE_ENTRIES", "MAX_PING_INTERVAL", "NAT_PROTOCOLS", "OVERLAY_INTERFACE",
+    "PORT_TYPES", "SUN_PATH_MAX",
     "BridgeConfig", "Config", "ForwardConfig", "HostConfig", "InterfaceConfig", "MasqueradeConfig", "NatConfig",
     "NeighbourConfig", "NodeConfig", "OverlayConfig", "PeerConfig", "PortConfig", "RouteConfig", "RouterConfig",
 ]

@@ -4,18 +4,19 @@ Every error names the key (``ports[1].type``) and the reason, and unknown
 keys are errors, so a typo never silently does nothing.
 """
 
-import ipaddress
 import math
 import os
 import tomllib
 from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from vswitch.core.l2.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from vswitch.core.nat import DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS
-from vswitch.core.wire.addr import mac_from_str
+from vswitch.core.wire.addr import Network, mac_from_str
 from vswitch.errors import ConfigError
+from vswitch.overlay.core.backends import BACKENDS
 
 from .model import (
     IFNAMSIZ,
@@ -23,7 +24,6 @@ from .model import (
     MAX_BRIDGE_ENTRIES,
     MAX_PING_INTERVAL,
     NAT_PROTOCOLS,
-    OVERLAY_BACKENDS,
     OVERLAY_INTERFACE,
     PORT_TYPES,
     SUN_PATH_MAX,
@@ -126,12 +126,8 @@ def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
     mtu = _get(raw, key, "mtu", int, 1500 if type_ == "packet" else default_mtu)  # a packet port is an uplink
     if not 68 <= mtu <= 65535:
         raise ConfigError(f"{key}.mtu", f"must be between 68 and 65535, got {mtu}")
-    address = _get(raw, key, "address", str, None)
-    if address is not None:
-        _interface(address, f"{key}.address")
-    gateway = _get(raw, key, "gateway", str, None)
-    if gateway is not None:
-        _ip(gateway, f"{key}.gateway")
+    address = _optional(raw, key, "address", parse_interface)
+    gateway = _optional(raw, key, "gateway", parse_ip)
     host = None
     if "host" in raw:
         if not isinstance(raw["host"], dict):
@@ -167,20 +163,16 @@ def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
 
 def _parse_host(raw: dict[str, Any], key: str) -> HostConfig:
     _check_keys(raw, key, {"address", "mac", "gateway", "ping", "ping_interval"})
-    address = _require(raw, key, "address", str)
-    _interface(address, f"{key}.address")
-    mac = _get(raw, key, "mac", str, None)
-    mac_bytes = _mac(mac, f"{key}.mac") if mac is not None else None
-    gateway = _get(raw, key, "gateway", str, None)
-    if gateway is not None:
-        _ip(gateway, f"{key}.gateway")
-    ping = _get(raw, key, "ping", list, [])
-    for i, target in enumerate(ping):
+    address = parse_interface(_require(raw, key, "address", str), f"{key}.address")
+    mac = _optional(raw, key, "mac", _mac)
+    gateway = _optional(raw, key, "gateway", parse_ip)
+    ping = []
+    for i, target in enumerate(_get(raw, key, "ping", list, [])):
         if not isinstance(target, str):
             raise ConfigError(f"{key}.ping[{i}]", "must be an IPv4 address string")
-        _ip(target, f"{key}.ping[{i}]")
+        ping.append(parse_ip(target, f"{key}.ping[{i}]"))
     interval = _seconds(raw, key, "ping_interval", 1.0, MAX_PING_INTERVAL)
-    return HostConfig(address, mac_bytes, gateway, tuple(ping), interval)
+    return HostConfig(address, mac, gateway, tuple(ping), interval)
 
 
 # -- router and NAT -------------------------------------------------------
@@ -196,14 +188,14 @@ def _parse_router(
         for i, item in enumerate(_array(raw, key, "interfaces"))
     )
     names: dict[str, str] = {}
-    networks_seen: dict[ipaddress.IPv4Network, str] = {}
+    networks_seen: dict[IPv4Network, str] = {}
     carried: dict[str, str] = {}
     for i, iface in enumerate(interfaces):
         where = f"{key}.interfaces[{i}]"
         if iface.name in names:
             raise ConfigError(f"{where}.name", f"{iface.name!r} is already used by {names[iface.name]}")
         names[iface.name] = where
-        network = ipaddress.IPv4Interface(iface.address).network
+        network = iface.address.network
         for other, other_where in networks_seen.items():
             if network.overlaps(other):
                 # one address, one interface: the router could not tell which of the two a packet leaves by
@@ -219,7 +211,7 @@ def _parse_router(
                 f"ports[{i}].type", "a tun port carries IP packets, not Ethernet frames: it must be the port"
                 " of a router interface ([[router.interfaces]] with port = " + repr(port.name) + ")",
             )
-    networks = [ipaddress.IPv4Interface(i.address).network for i in interfaces]
+    networks = [i.address.network for i in interfaces]
     routes = tuple(
         _parse_route(item, f"{key}.routes[{i}]", names, networks) for i, item in enumerate(_array(raw, key, "routes"))
     )
@@ -235,8 +227,7 @@ def _parse_interface(raw: Any, key: str, ports: dict[str, PortConfig], bridge_mt
     name = _require(raw, key, "name", str)
     if "/" in name or name.strip() != name:
         raise ConfigError(f"{key}.name", f"{name!r} is not a valid interface name (no '/' or spaces)")
-    address = _require(raw, key, "address", str)
-    _interface(address, f"{key}.address")
+    address = parse_interface(_require(raw, key, "address", str), f"{key}.address")
     port_name = _get(raw, key, "port", str, None)
     port = None
     if port_name is not None:
@@ -253,22 +244,22 @@ def _parse_interface(raw: Any, key: str, ports: dict[str, PortConfig], bridge_mt
     return InterfaceConfig(name, address, port_name, mtu, _mac(mac, f"{key}.mac") if mac else None, proxy_arp)
 
 
-def _parse_route(raw: Any, key: str, interfaces: dict[str, str], networks: list[ipaddress.IPv4Network]) -> RouteConfig:
+def _parse_route(raw: Any, key: str, interfaces: dict[str, str], networks: list[IPv4Network]) -> RouteConfig:
     raw = _table(raw, key)
     _check_keys(raw, key, {"to", "via", "interface"})
-    to = _require(raw, key, "to", str)
-    _network(to, f"{key}.to")
+    to = _network(_require(raw, key, "to", str), f"{key}.to")
     via = _get(raw, key, "via", str, None)
     interface = _get(raw, key, "interface", str, None)
     if via is None and interface is None:
         raise ConfigError(key, "needs a gateway (via) or an interface to send through")
     if interface is not None and interface not in interfaces:
         raise ConfigError(f"{key}.interface", f"no router interface named {interface!r}")
+    gateway = None
     if via is not None:
-        gateway = _ip(via, f"{key}.via")
+        gateway = parse_ip(via, f"{key}.via")
         if interface is None and not any(gateway in net for net in networks):
             raise ConfigError(f"{key}.via", f"{via} is not on the network of any router interface")
-    return RouteConfig(to, via, interface)
+    return RouteConfig(_core_network(to), gateway, interface)
 
 
 def _parse_neighbour(raw: Any, key: str, interfaces: tuple[InterfaceConfig, ...]) -> NeighbourConfig:
@@ -278,8 +269,7 @@ def _parse_neighbour(raw: Any, key: str, interfaces: tuple[InterfaceConfig, ...]
     iface = next((i for i in interfaces if i.name == interface), None)
     if iface is None:
         raise ConfigError(f"{key}.interface", f"no router interface named {interface!r}")
-    address = _require(raw, key, "address", str)
-    _ip(address, f"{key}.address")
+    address = parse_ip(_require(raw, key, "address", str), f"{key}.address")
     return NeighbourConfig(interface, address, _mac(_require(raw, key, "mac", str), f"{key}.mac"))
 
 
@@ -294,17 +284,16 @@ def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig
         where = f"{key}.masquerade[{i}]"
         item = _table(item, where)
         _check_keys(item, where, {"source", "out", "exclude"})
-        source = _require(item, where, "source", str)
-        _network(source, f"{where}.source")
+        source = _network(_require(item, where, "source", str), f"{where}.source")
         out = _require(item, where, "out", str)
         if out not in names:
             raise ConfigError(f"{where}.out", f"no router interface named {out!r}")
-        exclude = _get(item, where, "exclude", list, [])
-        for j, net in enumerate(exclude):
+        exclude = []
+        for j, net in enumerate(_get(item, where, "exclude", list, [])):
             if not isinstance(net, str):
                 raise ConfigError(f"{where}.exclude[{j}]", f"must be a network like 10.244.0.0/16, got {net!r}")
-            _network(net, f"{where}.exclude[{j}]")
-        masquerade.append(MasqueradeConfig(source, out, tuple(exclude)))
+            exclude.append(_core_network(_network(net, f"{where}.exclude[{j}]")))
+        masquerade.append(MasqueradeConfig(_core_network(source), out, tuple(exclude)))
     forwards = []
     seen: dict[tuple[str, int, str | None], str] = {}
     for i, item in enumerate(_array(raw, key, "forward")):
@@ -319,7 +308,7 @@ def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig
             raise ConfigError(f"{where}.port", f"must be between 1 and 65535, got {port}")
         to = _require(item, where, "to", str)
         host, _, to_port_text = to.partition(":")
-        _ip(host, f"{where}.to")
+        address = parse_ip(host, f"{where}.to")
         to_port = port
         if to_port_text:
             if not to_port_text.isdigit() or not 1 <= int(to_port_text) <= 65535:
@@ -331,7 +320,7 @@ def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig
         if (protocol, port, interface) in seen:
             raise ConfigError(f"{where}.port", f"{protocol} port {port} is already forwarded by {seen[protocol, port, interface]}")
         seen[protocol, port, interface] = where
-        forwards.append(ForwardConfig(protocol, port, host, to_port, interface))
+        forwards.append(ForwardConfig(NAT_PROTOCOLS[protocol], port, address, to_port, interface))
     if (masquerade or forwards) and not router.interfaces:
         raise ConfigError(key, "NAT needs a router: add [[router.interfaces]]")
     return NatConfig(max_connections, max_per_source, tuple(masquerade), tuple(forwards))
@@ -345,9 +334,9 @@ def _parse_overlay(raw: Any, key: str) -> OverlayConfig:
     _check_keys(raw, key, {"backend", "network", "subnet", "public_ip", "port", "mtu", "vni", "vtep_mac", "ip_masq",
                            "subnet_env", "device", "peers"})
     backend = _get(raw, key, "backend", str, "udp")
-    if backend not in OVERLAY_BACKENDS:
-        raise ConfigError(f"{key}.backend", f"{backend!r} is not one of {', '.join(OVERLAY_BACKENDS)}")
-    default_port, overhead, _ = OVERLAY_BACKENDS[backend]
+    if backend not in BACKENDS:
+        raise ConfigError(f"{key}.backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
+    default_port, overhead = BACKENDS[backend].default_port, BACKENDS[backend].overhead
     vxlan = backend == "vxlan"
     network = _network(_require(raw, key, "network", str), f"{key}.network")
     subnet_text = _require(raw, key, "subnet", str)
@@ -356,9 +345,7 @@ def _parse_overlay(raw: Any, key: str) -> OverlayConfig:
         raise ConfigError(f"{key}.subnet", f"{subnet} is not inside the network {network}")
     if subnet.prefixlen > 30:
         raise ConfigError(f"{key}.subnet", f"{subnet} leaves no room for containers: use /30 or shorter (flannel: /24)")
-    public_ip = _require(raw, key, "public_ip", str)
-    if _ip(public_ip, f"{key}.public_ip") in network:
-        raise ConfigError(f"{key}.public_ip", f"{public_ip} is inside the overlay network {network}: it must be an underlay address")
+    public_ip = _underlay_ip(raw, key, network)
     port = _get(raw, key, "port", int, default_port)
     if not 1 <= port <= 65535:
         raise ConfigError(f"{key}.port", f"must be between 1 and 65535, got {port}")
@@ -382,9 +369,9 @@ def _parse_overlay(raw: Any, key: str) -> OverlayConfig:
     seen: dict[Any, str] = {}
     for i, peer in enumerate(peers):
         where = f"{key}.peers[{i}]"
-        net = ipaddress.IPv4Network(peer.subnet)
+        net = _ipaddress_network(peer.subnet)
         for other_key, other in seen.items():
-            if isinstance(other_key, ipaddress.IPv4Network) and net.overlaps(other_key):
+            if isinstance(other_key, IPv4Network) and net.overlaps(other_key):
                 raise ConfigError(f"{where}.subnet", f"{net} overlaps the subnet of {other}")
         seen[net] = where
         for name, value in (("public_ip", peer.public_ip), ("vtep_mac", peer.vtep_mac)):
@@ -396,14 +383,14 @@ def _parse_overlay(raw: Any, key: str) -> OverlayConfig:
         if peer.public_ip == public_ip:
             raise ConfigError(f"{where}.public_ip", f"{public_ip} is this node's own public_ip")
     return OverlayConfig(
-        backend=backend, network=str(network), subnet=str(subnet), public_ip=public_ip, port=port, mtu=mtu, vni=vni,
-        vtep_mac=_mac(vtep_mac, f"{key}.vtep_mac") if vtep_mac else None,
+        backend=backend, network=_core_network(network), subnet=_core_network(subnet), public_ip=public_ip, port=port,
+        mtu=mtu, vni=vni, vtep_mac=_mac(vtep_mac, f"{key}.vtep_mac") if vtep_mac else None,
         ip_masq=_get(raw, key, "ip_masq", bool, False), subnet_env=_get(raw, key, "subnet_env", str, None),
         device=device, peers=peers,
     )
 
 
-def _parse_peer(raw: Any, key: str, network: ipaddress.IPv4Network, own: ipaddress.IPv4Network, vxlan: bool) -> PeerConfig:
+def _parse_peer(raw: Any, key: str, network: IPv4Network, own: IPv4Network, vxlan: bool) -> PeerConfig:
     raw = _table(raw, key)
     _check_keys(raw, key, {"subnet", "public_ip", "vtep_mac"})
     subnet = _network(_require(raw, key, "subnet", str), f"{key}.subnet")
@@ -411,15 +398,13 @@ def _parse_peer(raw: Any, key: str, network: ipaddress.IPv4Network, own: ipaddre
         raise ConfigError(f"{key}.subnet", f"{subnet} is not inside the network {network}")
     if subnet.overlaps(own):
         raise ConfigError(f"{key}.subnet", f"{subnet} overlaps this node's subnet {own}")
-    public_ip = _require(raw, key, "public_ip", str)
-    if _ip(public_ip, f"{key}.public_ip") in network:
-        raise ConfigError(f"{key}.public_ip", f"{public_ip} is inside the overlay network {network}: it must be an underlay address")
+    public_ip = _underlay_ip(raw, key, network)
     vtep_mac = _get(raw, key, "vtep_mac", str, None)
     if vxlan and vtep_mac is None:
         raise ConfigError(f"{key}.vtep_mac", "the vxlan backend needs each peer's VTEP MAC (its `show peers` prints it)")
     if not vxlan and vtep_mac is not None:
         raise ConfigError(f"{key}.vtep_mac", "applies to the vxlan backend only")
-    return PeerConfig(str(subnet), public_ip, _mac(vtep_mac, f"{key}.vtep_mac") if vtep_mac else None)
+    return PeerConfig(_core_network(subnet), public_ip, _mac(vtep_mac, f"{key}.vtep_mac") if vtep_mac else None)
 
 
 def _check_overlay_wiring(data: dict[str, Any], overlay: OverlayConfig, router: RouterConfig) -> None:
@@ -432,15 +417,14 @@ def _check_overlay_wiring(data: dict[str, Any], overlay: OverlayConfig, router: 
                     " or remove device to run the overlay on the daemon's own router",
                 )
         return
-    subnet = ipaddress.IPv4Network(overlay.subnet)
+    network, subnet = _ipaddress_network(overlay.network), _ipaddress_network(overlay.subnet)
     for i, iface in enumerate(router.interfaces):
         if iface.name == OVERLAY_INTERFACE:
             raise ConfigError(f"router.interfaces[{i}].name", f"{OVERLAY_INTERFACE!r} is the overlay's own interface")
-        if ipaddress.IPv4Interface(iface.address).network.overlaps(ipaddress.IPv4Network(overlay.network)) and \
-                not ipaddress.IPv4Interface(iface.address).network.subnet_of(subnet):
+        if iface.address.network.overlaps(network) and not iface.address.network.subnet_of(subnet):
             raise ConfigError(f"router.interfaces[{i}].address", f"{iface.address} reaches into the cluster network"
-                              f" {overlay.network} beyond this node's subnet {subnet}")
-    if not any(ipaddress.IPv4Interface(i.address).ip in subnet and i.port is None for i in router.interfaces):
+                              f" {network} beyond this node's subnet {subnet}")
+    if not any(i.address.ip in subnet and i.port is None for i in router.interfaces):
         first = next(subnet.hosts())
         raise ConfigError(
             "overlay.subnet", f"the containers of {subnet} need a gateway on the daemon's router: add [[router.interfaces]]"
@@ -461,11 +445,29 @@ def _table(raw: Any, key: str) -> dict[str, Any]:
     return raw
 
 
-def _network(text: str, key: str) -> ipaddress.IPv4Network:
+def _network(text: str, key: str) -> IPv4Network:
+    """A network as ipaddress's, for the checks (``overlaps``, ``subnet_of``); the config keeps the core's
+    :class:`Network` (:func:`_core_network`), which is what routes, NAT rules and the overlay take."""
     try:
-        return ipaddress.IPv4Network(text)
+        return IPv4Network(text)
     except ValueError as exc:
         raise ConfigError(key, f"{text!r} is not an IPv4 network like 10.244.0.0/16: {exc}") from None
+
+
+def _core_network(network: IPv4Network) -> Network:
+    return Network.of(network.network_address.packed, network.prefixlen)
+
+
+def _ipaddress_network(network: Network) -> IPv4Network:
+    return IPv4Network((network.address, network.prefix_len))
+
+
+def _underlay_ip(raw: dict[str, Any], key: str, network: IPv4Network) -> IPv4Address:
+    """``public_ip``: where a node's daemon listens, on the underlay, so outside the overlay's network."""
+    public_ip = parse_ip(_require(raw, key, "public_ip", str), f"{key}.public_ip")
+    if public_ip in network:
+        raise ConfigError(f"{key}.public_ip", f"{public_ip} is inside the overlay network {network}: it must be an underlay address")
+    return public_ip
 
 
 def _mac(text: str, key: str) -> bytes:
@@ -544,17 +546,25 @@ def _require(raw: dict[str, Any], key: str, name: str, type_: Any) -> Any:
     return _get(raw, key, name, type_, None)
 
 
-def _interface(text: str, key: str) -> ipaddress.IPv4Interface:
+def _optional(raw: dict[str, Any], key: str, name: str, parse_fn: Callable[[str, str], Any]) -> Any:
+    """The string ``name`` parsed by ``parse_fn(text, key)``, or None when it is absent."""
+    text = _get(raw, key, name, str, None)
+    return None if text is None else parse_fn(text, f"{key}.{name}")
+
+
+def parse_interface(text: str, key: str) -> IPv4Interface:
+    """An IPv4 address with its prefix length (``10.0.0.1/24``), as the config takes one; ConfigError names ``key``."""
     if "/" not in text:
         raise ConfigError(key, f"{text!r} needs a prefix length, like 10.0.0.1/24")
     try:
-        return ipaddress.IPv4Interface(text)
+        return IPv4Interface(text)
     except ValueError as exc:
         raise ConfigError(key, f"{text!r} is not an IPv4 address with prefix: {exc}") from None
 
 
-def _ip(text: str, key: str) -> ipaddress.IPv4Address:
+def parse_ip(text: str, key: str) -> IPv4Address:
+    """An IPv4 address, as the config takes one; ConfigError names ``key``."""
     try:
-        return ipaddress.IPv4Address(text)
+        return IPv4Address(text)
     except ValueError:
         raise ConfigError(key, f"{text!r} is not an IPv4 address") from None

@@ -1,17 +1,28 @@
 """The configuration's values: frozen attrs classes, and the limits the loader checks them against.
 
 :mod:`vswitch.config.loader` makes them from TOML; the daemon builds a node from them.
+The values are parsed once, there, into what their users take, so nothing
+downstream parses a string again: networks are the core's
+:class:`~vswitch.core.wire.addr.Network`, MAC addresses 6 ``bytes``, IPv4
+addresses :class:`~ipaddress.IPv4Address` (``.packed`` is the core's 4
+bytes) and addresses with a prefix length :class:`~ipaddress.IPv4Interface`
+(the ``ip`` and its ``network``). Each renders (``str``) in the notation
+the config is written in, so what ``show``, ``subnet.env`` and iproute2 get
+reads as before.
 """
+
+from ipaddress import IPv4Address, IPv4Interface
 
 import attrs
 
 from vswitch.core.l2.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from vswitch.core.nat import DEFAULT_MAX_CONNECTIONS
+from vswitch.core.wire.addr import Network
+from vswitch.core.wire.ipv4 import PROTO_TCP, PROTO_UDP
 from vswitch.errors import ConfigError
 
 PORT_TYPES = ("tap", "tun", "packet", "memory")
-NAT_PROTOCOLS = ("tcp", "udp")
-OVERLAY_BACKENDS = {"udp": (8285, 28, "flannel0"), "vxlan": (8472, 50, "flannel.1")}  # port, overhead, device
+NAT_PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}   # the config's names and the IP protocol numbers
 OVERLAY_INTERFACE = "overlay"   # the router interface the overlay is, in router mode
 # Documented maxima: beyond them a value is a typo, or a table that would take the node's memory.
 MAX_BRIDGE_ENTRIES = 1 << 20    # FDB entries (about 200 bytes each)
@@ -37,10 +48,10 @@ class BridgeConfig:
 class HostConfig:
     """A simulated host on the far end of a memory port."""
 
-    address: str
+    address: IPv4Interface
     mac: bytes | None = None
-    gateway: str | None = None
-    ping: tuple[str, ...] = ()
+    gateway: IPv4Address | None = None
+    ping: tuple[IPv4Address, ...] = ()
     ping_interval: float = 1.0
 
 
@@ -49,8 +60,8 @@ class PortConfig:
     name: str
     type: str
     netns: str | None = None
-    address: str | None = None
-    gateway: str | None = None
+    address: IPv4Interface | None = None   # configured on the device in its namespace
+    gateway: IPv4Address | None = None
     mtu: int = 1500
     pcap: str | None = None
     device: str | None = None
@@ -62,7 +73,7 @@ class InterfaceConfig:
     """A router interface: on the bridge, or on a port of its own (``port``)."""
 
     name: str
-    address: str               # with prefix length: 10.244.1.1/24
+    address: IPv4Interface     # 10.244.1.1/24: the router's address and the interface's network
     port: str | None = None
     mtu: int = 1500
     mac: bytes | None = None
@@ -71,8 +82,8 @@ class InterfaceConfig:
 
 @attrs.frozen
 class RouteConfig:
-    to: str
-    via: str | None = None
+    to: Network
+    via: IPv4Address | None = None
     interface: str | None = None
 
 
@@ -81,7 +92,7 @@ class NeighbourConfig:
     """A static ARP entry on a router interface."""
 
     interface: str
-    address: str
+    address: IPv4Address
     mac: bytes
 
 
@@ -94,16 +105,16 @@ class RouterConfig:
 
 @attrs.frozen
 class MasqueradeConfig:
-    source: str
+    source: Network
     out: str
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[Network, ...] = ()
 
 
 @attrs.frozen
 class ForwardConfig:
-    protocol: str
+    protocol: int              # PROTO_TCP or PROTO_UDP (NAT_PROTOCOLS)
     port: int
-    to: str
+    to: IPv4Address
     to_port: int
     interface: str | None = None
 
@@ -120,19 +131,19 @@ class NatConfig:
 class PeerConfig:
     """A static lease: another node's subnet and where its daemon listens."""
 
-    subnet: str
-    public_ip: str
+    subnet: Network
+    public_ip: IPv4Address
     vtep_mac: bytes | None = None
 
 
 @attrs.frozen
 class OverlayConfig:
-    backend: str
-    network: str
-    subnet: str
-    public_ip: str
+    backend: str                   # a name in vswitch.overlay.core.backends.BACKENDS
+    network: Network
+    subnet: Network
+    public_ip: IPv4Address
     port: int
-    mtu: int                       # the overlay's: the underlay's minus 28 (udp) or 50 (vxlan)
+    mtu: int                       # the overlay's: the underlay's less the backend's overhead
     vni: int = 1
     vtep_mac: bytes | None = None  # None: a stable default from the node's name
     ip_masq: bool = False
