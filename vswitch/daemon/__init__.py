@@ -121,7 +121,8 @@ class Node:
         assert oc is not None and self.overlay is not None
         opened: list[Port] = []
         if self.underlay is None:
-            port = UdpPort.open(UNDERLAY_PORT, str(oc.public_ip), oc.port, source_ports=oc.backend == "vxlan", mtu=oc.mtu)
+            port = UdpPort.open(UNDERLAY_PORT, str(oc.public_ip), oc.port, source_ports=oc.backend == "vxlan",
+                                mtu=oc.mtu)
             opened.append(port)
             self.switch.add_port(port)
         if oc.device is not None:
