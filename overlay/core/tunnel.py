@@ -47,23 +47,17 @@ from vswitch.core.wire import icmp, ipv4
 from vswitch.core.wire.addr import Network, ip_to_str
 from vswitch.core.wire.checksum import internet_checksum
 
+from .backends import BACKENDS
 from .codec import (
     ADDRESS_LEN,
-    FLANNEL_UDP_PORT,
-    UDP_OVERHEAD,
     VXLAN_FLAG_I,
     VXLAN_HEADER_LEN,
-    VXLAN_OVERHEAD,
-    VXLAN_PORT,
     decrement_ttl,
     flow_source_port,
     vxlan_header,
 )
 from .peers import DEFAULT_MAX_PEERS, Lease, LeaseChanges, Peer, PeerTable
 
-BACKENDS = ("udp", "vxlan")
-DEFAULT_PORTS = {"udp": FLANNEL_UDP_PORT, "vxlan": VXLAN_PORT}
-OVERHEAD = {"udp": UDP_OVERHEAD, "vxlan": VXLAN_OVERHEAD}
 ICMP_ERROR_TTL = 64
 _IPV4 = b"\x08\x00"
 _ZERO_IP = b"\0\0\0\0"
@@ -109,11 +103,11 @@ class Overlay:
         self.network = network
         self.subnet = subnet
         self.address = subnet.network           # flannel0's and flannel.1's address: the subnet's network address
-        self.port = DEFAULT_PORTS[backend] if port is None else port
+        self.port = BACKENDS[backend].default_port if port is None else port
         self.vni = vni
         self.vtep_mac = vtep_mac
         self.inside = inside
-        self.overhead = OVERHEAD[backend]
+        self.overhead = BACKENDS[backend].overhead
         self.peers = PeerTable(port=self.port, max_peers=max_peers)
         self._vxlan = vxlan_header(vni) if backend == "vxlan" else b""
         self._frame_headers: dict[Network, bytes] = {}   # VXLAN: header + inner Ethernet header, per peer subnet

@@ -7,7 +7,6 @@ node, ``[[overlay.peers]]`` for the others) and is read again on SIGHUP or
 ``/coreos.com/network`` prefix, behind the same two calls.
 """
 
-import ipaddress
 import logging
 import os
 import re
@@ -18,10 +17,11 @@ from typing import Protocol
 
 import trio
 
-from vswitch.config import OVERLAY_BACKENDS, OverlayConfig
+from vswitch.config import OverlayConfig
 from vswitch.core.nat import Masquerade
-from vswitch.core.wire.addr import Network, ip_from_str, ip_to_str, mac_to_str
+from vswitch.core.wire.addr import Network, ip_to_str, mac_to_str
 from vswitch.errors import DeviceError
+from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.peers import Lease, LeaseChanges
 from vswitch.overlay.core.tunnel import Overlay
 from vswitch.shell.netns import ip
@@ -51,7 +51,7 @@ class StaticLeases:
         self.vtep_mac = vtep_mac
 
     async def own_lease(self) -> Lease:
-        return Lease(Network.parse(self.config.subnet), ip_from_str(self.config.public_ip), self.vtep_mac)
+        return Lease(self.config.subnet, self.config.public_ip.packed, self.vtep_mac)
 
     async def peer_leases(self) -> list[Lease]:
         return config_leases(self.config)
@@ -59,19 +59,20 @@ class StaticLeases:
 
 def config_leases(config: OverlayConfig) -> list[Lease]:
     """The peers' leases written in ``[[overlay.peers]]``."""
-    return [Lease(Network.parse(p.subnet), ip_from_str(p.public_ip), p.vtep_mac) for p in config.peers]
+    return [Lease(p.subnet, p.public_ip.packed, p.vtep_mac) for p in config.peers]
 
 
 def build_overlay(config: OverlayConfig, vtep_mac: bytes | None) -> Overlay:
+    # Inside is the daemon's router (IP), or in drop-in mode flannel's device: a TAP for VXLAN, which carries frames.
+    ethernet = config.device is not None and BACKENDS[config.backend].carries_ethernet
     return Overlay(
-        backend=config.backend, network=Network.parse(config.network), subnet=Network.parse(config.subnet),
-        port=config.port, vni=config.vni, vtep_mac=vtep_mac,
-        inside="ethernet" if config.device is not None and config.backend == "vxlan" else "ip",
+        backend=config.backend, network=config.network, subnet=config.subnet, port=config.port, vni=config.vni,
+        vtep_mac=vtep_mac, inside="ethernet" if ethernet else "ip",
     )
 
 
 def device_name(config: OverlayConfig) -> str:
-    return config.device or OVERLAY_BACKENDS[config.backend][2]
+    return config.device or BACKENDS[config.backend].device
 
 
 def restart_needed(old: OverlayConfig, new: OverlayConfig) -> list[str]:
@@ -85,10 +86,10 @@ def restart_needed(old: OverlayConfig, new: OverlayConfig) -> list[str]:
 
 def subnet_env(config: OverlayConfig) -> str:
     """What flanneld writes: the network, the subnet's first usable address with its length, the MTU, ip-masq."""
-    subnet = ipaddress.IPv4Network(config.subnet)
+    subnet = config.subnet
     return (
-        f"FLANNEL_NETWORK={ipaddress.IPv4Network(config.network)}\n"
-        f"FLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n"
+        f"FLANNEL_NETWORK={config.network}\n"
+        f"FLANNEL_SUBNET={ip_to_str((subnet.address + 1).to_bytes(4, 'big'))}/{subnet.prefix_len}\n"
         f"FLANNEL_MTU={config.mtu}\n"
         f"FLANNEL_IPMASQ={'true' if config.ip_masq else 'false'}\n"
     )
@@ -124,7 +125,7 @@ def masquerade_rules(config: OverlayConfig, interfaces: dict[str, Network], over
     nodes' containers is masqueraded to the overlay's address, so their
     answers come back through this node.
     """
-    network, subnet = Network.parse(config.network), Network.parse(config.subnet)
+    network, subnet = config.network, config.subnet
     rules = [
         Masquerade(network, name, exclude=(network, MULTICAST))
         for name, net in interfaces.items()
@@ -140,14 +141,13 @@ def masquerade_rules(config: OverlayConfig, interfaces: dict[str, Network], over
 async def configure_device(config: OverlayConfig, vtep_mac: bytes | None) -> None:
     """Address the device as flanneld does: the subnet's network address as a /32, the MTU, up, the network's route."""
     name = device_name(config)
-    subnet = ipaddress.IPv4Network(config.subnet)
     if vtep_mac is not None:
         await ip("link", "set", "dev", name, "address", mac_to_str(vtep_mac))
     await ip("link", "set", "dev", name, "mtu", str(config.mtu))
-    await ip("addr", "replace", f"{subnet.network_address}/32", "dev", name)
+    await ip("addr", "replace", f"{ip_to_str(config.subnet.network)}/32", "dev", name)
     await ip("link", "set", "dev", name, "up")
     if config.backend == "udp":
-        await ip("route", "replace", config.network, "dev", name)
+        await ip("route", "replace", str(config.network), "dev", name)
 
 
 async def apply_lease_routes(config: OverlayConfig, changes: LeaseChanges) -> None:
@@ -182,7 +182,7 @@ def iptables_masq_rules(config: OverlayConfig, *, random_fully: bool) -> list[tu
     pods are not translated; pod traffic leaving the cluster network (but not
     to multicast) and host traffic into the cluster network are masqueraded.
     """
-    network, subnet = str(ipaddress.IPv4Network(config.network)), str(ipaddress.IPv4Network(config.subnet))
+    network, subnet = str(config.network), str(config.subnet)
     comment = ("-m", "comment", "--comment", MASQ_COMMENT)
     masquerade = ("-j", "MASQUERADE", *(("--random-fully",) if random_fully else ()))
     return [

@@ -1,8 +1,12 @@
 """The TOML loader: good configs load, every bad one names its key and reason."""
 
+from ipaddress import IPv4Address, IPv4Interface
+
 import pytest
 
 from vswitch import config
+from vswitch.core.wire.addr import Network
+from vswitch.core.wire.ipv4 import PROTO_UDP
 from vswitch.errors import ConfigError
 
 GOOD = """
@@ -37,8 +41,8 @@ def test_good_config_loads_every_key():
     p1, p2 = cfg.ports
     assert (p1.name, p1.type, p1.mtu, p1.pcap) == ("p1", "memory", 1400, "/tmp/p1.pcap")
     assert p1.host.mac == bytes.fromhex("020000000001")
-    assert p1.host.ping == ("10.0.0.2",) and p1.host.ping_interval == 0.5
-    assert p2.host.gateway == "10.0.0.254" and p2.host.mac is None
+    assert tuple(map(str, p1.host.ping)) == ("10.0.0.2",) and p1.host.ping_interval == 0.5
+    assert str(p2.host.gateway) == "10.0.0.254" and p2.host.mac is None
 
 
 def test_tap_and_packet_ports_load():
@@ -56,7 +60,7 @@ type = "packet"
 device = "eth1"
 """)
     c1, uplink = cfg.ports
-    assert (c1.type, c1.netns, c1.address, c1.gateway, c1.mtu) == ("tap", "c1", "10.244.1.2/24", "10.244.1.1", 1472)
+    assert (c1.type, c1.netns, str(c1.address), str(c1.gateway), c1.mtu) == ("tap", "c1", "10.244.1.2/24", "10.244.1.1", 1472)
     assert (uplink.type, uplink.device) == ("packet", "eth1")
 
 
@@ -236,3 +240,89 @@ def test_bad_nat_limits_name_key_and_reason(text, key, reason):
         config.loads(NAT_ROUTER + text, source="node.toml")
     assert info.value.key == key
     assert reason in info.value.reason
+
+
+PARSED = """
+[[ports]]
+name = "c1"
+type = "tap"
+address = "10.244.1.2/24"
+gateway = "10.244.1.1"
+[[ports]]
+name = "m1"
+type = "memory"
+host = { address = "10.244.1.5/24", gateway = "10.244.1.1", ping = ["10.244.1.2"] }
+[[ports]]
+name = "uplink"
+type = "packet"
+device = "eth1"
+[[router.interfaces]]
+name = "gw"
+address = "10.244.1.1/24"
+[[router.interfaces]]
+name = "ext"
+port = "uplink"
+address = "198.51.100.2/24"
+[[router.routes]]
+to = "0.0.0.0/0"
+via = "198.51.100.1"
+[[router.neighbours]]
+interface = "ext"
+address = "198.51.100.1"
+mac = "02:00:00:00:00:99"
+[[nat.masquerade]]
+source = "10.244.0.0/16"
+out = "ext"
+exclude = ["10.244.0.0/16", "192.0.2.0/25"]
+[[nat.forward]]
+protocol = "udp"
+port = 5353
+to = "10.244.1.2:53"
+"""
+
+
+def test_values_are_parsed_once_into_what_their_users_take():
+    cfg = config.loads(PARSED)
+    c1, m1, _ = cfg.ports
+    assert (c1.address, c1.gateway) == (IPv4Interface("10.244.1.2/24"), IPv4Address("10.244.1.1"))
+    assert (m1.host.address, m1.host.gateway, m1.host.ping) == (
+        IPv4Interface("10.244.1.5/24"), IPv4Address("10.244.1.1"), (IPv4Address("10.244.1.2"),))
+    gw, ext = cfg.router.interfaces
+    assert (gw.address.ip.packed, gw.address.network.prefixlen) == (bytes((10, 244, 1, 1)), 24)
+    (route,) = cfg.router.routes
+    assert route.to == Network(0, 0) and route.via.packed == bytes((198, 51, 100, 1))
+    (neighbour,) = cfg.router.neighbours
+    assert (neighbour.address.packed, neighbour.mac) == (bytes((198, 51, 100, 1)), bytes.fromhex("020000000099"))
+    (masquerade,) = cfg.nat.masquerade
+    assert masquerade.source == masquerade.exclude[0] == Network.of(bytes((10, 244, 0, 0)), 16)
+    assert bytes((10, 244, 7, 1)) in masquerade.source and bytes((10, 245, 0, 1)) not in masquerade.source
+    (forward,) = cfg.nat.forward
+    assert (forward.protocol, forward.port, forward.to.packed, forward.to_port) == (
+        PROTO_UDP, 5353, bytes((10, 244, 1, 2)), 53)
+
+
+def test_parsed_values_render_as_the_config_writes_them():
+    cfg = config.loads(PARSED)
+    (route,), (masquerade,) = cfg.router.routes, cfg.nat.masquerade
+    assert [str(i.address) for i in cfg.router.interfaces] == ["10.244.1.1/24", "198.51.100.2/24"]
+    assert (str(route.to), str(route.via)) == ("0.0.0.0/0", "198.51.100.1")
+    assert [str(n) for n in (masquerade.source, *masquerade.exclude)] == ["10.244.0.0/16", "10.244.0.0/16",
+                                                                           "192.0.2.0/25"]
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "reason"),
+    [
+        (config.parse_interface, "10.0.0.2", "needs a prefix length, like 10.0.0.1/24"),
+        (config.parse_interface, "10.0.0.300/24", "not an IPv4 address with prefix"),
+        (config.parse_interface, "eth0/24", "not an IPv4 address with prefix"),
+        (config.parse_ip, "10.0.0.2/24", "not an IPv4 address"),
+        (config.parse_ip, "fe80::1", "not an IPv4 address"),
+    ],
+)
+def test_an_address_from_elsewhere_is_checked_as_the_config_checks_its_own(parse, text, reason):
+    # `vswitch attach --address` reaches the daemon through these: the same reasons, the key its caller names
+    with pytest.raises(ConfigError) as info:
+        parse(text, "address")
+    assert info.value.key == "address" and reason in info.value.reason
+    assert parse("10.0.0.2/24" if parse is config.parse_interface else "10.0.0.2", "address") is not None

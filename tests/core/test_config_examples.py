@@ -28,5 +28,5 @@ def test_the_overlay_pair_names_each_other():
         assert (peer.subnet, peer.public_ip) == (other.overlay.subnet, other.overlay.public_ip)
         assert this.overlay.backend == other.overlay.backend and this.overlay.port == other.overlay.port
         assert this.node.control != other.node.control
-    targets = {p.host.address.split("/")[0] for c in (node1, node2) for p in c.ports}
+    targets = {p.host.address.ip for c in (node1, node2) for p in c.ports}
     assert {t for c in (node1, node2) for p in c.ports for t in p.host.ping} <= targets

@@ -1,5 +1,7 @@
 """[overlay] in the config, and the overlay's pure shell-side helpers: subnet.env, restart keys, leases, ip-masq rules."""
 
+from ipaddress import IPv4Address
+
 import attrs
 import pytest
 
@@ -7,9 +9,12 @@ from vswitch import config
 from vswitch.core.wire.addr import Network, ip_from_str, mac_from_str
 from vswitch.daemon import build_core, stable_mac
 from vswitch.errors import ConfigError
+from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.peers import Lease
 from vswitch.overlay.shell.node import (
+    build_overlay,
     config_leases,
+    device_name,
     masquerade_rules,
     restart_needed,
     subnet_env,
@@ -54,10 +59,11 @@ def error_of(text: str) -> ConfigError:
 
 def test_udp_overlay_with_defaults():
     oc = load(peers=peer() + peer("10.244.3.0/24", "10.99.0.3")).overlay
-    assert (oc.backend, oc.network, oc.subnet, oc.public_ip) == ("udp", "10.244.0.0/16", "10.244.1.0/24", "10.99.0.1")
+    assert (oc.backend, str(oc.network), str(oc.subnet), str(oc.public_ip)) == ("udp", "10.244.0.0/16", "10.244.1.0/24", "10.99.0.1")
     assert (oc.port, oc.mtu, oc.vni, oc.vtep_mac, oc.ip_masq, oc.subnet_env, oc.device) == (
         8285, 1472, 1, None, False, None, None)
-    assert oc.peers == (config.PeerConfig("10.244.2.0/24", "10.99.0.2"), config.PeerConfig("10.244.3.0/24", "10.99.0.3"))
+    assert oc.peers == (config.PeerConfig(Network.parse("10.244.2.0/24"), IPv4Address("10.99.0.2")),
+                        config.PeerConfig(Network.parse("10.244.3.0/24"), IPv4Address("10.99.0.3")))
 
 
 def test_vxlan_overlay_with_every_key():
@@ -338,3 +344,21 @@ def test_masquerade_rules_are_flannels():
     assert masqueraded("10.244.1.0", "10.244.2.2", "overlay") is False  # the overlay's own address is cluster
     assert not masqueraded("198.51.100.1", "10.244.1.2", "cni0")        # outside → own pods: as flannel, left alone
     assert not masqueraded("198.51.100.1", "192.0.2.9", "wan")          # outside → outside: not flannel's business
+
+
+# -- the backend table: the config, the tunnel and the node wiring read the one table --------------------
+
+
+@pytest.mark.parametrize("name", ["udp", "vxlan"])
+def test_the_backend_table_is_what_the_config_the_tunnel_and_the_wiring_use(name):
+    backend = BACKENDS[name]
+    vxlan = backend.carries_ethernet
+    oc = load(name, peers=peer(vtep_mac="02:00:00:00:02:ff" if vxlan else None)).overlay
+    assert (oc.port, oc.mtu) == (backend.default_port, 1500 - backend.overhead)
+    vtep_mac = mac_from_str("02:00:00:00:01:ff") if vxlan else None
+    overlay = build_overlay(oc, vtep_mac)
+    assert (overlay.port, overlay.overhead, overlay.inside) == (backend.default_port, backend.overhead, "ip")
+    assert device_name(oc) == backend.device == ("flannel.1" if vxlan else "flannel0")   # drop-in's default device
+    # in drop-in mode the inside is flannel's device: frames from a TAP for VXLAN, packets from a TUN for udp
+    assert build_overlay(attrs.evolve(oc, device=backend.device), vtep_mac).inside == ("ethernet" if vxlan else "ip")
+

@@ -20,8 +20,9 @@ import trio
 from vswitch import config, control, daemon
 from vswitch.core.actions import DropReason
 from vswitch.core.wire import build_echo, build_ethernet, build_ipv4
-from vswitch.core.wire.addr import ip_from_str, ip_to_str, mac_from_str, mac_to_str
+from vswitch.core.wire.addr import ip_to_str, mac_from_str, mac_to_str
 from vswitch.core.wire.ipv4 import PROTO_ICMP
+from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.codec import (
     ADDRESS_LEN,
     VXLAN_HEADER_LEN,
@@ -33,7 +34,6 @@ from vswitch.shell.ports import PcapPort, PcapWriter
 from vswitch.shell.ports.udp import MemoryUnderlay
 
 PINGS = 3
-BACKENDS = ("udp", "vxlan")
 STRANGER = "10.99.0.66"      # an underlay address that holds no lease
 _NODE1_PREFIX = bytes((10, 244, 1))
 _TTL_NOTE = {
@@ -130,7 +130,7 @@ async def run_demo(
     overlay = node1.overlay
     assert overlay is not None
     port = overlay.port
-    say(f"vswitch demo: two nodes joined by the overlay ({_backend_name(backend)}), simulated hosts, all in memory")
+    say(f"vswitch demo: two nodes joined by the overlay ({BACKENDS[backend].title}), simulated hosts, all in memory")
     say()
     rows = []
     for node in nodes:
@@ -183,7 +183,7 @@ async def run_demo(
                     say(f"   {line}")
                 peer = overlay.peers.lookup(rfar.host.ip)
                 assert peer is not None
-                gateway = node1.config.router.interfaces[0].address.split("/")[0]
+                gateway = node1.config.router.interfaces[0].address.ip
                 say(f"   path: {a} → node1 bridge → node1 router (gw {gateway})")
                 say(f"         → overlay: {backend} datagrams to {ip_to_str(peer.lease.public_ip)}:{peer.port},"
                     f" the peer holding {peer.lease.subnet}")
@@ -334,13 +334,9 @@ def _stranger_datagram(node1: daemon.Node, backend: str, sender: HostRunner, tar
         assert node1.overlay.vtep_mac is not None
         packet = vxlan_header(node1.overlay.vni) + build_ethernet(
             node1.overlay.vtep_mac, mac_from_str(_vtep(2)), 0x0800, packet)
-    header = address_header(ip_from_str(node1.config.overlay.public_ip), node1.overlay.port)
+    header = address_header(node1.config.overlay.public_ip.packed, node1.overlay.port)
     assert len(header) == ADDRESS_LEN
     return header + packet
-
-
-def _backend_name(backend: str) -> str:
-    return {"udp": "flannel's UDP backend", "vxlan": "VXLAN"}[backend]
 
 
 def _learned(node: daemon.Node) -> set[tuple[str, str]]:

@@ -234,7 +234,7 @@ def show_peers(node: Any) -> dict[str, Any]:
     overlay = _overlay(node)
     config = node.config.overlay
     return {
-        "lease": {**overlay.describe(), "public_ip": config.public_ip, "mtu": config.mtu,
+        "lease": {**overlay.describe(), "public_ip": str(config.public_ip), "mtu": config.mtu,
                   "mode": "drop-in " + (config.device or "") if config.device else "router"},
         "peers": [
             {"subnet": str(p.lease.subnet), "public_ip": ip_to_str(p.lease.public_ip), "port": p.port,

@@ -1,24 +1,30 @@
 """Wiring: a validated config becomes a running switch (shell side)."""
 
 import hashlib
-import ipaddress
 import logging
 import os
 import signal
 import tempfile
+from ipaddress import IPv4Address
 
 import attrs
 import trio
 
-from vswitch.config import OVERLAY_INTERFACE, Config, PortConfig
+from vswitch.config import (
+    OVERLAY_INTERFACE,
+    Config,
+    PortConfig,
+    parse_interface,
+    parse_ip,
+)
 from vswitch.core.datapath import Datapath
 from vswitch.core.host import Host
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.router import Router
 from vswitch.core.nat import Forward, Masquerade, Nat
-from vswitch.core.wire.addr import Network, ip_from_str, mac_to_str
-from vswitch.core.wire.ipv4 import PROTO_TCP, PROTO_UDP
+from vswitch.core.wire.addr import mac_to_str
 from vswitch.errors import ConfigError
+from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.dropin import DeviceOverlay
 from vswitch.overlay.core.peers import LeaseChanges
 from vswitch.overlay.core.tunnel import Overlay
@@ -62,7 +68,7 @@ class Node:
 
     config: Config
     switch: Switch
-    hosts: list[tuple[HostRunner, tuple[str, ...], float]]
+    hosts: list[tuple[HostRunner, tuple[IPv4Address, ...], float]]   # with the addresses each pings, how often
     router: Router | None = None
     overlay: Overlay | None = None
     vtep_mac: bytes | None = None
@@ -115,12 +121,13 @@ class Node:
         assert oc is not None and self.overlay is not None
         opened: list[Port] = []
         if self.underlay is None:
-            port = UdpPort.open(UNDERLAY_PORT, oc.public_ip, oc.port, source_ports=oc.backend == "vxlan", mtu=oc.mtu)
+            port = UdpPort.open(UNDERLAY_PORT, str(oc.public_ip), oc.port, source_ports=oc.backend == "vxlan",
+                                mtu=oc.mtu)
             opened.append(port)
             self.switch.add_port(port)
         if oc.device is not None:
             name = device_name(oc)
-            device = TunTapPort.open(name, kind="tun" if oc.backend == "udp" else "tap", mtu=oc.mtu)
+            device = TunTapPort.open(name, kind="tap" if BACKENDS[oc.backend].carries_ethernet else "tun", mtu=oc.mtu)
             opened.append(device)
             await configure_device(oc, self.vtep_mac)
             self.switch.add_port(device)
@@ -165,12 +172,19 @@ class Node:
     async def attach(
         self, *, netns: str, name: str, address: str | None = None, gateway: str | None = None, mtu: int | None = None,
     ) -> None:
-        """Link a container at run time: a new TAP in ``netns``, on the bridge (MTU: the overlay's, or 1500)."""
+        """Link a container at run time: a new TAP in ``netns``, on the bridge (MTU: the overlay's, or 1500).
+
+        ``address`` and ``gateway`` are taken as the config takes a port's (ConfigError, a ValueError, names them).
+        """
         if name in self.switch.ports:
             raise ValueError(f"port {name!r} already exists")
         if mtu is None:
             mtu = self.config.overlay.mtu if self.config.overlay is not None else 1500
-        pc = PortConfig(name=name, type="tap", netns=netns, address=address, gateway=gateway, mtu=mtu)
+        pc = PortConfig(
+            name=name, type="tap", netns=netns, mtu=mtu,
+            address=parse_interface(address, "address") if address is not None else None,
+            gateway=parse_ip(gateway, "gateway") if gateway is not None else None,
+        )
         port = await open_device_port(pc)
         self.switch.add_port(port)
         log.info("attached %s in netns %s%s", name, netns, f" as {address}" if address else "")
@@ -190,12 +204,17 @@ async def open_device_port(pc: PortConfig) -> Port:
         return PacketPort.open(pc.device, name=pc.name, mtu=pc.mtu)
     port = TunTapPort.open(pc.name, kind=pc.type, mtu=pc.mtu)  # tap or tun
     try:
-        await configure_link(pc.name, netns=pc.netns, address=pc.address, gateway=pc.gateway, mtu=pc.mtu)
+        await configure_link(pc.name, netns=pc.netns, address=_text(pc.address), gateway=_text(pc.gateway), mtu=pc.mtu)
     except BaseException:
         with trio.CancelScope(shield=True):
             await port.aclose()
         raise
     return port
+
+
+def _text(value: object | None) -> str | None:
+    """A parsed address as text, which iproute2 and a simulated Host take."""
+    return None if value is None else str(value)
 
 
 def _with_pcap(port: Port, pc: PortConfig, pcaps: list[PcapWriter]) -> Port:
@@ -225,7 +244,8 @@ def build(config: Config, *, underlay: MemoryUnderlay | None = None, config_path
         hosts.append((runner, pc.host.ping, pc.host.ping_interval))
     if overlay is not None and underlay is not None:
         assert config.overlay is not None
-        switch.add_port(underlay.port(UNDERLAY_PORT, config.overlay.public_ip, config.overlay.port, mtu=config.overlay.mtu))
+        switch.add_port(underlay.port(UNDERLAY_PORT, str(config.overlay.public_ip), config.overlay.port,
+                                      mtu=config.overlay.mtu))
     return Node(config, switch, hosts, router, overlay, vtep_mac, underlay, config_path, pcaps=pcaps)
 
 
@@ -258,19 +278,16 @@ def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, byt
     router = Router()
     port_types = {p.name: p.type for p in config.ports}
     for ic in config.router.interfaces:
-        address = ipaddress.IPv4Interface(ic.address)
         layer3 = ic.port is not None and port_types[ic.port] == "tun"
         mac = None if layer3 else ic.mac or stable_mac(config.node.name, "router", ic.name)
         router.add_interface(
-            ic.name, address.ip.packed, address.network.prefixlen, mac=mac, mtu=ic.mtu, proxy_arp=ic.proxy_arp,
+            ic.name, ic.address.ip.packed, ic.address.network.prefixlen, mac=mac, mtu=ic.mtu, proxy_arp=ic.proxy_arp,
         )
     for rc in config.router.routes:
-        router.add_route(Network.parse(rc.to), via=ip_from_str(rc.via) if rc.via else None, interface=rc.interface)
+        router.add_route(rc.to, via=rc.via.packed if rc.via else None, interface=rc.interface)
     for nc in config.router.neighbours:
-        router.add_neighbour(nc.interface, ip_from_str(nc.address), nc.mac)
-    masquerade = tuple(
-        Masquerade(Network.parse(m.source), m.out, tuple(Network.parse(e) for e in m.exclude)) for m in config.nat.masquerade
-    )
+        router.add_neighbour(nc.interface, nc.address.packed, nc.mac)
+    masquerade = tuple(Masquerade(m.source, m.out, m.exclude) for m in config.nat.masquerade)
     if overlay is not None:
         assert oc is not None
         # The overlay is an L3 interface with flannel0's address; the whole cluster network is routed to it,
@@ -285,10 +302,7 @@ def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, byt
         router.nat = Nat(
             router,
             masquerade=masquerade,
-            forwards=tuple(
-                Forward(PROTO_TCP if f.protocol == "tcp" else PROTO_UDP, f.port, ip_from_str(f.to), f.to_port, f.interface)
-                for f in nat.forward
-            ),
+            forwards=tuple(Forward(f.protocol, f.port, f.to.packed, f.to_port, f.interface) for f in nat.forward),
             max_connections=nat.max_connections,
             max_per_source=nat.max_per_source,
         )
@@ -305,14 +319,14 @@ def _build_memory_port(config: Config, pc: PortConfig, pcaps: list[PcapWriter]) 
     port, far_end = MemoryPort.pair(pc.name, f"{pc.name}-host", mtu=pc.mtu)
     port = _with_pcap(port, pc, pcaps)
     mac = pc.host.mac or stable_mac(config.node.name, pc.name)
-    host = Host(f"{pc.name}-host", mac, pc.host.address, gateway=pc.host.gateway)
+    host = Host(f"{pc.name}-host", mac, str(pc.host.address), gateway=_text(pc.host.gateway))
     return port, HostRunner(host, far_end)
 
 
-async def _pinger(runner: HostRunner, targets: tuple[str, ...], interval: float) -> None:
+async def _pinger(runner: HostRunner, targets: tuple[IPv4Address, ...], interval: float) -> None:
     while True:
         for target in targets:
-            result = await runner.ping(target, timeout=interval)
+            result = await runner.ping(str(target), timeout=interval)
             if result.received:
                 log.info("%s: reply from %s in %.3f ms", runner.host.name, target, result.rtts[0] * 1e3)
             else:
