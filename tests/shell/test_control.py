@@ -26,10 +26,11 @@ from vswitch.control import capture as live_capture
 from vswitch.control import client, protocol, reports, server
 from vswitch.control.client import PcapRecords
 from vswitch.control.server import ControlServer
-from vswitch.core.actions import Transmit
+from vswitch.core.actions import DropReason, Transmit
 from vswitch.daemon import Node
 from vswitch.errors import ControlError
 from vswitch.shell.ports.pcap import PcapWriter
+from vswitch.shell.ports.udp import MemoryUnderlay
 
 MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 TIMEOUT = 5.0
@@ -221,6 +222,31 @@ async def test_show_stats_counts_forwarding_drops_and_tail_drops(tmp_path):
         assert any(line.split() == ["p1", "invalid-source", "60", bad[:14].hex()] for line in text.splitlines())
 
 
+async def test_show_stats_lists_every_drop_reason_unless_asked_for_those_that_counted(tmp_path):
+    async with running(tmp_path) as r:
+        bad = bytes.fromhex("ffffffffffff" "010000000001" "0800") + bytes(46)   # a multicast source: dropped
+        await r.host("p1").port.send_batch([bad])
+        await r.ping()   # after the bad frame on the same link: it has been judged
+        every = await r.ask(command="show", what="stats")
+        assert list(every["drops"]) == [str(reason) for reason in DropReason]
+        counted = await r.ask(command="show", what="stats", nonzero=True)
+        assert counted["drops"] == {"invalid-source": 1}
+        assert format.format_stats(counted).splitlines()[2:4] == ["drops:", "  reason          frames"]
+        assert "drops: none" in format.format_stats({**counted, "drops": {}})
+        with pytest.raises(ControlError, match=r"^show: 'nonzero' must be true or false, got 1$"):
+            await r.ask(command="show", what="stats", nonzero=1)
+
+
+async def test_a_static_entry_shows_the_same_age_in_the_table_as_in_json(tmp_path):
+    async with running(tmp_path) as r:
+        now = trio.current_time()
+        r.node.switch.core.add_static(bytes.fromhex("020000000063"), "p2", now=now)
+        [entry] = [e for e in await reports.show_fdb(r.node, now=now + 42.5) if e["static"]]
+        assert entry["age"] == 42.5
+        [row] = [line.split() for line in format.format_fdb([entry]).splitlines() if "static" in line]
+        assert row == ["p2", "02:00:00:00:00:63", "static", "42"]
+
+
 # -- the protocol's refusals -----------------------------------------------------------
 
 
@@ -303,6 +329,63 @@ async def test_attach_on_a_node_without_it_is_a_clear_error(tmp_path):
             await client.request(path, {"command": "attach", "netns": "c1", "name": "c1", "address": "10.0.0.2/24"})
         with pytest.raises(ControlError, match="detach is not available"):
             await client.request(path, {"command": "detach", "name": "c1"})
+        nursery.cancel_scope.cancel()
+
+
+async def test_attach_fields_are_checked_as_the_config_checks_a_port(tmp_path):
+    async with running(tmp_path) as r:
+        with pytest.raises(ControlError, match=r"^attach: address: '10.1.0.9' needs a prefix length, like 10.0.0.1/24$"):
+            await r.ask(command="attach", netns="c1", name="c9", address="10.1.0.9")
+        with pytest.raises(ControlError, match=r"^attach: gateway: '10.1.0' is not an IPv4 address$"):
+            await r.ask(command="attach", netns="c1", name="c9", address="10.1.0.9/24", gateway="10.1.0")
+        with pytest.raises(ControlError, match=r"^attach: netns: '\.\.' is not a network namespace name"):
+            await r.ask(command="attach", netns="..", name="c9", address="10.1.0.9/24")
+        with pytest.raises(ControlError, match=r"^attach: mtu: must be between 68 and 65535, got 9$"):
+            await r.ask(command="attach", netns="c1", name="c9", address="10.1.0.9/24", mtu=9)
+        assert [p["name"] for p in await r.ask(command="show", what="ports")] == ["p1", "p2"]   # none reached it
+
+
+def test_attach_check_names_the_field():
+    protocol.check_attach({"netns": "c1", "name": "c9", "address": "10.0.0.9/24", "gateway": None, "mtu": None})
+    with pytest.raises(config.ConfigError) as refused:
+        protocol.check_attach({"netns": "c1", "name": "a-name-too-long-for-linux", "address": "10.0.0.9/24"})
+    assert refused.value.key == "name"
+
+
+DROP_IN = """
+[node]
+control = "{control}"
+[overlay]
+backend = "udp"
+network = "10.244.0.0/16"
+subnet = "10.244.1.0/24"
+public_ip = "10.99.0.1"
+device = "flannel0"
+"""
+
+
+async def test_drop_in_mode_asks_the_host_for_what_it_has_no_table_of(tmp_path):
+    """Drop-in mode has no bridge and no router, and its config may not have them (the validator refuses a
+    [router] there): `show` says where to look instead, never to add what would be refused."""
+    with pytest.raises(config.ConfigError, match=r"drop-in mode hands containers and routing to the host kernel"):
+        config.loads(DROP_IN.format(control=tmp_path / "x.sock") + '[[router.interfaces]]\nname = "gw"\n'
+                     'address = "10.244.1.1/24"\n')
+    node = daemon.build(config.loads(DROP_IN.format(control=tmp_path / "ctl.sock")), underlay=MemoryUnderlay())
+    path = str(tmp_path / "ctl.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(node, path).run)   # its devices stay closed: nothing here needs root
+        for what, ask in (("routes", "ip route"), ("arp", "ip neigh"), ("nat", "iptables -t nat -L -n")):
+            with pytest.raises(ControlError) as refused:
+                await client.request(path, {"command": "show", "what": what})
+            assert str(refused.value) == ("this daemon runs the overlay in drop-in mode on flannel0: the host kernel"
+                                          f" routes, resolves and masquerades for it; ask the host (`{ask}`)")
+        with pytest.raises(ControlError, match=r"drop-in mode on flannel0: it has no bridge, .*`show peers`"):
+            await client.request(path, {"command": "show", "what": "fdb"})
+        [underlay] = await client.request(path, {"command": "show", "what": "ports"})
+        assert (underlay["name"], underlay["bridge"], underlay["router_interface"]) == ("underlay", None, None)
+        stats = await client.request(path, {"command": "show", "what": "stats"})
+        assert (stats["bridge"], stats["router"], stats["ports"]) == (None, None, {})
+        assert format.format_stats(stats).startswith("bridge: none (drop-in mode)")
         nursery.cancel_scope.cancel()
 
 
