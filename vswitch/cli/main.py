@@ -17,6 +17,8 @@ from vswitch.errors import DeviceError, PcapError
 from . import logs
 
 INTERRUPTED = 128 + signal.SIGINT   # the exit status of a command stopped by Ctrl-C, as shells report it
+ANSWERED = ("show", "attach", "detach", "reload")   # the commands whose answers --json prints
+ATTACH_FLAGS = {"netns": "NETNS", "name": "--name", "address": "--address", "gateway": "--gateway", "mtu": "--mtu"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,11 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     except* KeyboardInterrupt:   # Ctrl-C before a command took SIGINT over (importing, loading, ...)
         pass
     return INTERRUPTED
-
-
-DAEMON_COMMANDS = ("show", "capture", "attach", "detach", "reload")   # the commands that talk to a running daemon
-ANSWERED = ("show", "attach", "detach", "reload")                     # their answers are what --json prints
-ATTACH_FLAGS = {"netns": "NETNS", "name": "--name", "address": "--address", "gateway": "--gateway", "mtu": "--mtu"}
 
 
 def _command(argv: list[str] | None) -> int:

@@ -18,6 +18,7 @@ from .protocol import (
     CLIENT_TIMEOUT,
     MAX_REQUEST,
     MAX_RESPONSE,
+    Request,
     encode,
     parse_response,
     read_line,
@@ -54,7 +55,7 @@ async def connect(path: str) -> trio.SocketStream:
         raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
 
 
-async def request(path: str, message: dict[str, Any], *, timeout: float = CLIENT_TIMEOUT) -> Any:
+async def request(path: str, message: Request, *, timeout: float = CLIENT_TIMEOUT) -> Any:
     """Send one request to the daemon on ``path``; its result, or ControlError with its message."""
     try:
         with trio.fail_after(timeout):
@@ -119,7 +120,7 @@ async def capture(
     daemon stopped); cancel it to stop early. ``out`` only ever receives
     whole records; ``records.records`` counts them, also after a cancel.
     """
-    message: dict[str, Any] = {"command": "capture", "port": port}
+    message: Request = {"command": "capture", "port": port}
     if count is not None:
         message["count"] = count
     records = records if records is not None else PcapRecords()

@@ -98,12 +98,10 @@ def field(request: Request, key: str, type_: type, *, required: bool = True) -> 
     return value
 
 
-ATTACH_FIELDS = ("netns", "name", "address", "gateway", "mtu")
-
-
 def check_attach(fields: dict[str, Any]) -> None:
-    """Check an attach's fields (:data:`ATTACH_FIELDS`) as the config checks a ``[[ports]]`` entry of type tap,
-    so that a bad address or name is refused before iproute2 sees it. ConfigError's key is the field's name."""
+    """Check an attach's fields (netns, name, address, gateway, mtu; None: absent) as the config checks a
+    ``[[ports]]`` entry of type tap, so that a bad address or name is refused before iproute2 sees it; the server
+    checks them for every client, the command line before it asks. ConfigError's key is the field's name."""
     port = {"type": "tap", **{key: value for key, value in fields.items() if value is not None}}
     try:
         config.parse({"ports": [port]})

@@ -50,8 +50,8 @@ class NodeView(Protocol):
 
 def show_ports(node: NodeView) -> list[Row]:
     switch = node.switch
-    bridge = _bridge_statistics(node)
-    bridge_ports = bridge.ports if bridge is not None else {}
+    stats = _bridge_statistics(node)
+    bridge_ports = stats.ports if stats is not None else {}
     interface_of: Callable[[str], str | None] = getattr(switch.core, "interface_of", lambda name: None)
     ports = []
     for status in switch.port_status():

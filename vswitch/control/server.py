@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 
 MAX_REQUESTS = 16                # concurrent connections that are not (yet) captures
 MAX_CAPTURES = 16                # concurrent captures, apart from the requests
-
-
 SHOWS = ("ports", "fdb", "arp", "routes", "nat", "peers", "stats")   # what `show` reports
 
 
