@@ -19,13 +19,18 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import rdpcap
 
-from vswitch import config, control, daemon
+from vswitch import config, daemon
+from vswitch.cli import format
 from vswitch.cli.main import main
-from vswitch.control import ControlServer, PcapRecords
-from vswitch.core.actions import Transmit
+from vswitch.control import capture as live_capture
+from vswitch.control import client, protocol, reports, server
+from vswitch.control.client import PcapRecords
+from vswitch.control.server import ControlServer
+from vswitch.core.actions import DropReason, Transmit
 from vswitch.daemon import Node
 from vswitch.errors import ControlError
 from vswitch.shell.ports.pcap import PcapWriter
+from vswitch.shell.ports.udp import MemoryUnderlay
 
 MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 TIMEOUT = 5.0
@@ -63,7 +68,7 @@ class Running:
         assert result.received == count
 
     async def ask(self, **message) -> object:
-        return await control.request(self.path, message)
+        return await client.request(self.path, message)
 
 
 @asynccontextmanager
@@ -86,7 +91,7 @@ async def exchange(path: str, data: bytes) -> dict:
     with trio.fail_after(TIMEOUT):
         async with await trio.open_unix_socket(path) as stream:
             await stream.send_all(data)
-            line, _ = await control._read_line(stream, control.MAX_RESPONSE, "response")
+            line, _ = await protocol.read_line(stream, protocol.MAX_RESPONSE, "response")
     return json.loads(line)
 
 
@@ -115,11 +120,11 @@ async def test_show_fdb_lists_learned_and_static_entries_with_age(tmp_path):
         assert all(0 <= e["age"] < TIMEOUT for e in entries.values())
         assert [e["port"] for e in result] == ["p1", "p2", "p2"]  # sorted by port, then MAC
 
-        text = control.format_fdb(result)
+        text = format.format_fdb(result)
         lines = text.splitlines()
         assert lines[0].split() == ["port", "mac", "type", "age"]
         assert lines[1].split() == ["p1", MAC1, "learned", "0"]
-        assert lines[3].split() == ["p2", "02:00:00:00:00:63", "static", "-"]
+        assert lines[3].split() == ["p2", "02:00:00:00:00:63", "static", "0"]   # its age, as --json gives it
         assert {line.index("02:") for line in lines[1:4]} == {lines[0].index("mac")}  # aligned columns
         assert lines[-1] == "3 entries"
 
@@ -130,7 +135,7 @@ async def test_a_long_listing_comes_whole_while_the_ports_keep_forwarding(tmp_pa
     async with running(tmp_path) as r:
         await r.ping()   # both hosts learned
         now = trio.current_time()
-        macs = [bytes([2, 0, 0, 1]) + i.to_bytes(2, "big") for i in range(5 * control.LISTING_SLICE)]
+        macs = [bytes([2, 0, 0, 1]) + i.to_bytes(2, "big") for i in range(5 * reports.LISTING_SLICE)]
         for mac in macs:
             r.node.switch.core.add_static(mac, "p2", now=now)
         async with trio.open_nursery() as nursery:
@@ -144,11 +149,11 @@ async def test_fdb_age_is_seconds_since_the_last_frame(tmp_path):
     async with running(tmp_path) as r:
         await r.ping()
         learned = {e.mac.hex(":"): e.updated for e in r.node.switch.core.fdb}
-        result = await control.show_fdb(r.node, now=learned[MAC1] + 42.25)
+        result = await reports.show_fdb(r.node, now=learned[MAC1] + 42.25)
         ages = {e["mac"]: e["age"] for e in result}
         assert ages[MAC1] == 42.25
         assert ages[MAC2] == round(learned[MAC1] + 42.25 - learned[MAC2], 3)
-        assert control.format_fdb(result).splitlines()[1].split()[-1] == "42"
+        assert format.format_fdb(result).splitlines()[1].split()[-1] == "42"
 
 
 async def test_show_ports_matches_what_the_hosts_sent_and_received(tmp_path):
@@ -168,7 +173,7 @@ async def test_show_ports_matches_what_the_hosts_sent_and_received(tmp_path):
                                      "sent_batches": p["tx_queue"]["sent_batches"]}
             assert p["bridge"]["rx_frames"] == p["rx"]["frames"]
 
-        text = control.format_ports(result)
+        text = format.format_ports(result)
         header, row1, row2 = text.splitlines()
         assert header.split()[:4] == ["port", "type", "state", "rx-frames"]
         assert row1.split()[:4] == ["p1", "memory", "up", str(ports["p1"]["rx"]["frames"])]
@@ -198,12 +203,12 @@ async def test_show_stats_counts_forwarding_drops_and_tail_drops(tmp_path):
         assert result["captures"] == []
         # the control socket's own counters; the client asking is the one active request
         assert result["control"] == {
-            "requests": {"limit": control.MAX_REQUESTS, "active": 1, "refused": 0},
-            "captures": {"limit": control.MAX_CAPTURES, "active": 0, "refused": 0},
+            "requests": {"limit": server.MAX_REQUESTS, "active": 1, "refused": 0},
+            "captures": {"limit": server.MAX_CAPTURES, "active": 0, "refused": 0},
             "timed_out": 0, "stalled": 0, "failed": 0,
         }
 
-        text = control.format_stats(result)
+        text = format.format_stats(result)
         assert ("control: 1/16 requests, 0/16 captures; refused 0 requests, 0 captures;"
                 " 0 timed out, 0 stalled, 0 failed") in text.splitlines()
         assert "bridge: 9 unicast, 1 flooded" in text
@@ -215,6 +220,31 @@ async def test_show_stats_counts_forwarding_drops_and_tail_drops(tmp_path):
             {"port": "p1", "reason": "invalid-source", "bytes": len(bad), "head": bad[:14].hex()}
         ]
         assert any(line.split() == ["p1", "invalid-source", "60", bad[:14].hex()] for line in text.splitlines())
+
+
+async def test_show_stats_lists_every_drop_reason_unless_asked_for_those_that_counted(tmp_path):
+    async with running(tmp_path) as r:
+        bad = bytes.fromhex("ffffffffffff" "010000000001" "0800") + bytes(46)   # a multicast source: dropped
+        await r.host("p1").port.send_batch([bad])
+        await r.ping()   # after the bad frame on the same link: it has been judged
+        every = await r.ask(command="show", what="stats")
+        assert list(every["drops"]) == [str(reason) for reason in DropReason]
+        counted = await r.ask(command="show", what="stats", nonzero=True)
+        assert counted["drops"] == {"invalid-source": 1}
+        assert format.format_stats(counted).splitlines()[2:4] == ["drops:", "  reason          frames"]
+        assert "drops: none" in format.format_stats({**counted, "drops": {}})
+        with pytest.raises(ControlError, match=r"^show: 'nonzero' must be true or false, got 1$"):
+            await r.ask(command="show", what="stats", nonzero=1)
+
+
+async def test_a_static_entry_shows_the_same_age_in_the_table_as_in_json(tmp_path):
+    async with running(tmp_path) as r:
+        now = trio.current_time()
+        r.node.switch.core.add_static(bytes.fromhex("020000000063"), "p2", now=now)
+        [entry] = [e for e in await reports.show_fdb(r.node, now=now + 42.5) if e["static"]]
+        assert entry["age"] == 42.5
+        [row] = [line.split() for line in format.format_fdb([entry]).splitlines() if "static" in line]
+        assert row == ["p2", "02:00:00:00:00:63", "static", "42"]
 
 
 # -- the protocol's refusals -----------------------------------------------------------
@@ -249,7 +279,7 @@ async def test_malformed_request_is_refused(tmp_path, data, message):
 async def test_oversized_request_is_refused(tmp_path):
     async with running(tmp_path) as r:
         response = await exchange(r.path, b'{"command": "show", "what": "' + b"x" * 20000)
-        assert response == {"ok": False, "error": f"request too long (more than {control.MAX_REQUEST} bytes)"}
+        assert response == {"ok": False, "error": f"request too long (more than {protocol.MAX_REQUEST} bytes)"}
 
 
 async def test_silent_client_times_out(tmp_path):
@@ -267,7 +297,7 @@ async def test_clients_beyond_the_cap_are_refused(tmp_path):
                 async with await trio.open_unix_socket(r.path):
                     pass
             await idle.send_all(b'{"command": "show", "what": "ports"}\n')
-            line, _ = await control._read_line(idle, control.MAX_RESPONSE, "response")
+            line, _ = await protocol.read_line(idle, protocol.MAX_RESPONSE, "response")
             assert json.loads(line)["ok"] is True
         assert r.server.statistics().requests.refused == 4
 
@@ -296,9 +326,66 @@ async def test_attach_on_a_node_without_it_is_a_clear_error(tmp_path):
     async with trio.open_nursery() as nursery:
         await nursery.start(ControlServer(OldNode(real.switch, real.config), path).run)
         with pytest.raises(ControlError, match="attach is not available"):
-            await control.request(path, {"command": "attach", "netns": "c1", "name": "c1", "address": "10.0.0.2/24"})
+            await client.request(path, {"command": "attach", "netns": "c1", "name": "c1", "address": "10.0.0.2/24"})
         with pytest.raises(ControlError, match="detach is not available"):
-            await control.request(path, {"command": "detach", "name": "c1"})
+            await client.request(path, {"command": "detach", "name": "c1"})
+        nursery.cancel_scope.cancel()
+
+
+async def test_attach_fields_are_checked_as_the_config_checks_a_port(tmp_path):
+    async with running(tmp_path) as r:
+        with pytest.raises(ControlError, match=r"^attach: address: '10.1.0.9' needs a prefix length, like 10.0.0.1/24$"):
+            await r.ask(command="attach", netns="c1", name="c9", address="10.1.0.9")
+        with pytest.raises(ControlError, match=r"^attach: gateway: '10.1.0' is not an IPv4 address$"):
+            await r.ask(command="attach", netns="c1", name="c9", address="10.1.0.9/24", gateway="10.1.0")
+        with pytest.raises(ControlError, match=r"^attach: netns: '\.\.' is not a network namespace name"):
+            await r.ask(command="attach", netns="..", name="c9", address="10.1.0.9/24")
+        with pytest.raises(ControlError, match=r"^attach: mtu: must be between 68 and 65535, got 9$"):
+            await r.ask(command="attach", netns="c1", name="c9", address="10.1.0.9/24", mtu=9)
+        assert [p["name"] for p in await r.ask(command="show", what="ports")] == ["p1", "p2"]   # none reached it
+
+
+def test_attach_check_names_the_field():
+    protocol.check_attach({"netns": "c1", "name": "c9", "address": "10.0.0.9/24", "gateway": None, "mtu": None})
+    with pytest.raises(config.ConfigError) as refused:
+        protocol.check_attach({"netns": "c1", "name": "a-name-too-long-for-linux", "address": "10.0.0.9/24"})
+    assert refused.value.key == "name"
+
+
+DROP_IN = """
+[node]
+control = "{control}"
+[overlay]
+backend = "udp"
+network = "10.244.0.0/16"
+subnet = "10.244.1.0/24"
+public_ip = "10.99.0.1"
+device = "flannel0"
+"""
+
+
+async def test_drop_in_mode_asks_the_host_for_what_it_has_no_table_of(tmp_path):
+    """Drop-in mode has no bridge and no router, and its config may not have them (the validator refuses a
+    [router] there): `show` says where to look instead, never to add what would be refused."""
+    with pytest.raises(config.ConfigError, match=r"drop-in mode hands containers and routing to the host kernel"):
+        config.loads(DROP_IN.format(control=tmp_path / "x.sock") + '[[router.interfaces]]\nname = "gw"\n'
+                     'address = "10.244.1.1/24"\n')
+    node = daemon.build(config.loads(DROP_IN.format(control=tmp_path / "ctl.sock")), underlay=MemoryUnderlay())
+    path = str(tmp_path / "ctl.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(node, path).run)   # its devices stay closed: nothing here needs root
+        for what, ask in (("routes", "ip route"), ("arp", "ip neigh"), ("nat", "iptables -t nat -L -n")):
+            with pytest.raises(ControlError) as refused:
+                await client.request(path, {"command": "show", "what": what})
+            assert str(refused.value) == ("this daemon runs the overlay in drop-in mode on flannel0: the host kernel"
+                                          f" routes, resolves and masquerades for it; ask the host (`{ask}`)")
+        with pytest.raises(ControlError, match=r"drop-in mode on flannel0: it has no bridge, .*`show peers`"):
+            await client.request(path, {"command": "show", "what": "fdb"})
+        [underlay] = await client.request(path, {"command": "show", "what": "ports"})
+        assert (underlay["name"], underlay["bridge"], underlay["router_interface"]) == ("underlay", None, None)
+        stats = await client.request(path, {"command": "show", "what": "stats"})
+        assert (stats["bridge"], stats["router"], stats["ports"]) == (None, None, {})
+        assert format.format_stats(stats).startswith("bridge: none (drop-in mode)")
         nursery.cancel_scope.cancel()
 
 
@@ -312,7 +399,7 @@ async def test_socket_is_private_and_removed_on_shutdown(tmp_path):
         assert stat.S_IMODE(info.st_mode) == 0o600
     assert not os.path.exists(r.path)
     with pytest.raises(ControlError, match="no daemon is listening on"):
-        await control.request(r.path, {"command": "show", "what": "ports"})
+        await client.request(r.path, {"command": "show", "what": "ports"})
 
 
 async def test_stale_socket_file_is_replaced(tmp_path):
@@ -323,7 +410,7 @@ async def test_stale_socket_file_is_replaced(tmp_path):
     dead.close()
     with pytest.raises(ControlError, match=r"no daemon is listening on .*\(is `vswitch run` running\? "
                                            r"is \[node\] control set\?\)"):
-        await control.request(str(path), {"command": "show", "what": "ports"})
+        await client.request(str(path), {"command": "show", "what": "ports"})
     async with running(tmp_path) as r:
         assert await r.ask(command="show", what="fdb") == []
 
@@ -348,14 +435,14 @@ async def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path):
 
 async def test_client_errors_name_the_cause(tmp_path, monkeypatch):
     with pytest.raises(ControlError, match=r"no daemon is listening on .*missing\.sock"):
-        await control.request(str(tmp_path / "missing.sock"), {"command": "show", "what": "fdb"})
+        await client.request(str(tmp_path / "missing.sock"), {"command": "show", "what": "fdb"})
 
     async def denied(path):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(trio, "open_unix_socket", denied)
     with pytest.raises(ControlError, match=r"permission denied on .*run this as root"):
-        await control.request(str(tmp_path / "root.sock"), {"command": "show", "what": "fdb"})
+        await client.request(str(tmp_path / "root.sock"), {"command": "show", "what": "fdb"})
 
 
 # -- capture --------------------------------------------------------------------------------
@@ -386,7 +473,7 @@ async def test_capture_streams_a_pcap_of_the_ping(tmp_path):
         written = []
 
         async def capture():
-            written.append(await control.capture(r.path, "p1", sink, count=6))
+            written.append(await client.capture(r.path, "p1", sink, count=6))
             done.set()
 
         async with trio.open_nursery() as nursery:
@@ -418,7 +505,7 @@ async def test_capture_count_cuts_a_batch(tmp_path):
         written = []
         async with trio.open_nursery() as nursery:
             async def capture():
-                written.append(await control.capture(r.path, "p1", sink, count=3))
+                written.append(await client.capture(r.path, "p1", sink, count=3))
 
             nursery.start_soon(capture)
             with trio.fail_after(TIMEOUT):
@@ -433,7 +520,7 @@ async def test_slow_capture_reader_loses_counted_frames_and_never_blocks_the_swi
     async with running(tmp_path, capture_frames=64, capture_bytes=1 << 20) as r:
         async with await trio.open_unix_socket(r.path) as reader:  # asks, then never reads
             await reader.send_all(b'{"command": "capture", "port": "p1"}\n')
-            line, _ = await control._read_line(reader, 1000, "response")  # the monitor is in place
+            line, _ = await protocol.read_line(reader, 1000, "response")  # the monitor is in place
             assert json.loads(line)["ok"] is True
             # 64 batches of 64 frames of 1400 bytes: far more than the socket and the capture buffer hold.
             burst = bytes.fromhex("020000000002" "020000000001" "88b5") + bytes(1386)
@@ -459,7 +546,7 @@ async def test_capture_ends_when_its_port_is_detached(tmp_path):
         written = []
         async with trio.open_nursery() as nursery:
             async def capture():
-                written.append(await control.capture(r.path, "p2", sink))
+                written.append(await client.capture(r.path, "p2", sink))
 
             nursery.start_soon(capture)
             with trio.fail_after(TIMEOUT):
@@ -472,9 +559,9 @@ async def test_capture_ends_when_its_port_is_detached(tmp_path):
 async def test_capture_of_an_unknown_port_is_refused(tmp_path):
     async with running(tmp_path) as r:
         with pytest.raises(ControlError, match=r"no port named 'p9' \(ports: p1, p2\)"):
-            await control.capture(r.path, "p9", io.BytesIO())
+            await client.capture(r.path, "p9", io.BytesIO())
         with pytest.raises(ControlError, match="count must be at least 1"):
-            await control.capture(r.path, "p1", io.BytesIO(), count=0)
+            await client.capture(r.path, "p1", io.BytesIO(), count=0)
 
 
 async def test_capture_ends_at_daemon_shutdown(tmp_path):
@@ -483,7 +570,7 @@ async def test_capture_ends_at_daemon_shutdown(tmp_path):
     async with trio.open_nursery() as outer:
         async with running(tmp_path) as r:
             async def capture():
-                written.append(await control.capture(r.path, "p1", sink))
+                written.append(await client.capture(r.path, "p1", sink))
 
             outer.start_soon(capture)
             with trio.fail_after(TIMEOUT):
@@ -532,7 +619,7 @@ async def test_idle_captures_never_lock_out_show_and_are_ended_when_they_stall(t
     async with running(tmp_path, stall_timeout=stall, capture_frames=64) as r, AsyncExitStack() as stack:
         reader = Sink()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(control.capture, r.path, "p1", reader)  # takes everything it is sent
+            nursery.start_soon(client.capture, r.path, "p1", reader)  # takes everything it is sent
             await reader.started.wait()
             idle = await idle_clients(r.path, 19, CAPTURE_P1, stack)
             started = trio.current_time()
@@ -569,7 +656,7 @@ async def test_silent_clients_time_out_while_captures_carry_on(tmp_path, autojum
     async with running(tmp_path, timeout=10.0) as r, AsyncExitStack() as stack:
         reader = Sink()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(control.capture, r.path, "p1", reader)
+            nursery.start_soon(client.capture, r.path, "p1", reader)
             await reader.started.wait()  # a capture: no longer a request
             started = trio.current_time()
             silent = await idle_clients(r.path, 20, b"", stack)
@@ -592,7 +679,7 @@ async def test_a_quiet_ports_capture_is_not_a_stalled_one(tmp_path, autojump_clo
     async with running(tmp_path, stall_timeout=10.0) as r:
         reader = Sink()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(control.capture, r.path, "p1", reader)
+            nursery.start_soon(client.capture, r.path, "p1", reader)
             await reader.started.wait()
             await trio.sleep(60)  # six stall timeouts (virtual) without a frame on p1
             assert records_in(reader.getvalue()) == 0
@@ -610,14 +697,14 @@ async def test_a_failing_handler_costs_its_client_only(tmp_path, monkeypatch, ca
     async def boom(server, request):
         raise RuntimeError("handler on purpose")
 
-    monkeypatch.setitem(control.COMMANDS, "boom", boom)
+    monkeypatch.setitem(server.COMMANDS, "boom", boom)
     async with running(tmp_path) as r:
         for _ in range(3):
             with pytest.raises(ControlError, match=r"^internal error in boom: RuntimeError\('handler on purpose'\)$"):
                 await r.ask(command="boom")
         stats = await r.ask(command="show", what="stats")  # the server carries on
         assert stats["control"]["failed"] == 3
-        assert "0 timed out, 0 stalled, 3 failed" in control.format_stats(stats)
+        assert "0 timed out, 0 stalled, 3 failed" in format.format_stats(stats)
     [record] = tracebacks(caplog, "handler on purpose")  # logged once for its place, with its traceback
     assert record.getMessage().startswith("control command 'boom' failed")
 
@@ -629,7 +716,7 @@ async def test_a_failing_capture_costs_its_client_only(tmp_path, monkeypatch, ca
         written = {}
 
         async def capture(name, sink):
-            written[name] = await control.capture(r.path, "p1", sink)
+            written[name] = await client.capture(r.path, "p1", sink)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(capture, "broken", broken)
@@ -657,7 +744,7 @@ async def test_a_failing_capture_costs_its_client_only(tmp_path, monkeypatch, ca
             def write(self, frames):
                 raise RuntimeError("stream on purpose")
 
-        monkeypatch.setattr(control, "PcapWriter", BrokenWriter)
+        monkeypatch.setattr(live_capture, "PcapWriter", BrokenWriter)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(capture, "stream", Sink())
             await wait_until(lambda: r.server.captures, "the capture to start")

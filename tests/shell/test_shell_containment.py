@@ -272,7 +272,9 @@ async def test_the_faults_pcap_is_made_at_the_first_fault_and_bounded(tmp_path, 
 
 
 async def test_a_daemon_reports_its_contained_faults_and_where_their_frames_are(tmp_path):
-    from vswitch import config, control, daemon
+    from vswitch import config, daemon
+    from vswitch.cli import format
+    from vswitch.control import client
 
     path = tmp_path / "ctl.sock"
     node = daemon.build(config.loads(f"""
@@ -304,7 +306,7 @@ host = {{ address = "10.1.0.2/24" }}
         await trio.testing.wait_all_tasks_blocked()
         assert (await p1.ping("10.1.0.2", timeout=2.0)).received == 1   # the daemon forwards on
 
-        stats = await control.request(str(path), {"command": "show", "what": "stats"})
+        stats = await client.request(str(path), {"command": "show", "what": "stats"})
         assert stats["drops"]["internal-error"] == 1
         faults = stats["faults"]
         assert faults["by_site"] == [{"site": "core", "port": "p1", "faults": 1}]
@@ -312,7 +314,7 @@ host = {{ address = "10.1.0.2/24" }}
         assert faults["recent"][0]["error"] == "IndexError('on purpose')"
         assert {"port": "p1", "reason": "internal-error", "bytes": len(bad), "head": bad[:14].hex()} \
             in stats["recent_drops"]
-        text = control.format_stats(stats)
+        text = format.format_stats(stats)
         assert f"internal errors: 1 batches lost to bugs, contained; their frames are in {faults['pcap']}" in text
         nursery.cancel_scope.cancel()
     assert pcap_frames(tmp_path / "t1.internal-errors.pcap") == [bad]

@@ -13,8 +13,9 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from shellkit import host, watch
 
-from vswitch import config, control, daemon
-from vswitch.cli import demo
+from vswitch import config, daemon
+from vswitch.cli import demo, format
+from vswitch.control import client, reports
 from vswitch.core.actions import DropReason
 from vswitch.core.wire.addr import ip_from_str
 from vswitch.errors import ControlError
@@ -154,7 +155,7 @@ async def test_every_host_pings_every_other_across_the_bridge_and_the_overlay(ba
         }
         # Per node: 4 echo requests to the other node's hosts and 4 replies to its pings; ARP never crosses.
         for n, other in ((1, "10.244.2.0/24"), (2, "10.244.1.0/24")):
-            shown = control.show_peers(nodes[n])
+            shown = reports.show_peers(nodes[n])
             (p,) = shown["peers"]
             size = PING_IP_BYTES + INNER_OVERHEAD[backend]
             assert p["subnet"] == other
@@ -163,9 +164,9 @@ async def test_every_host_pings_every_other_across_the_bridge_and_the_overlay(ba
             assert shown["statistics"]["encapsulated"] == shown["statistics"]["decapsulated"] == 8
             assert shown["drops"] == {}
 
-        before = control.show_peers(nodes[1])["peers"][0]
+        before = reports.show_peers(nodes[1])["peers"][0]
         await ping(nodes[1], "c2", "10.244.2.3", count=3)
-        after = control.show_peers(nodes[1])["peers"][0]
+        after = reports.show_peers(nodes[1])["peers"][0]
         assert after["tx_packets"] == before["tx_packets"] + 3
         assert after["rx_packets"] == before["rx_packets"] + 3
 
@@ -191,7 +192,7 @@ async def test_a_stranger_is_dropped_and_counted_while_traffic_continues(backend
             assert c1.stats.echo_requests == answered      # never reached the host
             assert node1.overlay.drop_counts() == {DropReason.UNKNOWN_PEER: 1}
             assert node1.switch.drop_counts()[DropReason.UNKNOWN_PEER] == 1
-            shown = control.show_peers(node1)
+            shown = reports.show_peers(node1)
             assert shown["drops"] == {"overlay-unknown-peer": 1}
             assert shown["peers"][0]["rx_dropped"] == 0      # not charged to a peer it did not come from
             assert [(d.port, d.reason) for d in node1.switch.recent_drops] == [("underlay", DropReason.UNKNOWN_PEER)]
@@ -217,7 +218,7 @@ async def test_a_cluster_address_without_a_lease_gets_net_unreachable(backend):
         assert (error[IPerror].src, error[IPerror].dst) == ("10.244.1.2", "10.244.9.9")   # it quotes the ping
         assert node1.overlay.drop_counts() == {DropReason.NO_LEASE: 1}
         assert node1.router.statistics().icmp_sent["net-unreachable"] == 1
-        assert control.show_peers(node1)["peers"][0]["tx_packets"] == 0   # nothing went to a peer
+        assert reports.show_peers(node1)["peers"][0]["tx_packets"] == 0   # nothing went to a peer
         await ping(node1, "c1", "10.244.2.2")                                # and the overlay still works
 
 
@@ -279,7 +280,7 @@ async def test_show_peers_and_stats_over_the_control_socket(backend, tmp_path):
         await expect_net_unreachable(node1, "c1", "10.244.7.1")
         path = node1.config.node.control
 
-        shown = await control.request(path, {"command": "show", "what": "peers"})
+        shown = await client.request(path, {"command": "show", "what": "peers"})
         lease = shown["lease"]
         assert (lease["backend"], lease["subnet"], lease["network"], lease["public_ip"], lease["mode"]) == (
             backend, "10.244.1.0/24", "10.244.0.0/16", "10.99.0.1", "router")
@@ -291,7 +292,7 @@ async def test_show_peers_and_stats_over_the_control_socket(backend, tmp_path):
         assert (p["tx_packets"], p["rx_packets"]) == (3, 3) and p["tx_bytes"] > 0 and p["rx_bytes"] > 0
         assert shown["drops"] == {"overlay-no-lease": 1}
 
-        lines = control.format_peers(shown).splitlines()
+        lines = format.format_peers(shown).splitlines()
         assert lines[0].startswith(f"this node: 10.244.1.0/24 of 10.244.0.0/16 at 10.99.0.1:{lease['port']} ({backend}")
         assert lines[1].split() == ["subnet", "endpoint", "vtep-mac", "tx-packets", "tx-bytes", "rx-packets",
                                     "rx-bytes", "rx-refused"]
@@ -299,11 +300,11 @@ async def test_show_peers_and_stats_over_the_control_socket(backend, tmp_path):
                                     str(p["tx_bytes"]), "3", str(p["rx_bytes"]), "0"]
         assert lines[3:] == ["1 peer", "refused: 1 overlay-no-lease"]
 
-        stats = await control.request(path, {"command": "show", "what": "stats"})
+        stats = await client.request(path, {"command": "show", "what": "stats"})
         assert stats["overlay"] == {"encapsulated": 3, "decapsulated": 3, "icmp_sent": {}, "icmp_rate_limited": 0}
         assert stats["drops"]["overlay-no-lease"] == 1 and stats["drops"]["overlay-unknown-peer"] == 0
         assert stats["router"]["icmp_sent"]["net-unreachable"] == 1
-        assert "overlay: 3 encapsulated, 3 decapsulated; icmp sent: none" in control.format_stats(stats)
+        assert "overlay: 3 encapsulated, 3 decapsulated; icmp sent: none" in format.format_stats(stats)
 
 
 async def test_reload_over_the_control_socket(tmp_path):
@@ -313,11 +314,11 @@ async def test_reload_over_the_control_socket(tmp_path):
         await ping(node1, "c1", "10.244.2.2")
         to_node2 = peer(node1, "10.244.2.0/24")
 
-        unchanged = await control.request(path, {"command": "reload"})
+        unchanged = await client.request(path, {"command": "reload"})
         assert unchanged == {"config": str(config_file), "added": [], "removed": [], "changed": [], "unchanged": 1}
 
         config_file.write_text(node_toml(1, "udp", [2, 3], control_path=Path(path)))
-        result = await control.request(path, {"command": "reload"})
+        result = await client.request(path, {"command": "reload"})
         assert result == {"config": str(config_file), "added": ["10.244.3.0/24 at 10.99.0.3"], "removed": [],
                           "changed": [], "unchanged": 1}
         assert peer(node1, "10.244.2.0/24") is to_node2 and to_node2.counters.tx_packets == 1
@@ -333,16 +334,16 @@ async def test_reload_over_the_control_socket(tmp_path):
         for text, key in refusals:
             config_file.write_text(text)    # each also drops node3's lease: none of it may happen
             with pytest.raises(ControlError, match=rf"^reload: .*{key}.* changed: a restart takes"):
-                await control.request(path, {"command": "reload"})
+                await client.request(path, {"command": "reload"})
             assert node1.config is running
             assert [str(p.lease.subnet) for p in node1.overlay.peers] == ["10.244.2.0/24", "10.244.3.0/24"]
 
         config_file.write_text("[overlay]\nbackend = 'udp'\n")
         with pytest.raises(ControlError, match=r"^reload: .*node1\.toml: overlay\.network: is required$"):
-            await control.request(path, {"command": "reload"})
+            await client.request(path, {"command": "reload"})
         config_file.unlink()
         with pytest.raises(ControlError, match=r"^reload: config: file not found: .*node1\.toml$"):
-            await control.request(path, {"command": "reload"})
+            await client.request(path, {"command": "reload"})
         assert node1.config is running
         await ping(node1, "c1", "10.244.3.2")   # the running leases stayed
 
@@ -357,9 +358,9 @@ async def test_reload_without_a_config_file_or_an_overlay_is_refused(tmp_path):
         await nursery.start(daemon.serve, node)
         await nursery.start(daemon.serve, bare)
         with pytest.raises(ControlError, match=r"^reload: this daemon was not started from a config file$"):
-            await control.request(str(tmp_path / "a.sock"), {"command": "reload"})
+            await client.request(str(tmp_path / "a.sock"), {"command": "reload"})
         with pytest.raises(ControlError, match=r"^reload: this daemon has no overlay: nothing to reload$"):
-            await control.request(str(tmp_path / "b.sock"), {"command": "reload"})
+            await client.request(str(tmp_path / "b.sock"), {"command": "reload"})
         nursery.cancel_scope.cancel()
 
 

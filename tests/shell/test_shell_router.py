@@ -9,7 +9,9 @@ import trio
 from scapy.layers.inet import ICMP
 from shellkit import host, watch
 
-from vswitch import config, control, daemon
+from vswitch import config, daemon
+from vswitch.cli import format
+from vswitch.control import client
 from vswitch.errors import ControlError
 
 TIMEOUT = 5.0
@@ -62,7 +64,7 @@ async def running(tmp_path: Path, *, nat: str = MASQUERADE) -> AsyncIterator[dae
 
 
 async def ask(node: daemon.Node, what: str) -> object:
-    return await control.request(node.config.node.control, {"command": "show", "what": what})
+    return await client.request(node.config.node.control, {"command": "show", "what": what})
 
 
 async def test_containers_on_two_router_interfaces_reach_each_other_without_nat(tmp_path):
@@ -92,7 +94,7 @@ async def test_masquerade_shows_the_uplink_address_outside_and_lists_the_transla
         assert conn["packets"] == [2, 2]
         assert 0 < conn["expires"] <= 30
         assert nat["rules"]["masquerade"] == [{"source": "10.244.0.0/16", "out": "ext", "exclude": ["10.244.0.0/16"]}]
-        text = control.format_nat(nat)
+        text = format.format_nat(nat)
         assert "10.244.1.2:" in text and "198.51.100.2:" in text
         assert text.splitlines()[-1].startswith("1 of 65536 connections from 1 source (at most 16384 per source), 1 mappings")
         assert "0 refused at the source limit" in text
@@ -107,7 +109,7 @@ async def test_a_source_at_its_limit_is_refused_and_counted_while_others_go_on(t
         nat = await ask(node, "nat")
         assert nat["max_per_source"] == 1
         assert (nat["statistics"]["source_limited"], nat["statistics"]["sources"]) == (1, 2)
-        assert "1 refused at the source limit" in control.format_nat(nat)
+        assert "1 refused at the source limit" in format.format_nat(nat)
         stats = await ask(node, "stats")
         assert stats["drops"]["nat-source-limit"] == 1
         assert stats["router"]["nat"]["source_limited"] == 1
@@ -119,14 +121,14 @@ async def test_show_nat_lists_a_bounded_number_of_connections_and_counts_them_al
         for runner in (c1, c1, c2):   # three identifiers: three connections
             assert (await runner.ping("198.51.100.1", timeout=TIMEOUT)).received == 1
         path = node.config.node.control
-        listed = await control.request(path, {"command": "show", "what": "nat", "limit": 2})
+        listed = await client.request(path, {"command": "show", "what": "nat", "limit": 2})
         assert len(listed["connections"]) == 2 and listed["unlisted"] == 1
         assert listed["statistics"]["connections"] == 3
-        assert "... and 1 more (--limit N lists more)" in control.format_nat(listed)
+        assert "... and 1 more (--limit N lists more)" in format.format_nat(listed)
         everything = await ask(node, "nat")
         assert len(everything["connections"]) == 3 and everything["unlisted"] == 0
         with pytest.raises(ControlError, match="'limit' must be at least 1"):
-            await control.request(path, {"command": "show", "what": "nat", "limit": 0})
+            await client.request(path, {"command": "show", "what": "nat", "limit": 0})
 
 
 async def test_show_arp_and_routes(tmp_path):
@@ -138,7 +140,7 @@ async def test_show_arp_and_routes(tmp_path):
         uplink = found["ext", "198.51.100.1"]
         assert uplink["state"] == "reachable" and uplink["queued"] == 0   # it answered our request
         assert ("gw2", "10.244.2.2") not in found                          # never talked to
-        assert "198.51.100.1" in control.format_arp(arp)
+        assert "198.51.100.1" in format.format_arp(arp)
 
         routes = await ask(node, "routes")
         assert [(r["to"], r["interface"], r["type"]) for r in routes["routes"]] == [
@@ -147,7 +149,7 @@ async def test_show_arp_and_routes(tmp_path):
         ]
         ext = next(i for i in routes["interfaces"] if i["name"] == "ext")
         assert ext["up"] and ext["address"] == "198.51.100.2/24" and ext["tx_packets"] > 0
-        assert "198.51.100.0/24" in control.format_routes(routes)
+        assert "198.51.100.0/24" in format.format_routes(routes)
 
         ports = {p["name"]: p for p in await ask(node, "ports")}
         assert ports["uplink"]["router_interface"] == "ext" and ports["uplink"]["bridge"] is None
@@ -156,7 +158,7 @@ async def test_show_arp_and_routes(tmp_path):
         stats = await ask(node, "stats")
         assert stats["router"]["forwarded"] >= 2
         assert stats["router"]["nat"]["created"] == 1
-        assert "router:" in control.format_stats(stats)
+        assert "router:" in format.format_stats(stats)
 
 
 async def test_the_router_answers_pings_to_each_of_its_addresses(tmp_path):

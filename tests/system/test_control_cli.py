@@ -64,8 +64,8 @@ def test_show_and_capture_against_a_running_daemon(tmp_path):
         assert set(status) == {"p1", "p2"}
         assert all(p["up"] and p["type"] == "memory" and p["rx"]["frames"] > 0 for p in status.values())
 
-        # vswitch capture p1 -w - -c 5 --control PATH | tshark -r -
-        capture = subprocess.Popen([*VSWITCH, "capture", "p1", "-w", "-", "-c", "5", "--control", str(control)],
+        # vswitch capture p1 -w - --count 5 --control PATH | tshark -r -
+        capture = subprocess.Popen([*VSWITCH, "capture", "p1", "-w", "-", "--count", "5", "--control", str(control)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         tshark = subprocess.Popen(["tshark", "-r", "-", "-T", "fields", "-e", "frame.protocols"],
                                   stdin=capture.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -417,6 +417,17 @@ def test_a_cluster_address_without_a_lease_is_net_unreachable(cluster):
         assert cluster.daemons[1].show("stats")["overlay"]["icmp_sent"].get("net-unreachable", 0) >= 1
 
 
+def test_show_in_drop_in_mode_points_to_the_host_and_never_to_a_router_the_config_refuses(cluster):
+    daemon = cluster.daemons[1]
+    routes = daemon.cli("show", "routes", check=False)
+    assert routes.returncode == 1
+    assert routes.stderr == (f"vswitch show: this daemon runs the overlay in drop-in mode on {cluster.device}: the host"
+                             " kernel routes, resolves and masquerades for it; ask the host (`ip route`)\n")
+    assert "[[router.interfaces]]" not in daemon.cli("show", "nat", check=False).stderr
+    assert [p["name"] for p in daemon.show("ports")] == ["underlay", cluster.device]
+    assert daemon.show("stats")["bridge"] is None
+
+
 def test_ip_masq_without_iptables_says_what_to_install(topo, tmp_path):
     """A host without the iptables command: the daemon refuses to start, says so, and leaves no device behind."""
     vm = _isolated(topo.spaces, "vm")

@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 import trio
 
-from vswitch import config, control, daemon
+from vswitch import config, daemon
+from vswitch.control.reports import show_peers
 from vswitch.core.actions import DropReason
 from vswitch.core.wire import build_echo, build_ethernet, build_ipv4
 from vswitch.core.wire.addr import ip_to_str, mac_from_str, mac_to_str
@@ -32,6 +33,8 @@ from vswitch.overlay.core.codec import (
 from vswitch.shell.hosts import HostRunner, PingResult
 from vswitch.shell.ports import PcapPort, PcapWriter
 from vswitch.shell.ports.udp import MemoryUnderlay
+
+from .format import format_peers, format_table
 
 PINGS = 3
 STRANGER = "10.99.0.66"      # an underlay address that holds no lease
@@ -233,7 +236,7 @@ async def run_demo(
 
     for node in nodes:
         say(f"Peers of {node.config.node.name} (`vswitch show peers`):")
-        for line in control.format_peers(control.show_peers(node)).splitlines():
+        for line in format_peers(show_peers(node)).splitlines():
             say(f"   {line}")
         say()
 
@@ -268,7 +271,7 @@ async def run_demo(
     if writer is not None:
         say(f"Wrote {writer.frames} frames (each frame a host sent) to {pcap}:"
             f" open it with `wireshark {pcap}` or `tshark -r {pcap}`.")
-    peers = {node.config.node.name: control.show_peers(node)["peers"] for node in nodes}
+    peers = {node.config.node.name: show_peers(node)["peers"] for node in nodes}
     return {
         "backend": backend,
         "sent": sent,
@@ -344,7 +347,7 @@ def _learned(node: daemon.Node) -> set[tuple[str, str]]:
 
 
 def _table(say: Any, headers: list[str], rows: list[list[Any]], *, right: Iterable[int] = ()) -> None:
-    for line in control.format_table(headers, rows, right=tuple(right)).splitlines():
+    for line in format_table(headers, rows, right=tuple(right)).splitlines():
         say(f"   {line}")
 
 

@@ -14,7 +14,11 @@ import trio
 from vswitch import __version__
 from vswitch.errors import DeviceError, PcapError
 
+from . import logs
+
 INTERRUPTED = 128 + signal.SIGINT   # the exit status of a command stopped by Ctrl-C, as shells report it
+ANSWERED = ("show", "attach", "detach", "reload")   # the commands whose answers --json prints
+ATTACH_FLAGS = {"netns": "NETNS", "name": "--name", "address": "--address", "gateway": "--gateway", "mtu": "--mtu"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,17 +31,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="vswitch", description="A userspace virtual switch and overlay daemon.")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # The global options are the same before and after the command; absent, they are not in ``args`` at all.
+    level = getattr(args, "log_level", None)
+    logs.setup(level or "info", getattr(args, "log_format", "text"))
+    args.json = getattr(args, "json", False)
+    if args.json and args.command not in ANSWERED:
+        print(f"vswitch {args.command}: --json prints the answers of {', '.join(ANSWERED)}"
+              " (for log lines as JSON: --log-format json)", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "demo":
+        return _demo(args, quiet=level is None)
+    return _talk(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _global_options()
+    parser = argparse.ArgumentParser(prog="vswitch", description="A userspace virtual switch and overlay daemon.",
+                                     parents=[common])
     parser.add_argument("--version", action="version", version=f"vswitch {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the daemon in the foreground until SIGINT/SIGTERM")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[common])
+
+    run = command("run", "run the daemon in the foreground until SIGINT/SIGTERM")
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="the node's TOML configuration")
 
-    demo = commands.add_parser(
-        "demo", help="two nodes joined by the overlay, with simulated hosts, all in memory; needs no root"
-    )
+    demo = command("demo", "two nodes joined by the overlay, with simulated hosts, all in memory; needs no root")
     demo.add_argument("--pcap", metavar="FILE", help="record every frame the simulated hosts send to this pcap file")
     demo.add_argument("--hosts", type=int, default=2, metavar="N", help="simulated hosts on each node (default 2)")
     demo.add_argument("--backend", choices=("udp", "vxlan"), default="udp",
@@ -45,52 +69,56 @@ def _command(argv: list[str] | None) -> int:
     demo.add_argument("--print-config", action="store_true",
                       help="print the two nodes' configurations (what `vswitch run -c` reads) and exit")
 
-    show = commands.add_parser("show", help="ask a running daemon: ports, fdb, arp, routes, nat, peers or stats")
+    show = command("show", "ask a running daemon: ports, fdb, arp, routes, nat, peers or stats")
     show.add_argument("what", metavar="ports|fdb|arp|routes|nat|peers|stats", help="what to show")
-    show.add_argument("--json", action="store_true", help="print the daemon's answer as JSON (stable, for scripts)")
     show.add_argument("--limit", type=int, metavar="N",
                       help="nat: list at most N connections (default 1000; the counters cover them all)")
-    _daemon_options(show, config_flags=("-c", "--config"))
+    show.add_argument("--all", action="store_true",
+                      help="stats: list every drop reason, also those that counted nothing (default: only those that did)")
+    _daemon_options(show)
 
-    capture = commands.add_parser(
-        "capture", help="record a running daemon's port to pcap (-w - streams to stdout for `tshark -r -`)"
-    )
+    capture = command("capture", "record a running daemon's port to pcap (-w - streams to stdout for `tshark -r -`)")
     capture.add_argument("port", metavar="PORT", help="the port to record (both directions)")
     capture.add_argument("-w", "--write", metavar="FILE",
                          help="pcap file to write; - for stdout (default: stdout when it is not a terminal)")
-    capture.add_argument("-c", "--count", type=int, metavar="N", help="stop after N frames")
-    _daemon_options(capture, config_flags=("--config",))
+    capture.add_argument("--count", type=int, metavar="N", help="stop after N frames")
+    _daemon_options(capture)
 
-    attach = commands.add_parser("attach", help="link a container: a new TAP port in network namespace NETNS")
+    attach = command("attach", "link a container: a new TAP port in network namespace NETNS")
     attach.add_argument("netns", metavar="NETNS", help="an existing network namespace")
     attach.add_argument("--name", required=True, metavar="N", help="the port and device name")
     attach.add_argument("--address", required=True, metavar="A/L", help="address/prefix inside the namespace")
     attach.add_argument("--gateway", metavar="G", help="default route inside the namespace")
     attach.add_argument("--mtu", type=int, metavar="M", help="device MTU")
-    _daemon_options(attach, config_flags=("-c", "--config"))
+    _daemon_options(attach)
 
-    detach = commands.add_parser("detach", help="remove a port linked with attach (its device goes too)")
+    detach = command("detach", "remove a port linked with attach (its device goes too)")
     detach.add_argument("name", metavar="N", help="the port name")
-    _daemon_options(detach, config_flags=("-c", "--config"))
+    _daemon_options(detach)
 
-    reload = commands.add_parser(
-        "reload", help="make a running daemon read its config again and take its [[overlay.peers]] (as SIGHUP does)"
+    reload = command(
+        "reload", "make a running daemon read a config again and take its [[overlay.peers]], as SIGHUP does: the file"
+                  " -c names, which the daemon then runs from (SIGHUP reads it too), or with --control alone its own",
     )
-    _daemon_options(reload, config_flags=("-c", "--config"))
+    _daemon_options(reload)
+    return parser
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.command == "run":
-        return _run(args.config)
-    if args.command == "demo":
-        return _demo(args)
-    if args.command in ("show", "capture", "attach", "detach", "reload"):
-        return _talk(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+
+def _global_options() -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name. Their defaults are left out of the
+    namespace (SUPPRESS), so that a command's parser cannot overwrite what came before the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    options = common.add_argument_group("global options (before or after the command)")
+    options.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
+                         default=argparse.SUPPRESS, help="log debug detail (--log-level debug)")
+    options.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS,
+                         help="log this and above (default info; the demo: warning)")
+    options.add_argument("--log-format", choices=logs.FORMATS, default=argparse.SUPPRESS,
+                         help="text (default), or json: one object per line for log collectors")
+    options.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help=f"{', '.join(ANSWERED)}: print the daemon's answer as JSON (stable, for scripts),"
+                              " and a refusal as {\"error\": ...}")
+    return common
 
 
 def _run(path: str) -> int:
@@ -102,7 +130,7 @@ def _run(path: str) -> int:
     """
     from vswitch import config as config_mod
     from vswitch import daemon
-    from vswitch.control import daemon_listening
+    from vswitch.control.client import daemon_listening
     from vswitch.errors import ControlError
 
     try:
@@ -136,9 +164,9 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 # -- talking to a running daemon ----------------------------------------------
 
 
-def _daemon_options(parser: argparse.ArgumentParser, *, config_flags: tuple[str, ...]) -> None:
+def _daemon_options(parser: argparse.ArgumentParser) -> None:
     which = parser.add_argument_group("which daemon (one of)")
-    which.add_argument(*config_flags, dest="config", metavar="FILE",
+    which.add_argument("-c", "--config", metavar="FILE",
                        help="the daemon's TOML configuration; its [node] control names the socket")
     which.add_argument("--control", metavar="PATH", help="the daemon's control socket")
 
@@ -151,8 +179,7 @@ def _control_path(args: argparse.Namespace) -> str:
     if args.control:
         return args.control
     if not args.config:
-        raise ControlError("which daemon? give its config with -c FILE (--config FILE for capture) "
-                           "or its socket with --control PATH")
+        raise ControlError("which daemon? give its config with -c FILE or its socket with --control PATH")
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
@@ -166,26 +193,76 @@ def _control_path(args: argparse.Namespace) -> str:
 def _talk(args: argparse.Namespace) -> int:
     from vswitch.errors import ControlError
 
+    usage = _usage_error(args)
+    if usage is not None:
+        print(f"vswitch {args.command}: {usage}", file=sys.stderr)
+        return 2
     status = 1
     try:
         path = _control_path(args)
         status = _capture(path, args) if args.command == "capture" else trio.run(_ask, path, args)
     except* ControlError as group:  # a capture's error comes out of its nursery in a group
         for exc in _leaves(group):
-            print(f"vswitch {args.command}: {exc}", file=sys.stderr)
+            _refused(args, str(exc))
+    except* BrokenPipeError:
+        _reader_gone()
+        status = 0
     return status
 
 
+def _reader_gone() -> None:
+    """The reader of our stdout (head, less, tshark) went away: the end of the output, not an error. What is
+    left to write, and Python's flush at exit, go nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command's arguments, found before any daemon is asked; None if nothing."""
+    from vswitch.control.protocol import check_attach
+    from vswitch.errors import ConfigError
+
+    if args.command == "capture":
+        if args.config and args.config.isdigit() and not os.path.exists(args.config):
+            return f"-c names the daemon's config FILE, as in every command; for the count, use --count {args.config}"
+        if args.count is not None and args.count < 1:
+            return "--count must be at least 1"
+    if args.command == "show" and args.all and args.what != "stats":
+        return "--all applies to show stats"
+    if args.command == "attach":
+        try:
+            check_attach({key: getattr(args, key) for key in ATTACH_FLAGS})
+        except ConfigError as exc:
+            return f"{ATTACH_FLAGS[exc.key]}: {exc.reason}"
+    return None
+
+
+def _refused(args: argparse.Namespace, message: str) -> None:
+    """Report a refusal: with --json as ``{"error": ...}`` on stdout, else on stderr after the command's name (once:
+    the daemon's own refusals of attach, detach and reload begin with it already)."""
+    if args.json:
+        print(json.dumps({"error": message}, indent=2))
+    elif message.startswith(f"{args.command}: "):
+        print(f"vswitch {message}", file=sys.stderr)
+    else:
+        print(f"vswitch {args.command}: {message}", file=sys.stderr)
+
+
 async def _ask(path: str, args: argparse.Namespace) -> int:
-    from vswitch import control
+    from vswitch.control import client
+
+    from .format import FORMATTERS
 
     message: dict[str, Any]
     if args.command == "show":
         message = {"command": "show", "what": args.what}
         if args.limit is not None:
             message["limit"] = args.limit
+        if args.what == "stats" and not args.all:
+            message["nonzero"] = True
     elif args.command == "reload":
         message = {"command": "reload"}
+        if args.config:   # the daemon may run elsewhere: the path it reads must not depend on our directory
+            message["config"] = os.path.abspath(args.config)
     elif args.command == "attach":
         message = {"command": "attach", "netns": args.netns, "name": args.name, "address": args.address}
         if args.gateway:
@@ -194,13 +271,12 @@ async def _ask(path: str, args: argparse.Namespace) -> int:
             message["mtu"] = args.mtu
     else:
         message = {"command": "detach", "name": args.name}
-    result = await control.request(path, message)
-    if args.command == "show":
-        formatter = control.FORMATTERS.get(args.what)
-        if args.json or formatter is None:
-            print(json.dumps(result, indent=2))
-        else:
-            print(formatter(result))
+    result = await client.request(path, message)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.command == "show":
+        formatter = FORMATTERS.get(args.what)
+        print(formatter(result) if formatter is not None else json.dumps(result, indent=2))
     elif args.command == "reload":
         print(f"reloaded {result['config']}: {len(result['added'])} peers added, {len(result['removed'])} removed,"
               f" {len(result['changed'])} changed, {result['unchanged']} unchanged")
@@ -216,11 +292,8 @@ async def _ask(path: str, args: argparse.Namespace) -> int:
 
 
 def _capture(path: str, args: argparse.Namespace) -> int:
-    from vswitch import control
+    from vswitch.control import client
 
-    if args.count is not None and args.count < 1:
-        print("vswitch capture: -c must be at least 1", file=sys.stderr)
-        return 2
     target = args.write
     if target is None:
         if sys.stdout.isatty():
@@ -234,15 +307,14 @@ def _capture(path: str, args: argparse.Namespace) -> int:
         print(f"vswitch capture: cannot write {target}: {exc.strerror}", file=sys.stderr)
         return 1
 
-    records = control.PcapRecords()
+    records = client.PcapRecords()
     stopped_by = None
     try:
         # Ctrl-C / SIGTERM end the capture between records: the file stays a valid pcap.
-        stopped_by = trio.run(_until_signal, lambda: control.capture(path, args.port, out, count=args.count,
-                                                                     records=records))
+        stopped_by = trio.run(_until_signal, lambda: client.capture(path, args.port, out, count=args.count,
+                                                                    records=records))
     except* BrokenPipeError:
-        # The reader (tshark, head) went away: the end of a capture, not an error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _reader_gone()
     finally:
         if out is not sys.stdout.buffer:
             started = out.tell() > 0  # at least the pcap header came
@@ -274,7 +346,9 @@ async def _until_signal(work: Callable[[], Awaitable[object]]) -> int | None:
     return stopped_by
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, *, quiet: bool) -> int:
+    """The demo; ``quiet`` (no log level given) keeps the nodes' start-up lines from interleaving with its
+    own account."""
     from .demo import node_config, run_demo
 
     if not 2 <= args.hosts <= 50:
@@ -286,7 +360,7 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     root = logging.getLogger()
     level = root.level
-    if not args.verbose:   # the nodes' start-up lines would interleave with the demo's own account
+    if quiet:
         root.setLevel(logging.WARNING)
     status = 1
     summary: dict[str, Any] = {}
@@ -300,8 +374,7 @@ def _demo(args: argparse.Namespace) -> int:
             return 128 + stopped_by   # 130 after Ctrl-C; the pcap so far is whole: the demo closes it on its way out
         status = 0 if summary["received"] == summary["sent"] else 1
     except* BrokenPipeError:
-        # The reader (head, less) went away: not the demo's failure.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _reader_gone()
         status = 0
     except* OSError as group:   # --pcap FILE cannot be written
         for exc in _leaves(group):

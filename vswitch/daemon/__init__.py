@@ -14,6 +14,7 @@ from vswitch.config import (
     OVERLAY_INTERFACE,
     Config,
     PortConfig,
+    load,
     parse_interface,
     parse_ip,
 )
@@ -73,7 +74,7 @@ class Node:
     overlay: Overlay | None = None
     vtep_mac: bytes | None = None
     underlay: MemoryUnderlay | None = None   # a simulated underlay (tests, the demo); None: a real UDP socket
-    config_path: str | None = None           # where `reload` reads the config again
+    config_path: str | None = None           # the file the config came from, which `reload` and SIGHUP read again
     devices_open: bool = False
     masquerading: bool = False               # drop-in ip_masq: flannel's iptables rules are (being) installed
     pcaps: list[PcapWriter] = attrs.Factory(list)   # the config's pcap files, opened last (open_pcaps)
@@ -167,6 +168,17 @@ class Node:
             await apply_lease_routes(config.overlay, changes)
         log.info("reloaded leases: %d added, %d removed, %d changed, %d unchanged",
                  len(changes.added), len(changes.removed), len(changes.changed), changes.kept)
+        return changes
+
+    async def reload_file(self, path: str | None = None) -> LeaseChanges:
+        """Read a config file and take its peers (:meth:`reload`): ``path``, which the daemon then runs from
+        (a later reload or SIGHUP reads it), or else the file it runs from. What `vswitch reload` and SIGHUP
+        do; ValueError (ConfigError is one) says why not, and then nothing changes."""
+        path = path or self.config_path
+        if path is None:
+            raise ValueError("this daemon was not started from a config file")
+        changes = await self.reload(load(path))
+        self.config_path = path
         return changes
 
     async def attach(
@@ -348,7 +360,7 @@ async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
             try:
                 await node.open_devices()
                 if node.config.node.control:
-                    from vswitch.control import ControlServer
+                    from vswitch.control.server import ControlServer
 
                     path = await nursery.start(ControlServer(node, node.config.node.control).run)
                     log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
@@ -372,7 +384,7 @@ async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
 async def run_until_signal(node: Node) -> int:
     """Serve until SIGINT or SIGTERM, then shut down within the switch's bounded timeout; returns that signal.
 
-    SIGHUP reads the config again and takes its peers (see :meth:`Node.reload`).
+    SIGHUP reads the config again and takes its peers (see :meth:`Node.reload_file`).
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -387,7 +399,10 @@ async def run_until_signal(node: Node) -> int:
             stopped_by = signal.SIGTERM
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await _reload_from_file(node)
+                    try:
+                        await node.reload_file()
+                    except (ValueError, OSError) as exc:
+                        log.error("SIGHUP: reload refused, the running leases stay: %s", exc)
                     continue
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 stopped_by = signum
@@ -396,14 +411,3 @@ async def run_until_signal(node: Node) -> int:
     log.info("node %s stopped", node.config.node.name)
     return stopped_by
 
-
-async def _reload_from_file(node: Node) -> None:
-    from vswitch.config import load
-
-    if node.config_path is None:
-        log.warning("SIGHUP: this daemon was not started from a config file; nothing to reload")
-        return
-    try:
-        await node.reload(load(node.config_path))
-    except (ConfigError, ValueError, OSError) as exc:
-        log.error("SIGHUP: reload refused, the running leases stay: %s", exc)

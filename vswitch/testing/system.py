@@ -150,7 +150,9 @@ class Daemon:
         return subprocess.run(command, capture_output=True, text=True, check=check, timeout=timeout)
 
     def show(self, what: str, *options: str) -> object:
-        return json.loads(self.cli("show", what, "--json", *options).stdout)
+        """`vswitch show WHAT --json`; stats with every drop reason, zero or not (--all), so counts compare."""
+        every = ("--all",) if what == "stats" else ()
+        return json.loads(self.cli("show", what, "--json", *every, *options).stdout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         assert self.proc is not None
