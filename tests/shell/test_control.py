@@ -346,9 +346,11 @@ async def test_attach_fields_are_checked_as_the_config_checks_a_port(tmp_path):
 
 
 def test_attach_check_names_the_field():
-    protocol.check_attach({"netns": "c1", "name": "c9", "address": "10.0.0.9/24", "gateway": None, "mtu": None})
+    port = protocol.attach_port({"netns": "c1", "name": "c9", "address": "10.0.0.9/24", "gateway": None, "mtu": None},
+                                default_mtu=1450)
+    assert (port.name, port.netns, str(port.address), port.gateway, port.mtu) == ("c9", "c1", "10.0.0.9/24", None, 1450)
     with pytest.raises(config.ConfigError) as refused:
-        protocol.check_attach({"netns": "c1", "name": "a-name-too-long-for-linux", "address": "10.0.0.9/24"})
+        protocol.attach_port({"netns": "c1", "name": "a-name-too-long-for-linux", "address": "10.0.0.9/24"})
     assert refused.value.key == "name"
 
 

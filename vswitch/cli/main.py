@@ -218,7 +218,7 @@ def _reader_gone() -> None:
 
 def _usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the command's arguments, found before any daemon is asked; None if nothing."""
-    from vswitch.control.protocol import check_attach
+    from vswitch.control.protocol import attach_port
     from vswitch.errors import ConfigError
 
     if args.command == "capture":
@@ -230,7 +230,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--all applies to show stats"
     if args.command == "attach":
         try:
-            check_attach({key: getattr(args, key) for key in ATTACH_FLAGS})
+            attach_port({key: getattr(args, key) for key in ATTACH_FLAGS})
         except ConfigError as exc:
             return f"{ATTACH_FLAGS[exc.key]}: {exc.reason}"
     return None

@@ -98,12 +98,12 @@ def field(request: Request, key: str, type_: type, *, required: bool = True) -> 
     return value
 
 
-def check_attach(fields: dict[str, Any]) -> None:
-    """Check an attach's fields (netns, name, address, gateway, mtu; None: absent) as the config checks a
-    ``[[ports]]`` entry of type tap, so that a bad address or name is refused before iproute2 sees it; the server
-    checks them for every client, the command line before it asks. ConfigError's key is the field's name."""
-    port = {"type": "tap", **{key: value for key, value in fields.items() if value is not None}}
+def attach_port(fields: dict[str, Any], *, default_mtu: int = 1500) -> config.PortConfig:
+    """An attach's fields (netns, name, address, gateway, mtu; None: absent) as the tap port they ask for, parsed
+    as the config parses a ``[[ports]]`` entry, so that a bad address or name is refused before iproute2 sees it:
+    the server checks them for every client, the command line before it asks. ConfigError's key is the field's."""
+    port = {"type": "tap", "mtu": default_mtu, **{key: value for key, value in fields.items() if value is not None}}
     try:
-        config.parse({"ports": [port]})
+        return config.parse({"ports": [port]}).ports[0]
     except ConfigError as exc:
         raise ConfigError(exc.key.removeprefix("ports[0]."), exc.reason) from None

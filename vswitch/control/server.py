@@ -44,7 +44,7 @@ from .protocol import (
     CLIENT_TIMEOUT,
     MAX_REQUEST,
     Request,
-    check_attach,
+    attach_port,
     field,
     parse_request,
     read_line,
@@ -381,15 +381,16 @@ async def _cmd_attach(server: ControlServer, request: Request) -> object:
     fields = {key: field(request, key, str) for key in ("netns", "name", "address")}
     fields["gateway"] = field(request, "gateway", str, required=False)
     fields["mtu"] = field(request, "mtu", int, required=False)
+    overlay = server.node.config.overlay
     try:
-        check_attach(fields)
+        port = attach_port(fields, default_mtu=overlay.mtu if overlay is not None else 1500)
     except ConfigError as exc:
         raise ControlError(f"attach: {exc.key}: {exc.reason}") from None
     try:
         attach = server.node.attach
     except AttributeError:
         raise ControlError("attach is not available in this version of the daemon") from None
-    await _call(attach, {key: value for key, value in fields.items() if value is not None}, "attach")
+    await _call(attach, {"port": port}, "attach")
     return {"name": fields["name"], "netns": fields["netns"], "address": fields["address"]}
 
 

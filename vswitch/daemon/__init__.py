@@ -15,8 +15,6 @@ from vswitch.config import (
     Config,
     PortConfig,
     load,
-    parse_interface,
-    parse_ip,
 )
 from vswitch.core.datapath import Datapath
 from vswitch.core.host import Host
@@ -181,25 +179,13 @@ class Node:
         self.config_path = path
         return changes
 
-    async def attach(
-        self, *, netns: str, name: str, address: str | None = None, gateway: str | None = None, mtu: int | None = None,
-    ) -> None:
-        """Link a container at run time: a new TAP in ``netns``, on the bridge (MTU: the overlay's, or 1500).
-
-        ``address`` and ``gateway`` are taken as the config takes a port's (ConfigError, a ValueError, names them).
-        """
-        if name in self.switch.ports:
-            raise ValueError(f"port {name!r} already exists")
-        if mtu is None:
-            mtu = self.config.overlay.mtu if self.config.overlay is not None else 1500
-        pc = PortConfig(
-            name=name, type="tap", netns=netns, mtu=mtu,
-            address=parse_interface(address, "address") if address is not None else None,
-            gateway=parse_ip(gateway, "gateway") if gateway is not None else None,
-        )
-        port = await open_device_port(pc)
-        self.switch.add_port(port)
-        log.info("attached %s in netns %s%s", name, netns, f" as {address}" if address else "")
+    async def attach(self, port: PortConfig) -> None:
+        """Link a container at run time: a new TAP in its netns, on the bridge (``port`` as
+        :func:`vswitch.control.protocol.attach_port` parses it)."""
+        if port.name in self.switch.ports:
+            raise ValueError(f"port {port.name!r} already exists")
+        self.switch.add_port(await open_device_port(port))
+        log.info("attached %s in netns %s%s", port.name, port.netns, f" as {port.address}" if port.address else "")
 
     async def detach(self, name: str) -> None:
         """Remove a port; closing a TAP's fd deletes the device."""
