@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from vswitch.config import OVERLAY_INTERFACE, Config, PortConfig
-from vswitch.core.datapath import Datapath
+from vswitch.core.datapath import Datapath, OnBridge, OnOverlay, OnPort
 from vswitch.core.host import Host
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.router import Router
@@ -172,7 +172,12 @@ class Node:
             mtu = self.config.overlay.mtu if self.config.overlay is not None else 1500
         pc = PortConfig(name=name, type="tap", netns=netns, address=address, gateway=gateway, mtu=mtu)
         port = await open_device_port(pc)
-        self.switch.add_port(port)
+        try:
+            self.switch.add_port(port)   # refused if a router interface on the bridge has that name
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await port.aclose()
+            raise
         log.info("attached %s in netns %s%s", name, netns, f" as {address}" if address else "")
 
     async def detach(self, name: str) -> None:
@@ -293,10 +298,14 @@ def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, byt
             max_per_source=nat.max_per_source,
         )
     datapath = Datapath(bridge, router)
-    for ic in config.router.interfaces:
-        datapath.attach_interface(ic.name, ic.port)
+    ports = {p.name for p in config.ports}
+    for i, ic in enumerate(config.router.interfaces):
+        if ic.port is None and ic.name in ports:   # an interface on the bridge is the bridge port of its name
+            raise ConfigError(f"router.interfaces[{i}].name", f"{ic.name!r} is a port's name: an interface on the"
+                              " bridge is a bridge port of its own name, so choose another")
+        datapath.attach(ic.name, OnBridge() if ic.port is None else OnPort(ic.port))
     if overlay is not None:
-        datapath.attach_overlay(overlay, OVERLAY_INTERFACE, UNDERLAY_PORT)
+        datapath.attach(OVERLAY_INTERFACE, OnOverlay(overlay, UNDERLAY_PORT))
     return datapath, router, overlay, vtep_mac
 
 
