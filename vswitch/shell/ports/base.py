@@ -67,9 +67,6 @@ class Medium(enum.Enum):
     IP = "ip"               # an IPv4 packet with no link header: TUN
     UDP = "udp"             # a datagram to or from a peer daemon behind the overlay's address header: the underlay
 
-    def __str__(self) -> str:
-        return self.value
-
 
 @attrs.frozen
 class Capabilities:
@@ -87,7 +84,7 @@ class Capabilities:
     """
 
     medium: Medium = Medium.ETHERNET
-    max_batch: int | None = None
+    max_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     send_nowait: bool = False
     vnet_header: bool = False
     udp_offloads: bool = False
