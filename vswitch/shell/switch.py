@@ -334,9 +334,10 @@ class Switch:
     def dispatch(self, actions: list[Action]) -> None:
         """Send or queue the core's transmissions; count its drops.
 
-        When a port's queue is empty and nothing is in flight, the frames are
-        written at once without waiting (``send_nowait``), which saves a task
-        switch per batch; whatever the device does not take is queued, in order.
+        When a port has a fast path (its capabilities say ``send_nowait``), its
+        queue is empty and nothing is in flight, the frames are written at once
+        without waiting, which saves a task switch per batch; whatever the
+        device does not take is queued, in order.
         """
         runners = self._runners
         for action in actions:
