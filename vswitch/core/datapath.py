@@ -73,6 +73,8 @@ Attachment = OnBridge | OnPort | OnOverlay
 
 
 class Datapath:
+    """Router mode's core for the switch: the bridge, the router, and what each router interface sits on."""
+
     def __init__(self, bridge: Bridge, router: Router) -> None:
         self.bridge = bridge
         self.router = router
@@ -169,7 +171,8 @@ class Datapath:
         attachment = self._attachments[interface]
         if type(attachment) is OnOverlay:
             result: list[Action] = []
-            to_router = self._from_tunnel(interface, attachment, attachment.tunnel.decapsulate(frames, now), result, now)
+            decapsulated = attachment.tunnel.decapsulate(frames, now)
+            to_router = self._from_tunnel(interface, attachment.underlay, decapsulated, result, now)
             return self._settle([], to_router, now, result)
         return self._settle([], self.router.handle_frames(interface, list(frames), now), now)
 
@@ -198,9 +201,9 @@ class Datapath:
                         to_bridge += bridge.handle_frames(action.port, action.frames, now)
                     case OnPort(port):
                         result.append(Transmit(port, action.frames))
-                    case OnOverlay() as overlay:
-                        encapsulated = overlay.tunnel.encapsulate(action.frames, now)
-                        to_router += self._from_tunnel(action.port, overlay, encapsulated, result, now)
+                    case OnOverlay(tunnel, underlay):
+                        encapsulated = tunnel.encapsulate(action.frames, now)
+                        to_router += self._from_tunnel(action.port, underlay, encapsulated, result, now)
             from_bridge, from_router = to_bridge, to_router
         for action in (*from_bridge, *from_router):
             if type(action) is Transmit:
@@ -210,10 +213,10 @@ class Datapath:
         return result
 
     def _from_tunnel(
-        self, interface: str, overlay: OnOverlay, actions: list[TunnelAction], result: list[Action], now: float,
+        self, interface: str, underlay: str, actions: list[TunnelAction], result: list[Action], now: float,
     ) -> list[Action]:
         """Datagrams and drops go to ``result``; the ICMP errors owed and the packets inside go into the router."""
-        packets, owed = split_tunnel_actions(actions, interface, overlay.underlay, result)
+        packets, owed = split_tunnel_actions(actions, interface, underlay, result)
         router = self.router
         to_router: list[Action] = []
         for error in owed:
