@@ -22,13 +22,12 @@ this node holds the network's first subnet, the network's last address.)
 from collections.abc import Sequence
 
 from vswitch.core.actions import (
-    INSIDE,
     Action,
     Drop,
     DropReason,
     Transmit,
     TunnelAction,
-    Unreachable,
+    split_tunnel_actions,
 )
 
 from .tunnel import Overlay
@@ -73,17 +72,11 @@ class DeviceOverlay:
 
     def _convert(self, actions: list[TunnelAction], now: float, *, errors_inside: bool) -> list[Action]:
         result: list[Action] = []
-        errors: list[bytes] = []
-        for action in actions:
-            if type(action) is Transmit:
-                result.append(Transmit(self.device if action.port == INSIDE else self.underlay, action.frames))
-            elif type(action) is Unreachable:
-                error = self.overlay.icmp_error(action, now, self.error_source if errors_inside else None)
-                if error is not None:
-                    errors.append(error)
-            else:
-                assert type(action) is Drop
-                result.append(Drop(self.device if action.port == INSIDE else self.underlay, action.reason, action.frame))
+        packets, owed = split_tunnel_actions(actions, self.device, self.underlay, result)
+        if packets:
+            result.append(Transmit(self.device, packets))
+        source = self.error_source if errors_inside else None
+        errors = [e for e in (self.overlay.icmp_error(error, now, source) for error in owed) if e is not None]
         if errors:
             if errors_inside:
                 result.append(Transmit(self.device, errors))

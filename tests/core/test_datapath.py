@@ -4,13 +4,17 @@ import pytest
 from l3kit import BCAST, IPS, MAC, REMOTE, arp_reply, arp_request, eth, ip, mac, net
 from scapy.all import ARP, ICMP, IP, UDP, Ether, raw
 
+from vswitch import config
 from vswitch.core.actions import Drop, DropReason, Transmit
-from vswitch.core.datapath import MAX_ROUNDS, Datapath
+from vswitch.core.datapath import MAX_ROUNDS, Datapath, OnBridge, OnPort
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.router import Router
+from vswitch.daemon import build_core
+from vswitch.errors import ConfigError
 
 R = DropReason
 CONTAINERS = ["p1", "p2", "p3"]
+INTERFACES = ["a", "b", "t"]
 
 
 def sent(actions) -> dict[str, list[bytes]]:
@@ -20,7 +24,7 @@ def sent(actions) -> dict[str, list[bytes]]:
         if isinstance(action, Transmit):
             out.setdefault(action.port, []).extend(action.frames)
     for port in out:
-        assert not port.startswith("router/"), "internal ports never reach the shell"
+        assert port not in INTERFACES, "an interface's port on the bridge never reaches the shell"
     return out
 
 
@@ -48,14 +52,14 @@ def make_datapath(*, uplink: bool = False, tun: bool = False) -> Datapath:
     dp = Datapath(bridge, router)
     for port in CONTAINERS:
         dp.add_port(port)
-    dp.attach_interface("a")
+    dp.attach("a", OnBridge())
     if uplink:
-        dp.attach_interface("b", "up")
+        dp.attach("b", OnPort("up"))
         dp.add_port("up")
     else:
-        dp.attach_interface("b")
+        dp.attach("b", OnBridge())
     if tun:
-        dp.attach_interface("t", "tun0")
+        dp.attach("t", OnPort("tun0"))
         dp.add_port("tun0")
     return dp
 
@@ -68,18 +72,18 @@ def settle_announcements(dp: Datapath) -> list:
 # -- wiring ------------------------------------------------------------------------------
 
 
-def test_interface_on_the_bridge_is_an_internal_port_with_its_mac_pinned():
+def test_interface_on_the_bridge_is_a_bridge_port_of_its_name_with_its_mac_pinned():
     dp = make_datapath()
-    assert {"router/a", "router/b"} <= set(dp.bridge.ports)
+    assert {"a", "b"} <= set(dp.bridge.ports)
     for name in ("a", "b"):
         entry = dp.fdb.get(mac(name))
-        assert entry.port == f"router/{name}" and entry.static
-    assert dp.interface_of("router/a") is None and dp.interface_of("p1") is None
+        assert entry.port == name and entry.static
+    assert dp.interface_of("a") is None and dp.interface_of("p1") is None
 
 
 def test_interface_on_a_port_bypasses_the_bridge():
     dp = make_datapath(uplink=True)
-    assert "router/b" not in dp.bridge.ports and "up" not in dp.bridge.ports
+    assert "b" not in dp.bridge.ports and "up" not in dp.bridge.ports
     assert dp.interface_of("up") == "b"
     assert dp.is_port_up("up")
 
@@ -88,13 +92,28 @@ def test_attach_errors():
     dp = make_datapath(tun=True)
     dp.router.add_interface("t2", ip("100.64.9.1"), 24, mac=None)
     with pytest.raises(ValueError):
-        dp.attach_interface("t2")                 # no MAC: it cannot sit on the bridge
+        dp.attach("t2", OnBridge())               # no MAC: it cannot sit on the bridge
     with pytest.raises(ValueError):
-        dp.attach_interface("t2", "tun0")         # the port already carries t
+        dp.attach("t2", OnPort("tun0"))           # the port already carries t
     with pytest.raises(KeyError):
-        dp.attach_interface("nope")
+        dp.attach("nope", OnBridge())
     with pytest.raises(ValueError):
         dp.add_port("tun0")                       # already there
+
+
+def test_a_config_whose_interface_on_the_bridge_has_a_ports_name_is_refused_naming_the_key():
+    text = """
+[[ports]]
+name = "gw"
+type = "tap"
+[[router.interfaces]]
+name = "gw"
+address = "10.1.0.1/24"
+"""
+    with pytest.raises(ConfigError, match=r"router.interfaces\[0\].name.*a port's name"):
+        build_core(config.loads(text))
+    core, *_ = build_core(config.loads(text.replace('name = "gw"\naddress', 'name = "br"\naddress')))
+    assert "br" in core.bridge.ports
 
 
 def test_gratuitous_arps_leave_by_every_port_they_can():
@@ -228,11 +247,40 @@ def test_router_port_down_and_up_takes_the_interface_with_it():
     assert dp.is_port_up("up") and dp.router.interfaces["b"].up
 
 
+@pytest.mark.parametrize("going", ["down", "removed"])
+def test_packets_held_for_an_interface_whose_port_goes_are_drops(going):
+    dp = make_datapath(uplink=True)
+    dp.router.add_neighbour("a", ip("h1"), mac("h1"))
+    settle_announcements(dp)
+    held = [eth("h1", "a", udp("h1", REMOTE, payload=b"%d" % i)) for i in range(2)]
+    out = sent(dp.handle_frames("p1", held, 1.0))
+    assert [Ether(f)[ARP].pdst for f in out["up"]] == [IPS["gw"]]   # asking for gw; the packets wait
+    actions = dp.set_port_up("up", False) if going == "down" else dp.remove_port("up")
+    assert drops(actions) == [("b", R.PORT_DOWN)] * 2 and sent(actions) == {}
+    assert [raw(IP(a.frame)[UDP].payload) for a in actions] == [b"0", b"1"]
+    assert dp.router.drop_counts()[R.PORT_DOWN] == 2
+
+
+def test_interfaces_and_ports_keep_apart():
+    dp = make_datapath()
+    with pytest.raises(ValueError, match="router interface on the bridge"):
+        dp.add_port("a")                          # a's port on the bridge has that name
+    dp.router.add_interface("c", ip("100.64.1.1"), 24, mac=bytes.fromhex("020000000103"))
+    with pytest.raises(ValueError, match="is on the bridge"):
+        dp.attach("c", OnPort("p1"))              # a container's port
+    dp.add_port("c")                              # a container's port named like an interface not yet attached
+    with pytest.raises(ValueError, match="already on the bridge"):
+        dp.attach("c", OnBridge())
+    with pytest.raises(ValueError, match="attached already"):
+        dp.attach("a", OnBridge())
+    assert dp.add_port("p4") == [] and dp.set_port_up("p4", False) == [] and dp.remove_port("p4") == []
+
+
 def test_interface_on_a_port_is_down_until_the_port_exists():
     bridge, router = Bridge(), Router()
     router.add_interface("b", ip("b"), 24, mac=mac("b"))
     dp = Datapath(bridge, router)
-    dp.attach_interface("b", "up")
+    dp.attach("b", OnPort("up"))
     assert not router.interfaces["b"].up
     assert dp.poll_at() is None                   # no announcement while down
     dp.add_port("up")
@@ -319,11 +367,11 @@ def test_a_frame_bounced_too_often_is_a_routing_loop():
     bouncer = Bouncer()
     dp = Datapath(Bridge(), bouncer)  # type: ignore[arg-type]
     dp.add_port("p1")
-    dp.attach_interface("a")
-    dp.attach_interface("b")
+    dp.attach("a", OnBridge())
+    dp.attach("b", OnBridge())
     frames = [eth("h1", "a", udp("h1", "h2", payload=b"%d" % i)) for i in range(2)]
     actions = dp.handle_frames("p1", frames, 1.0)
-    assert drops(actions) == [("router/a", R.ROUTING_LOOP)] * 2
+    assert drops(actions) == [("a", R.ROUTING_LOOP)] * 2
     assert sent(actions) == {}
     assert 2 <= bouncer.calls <= MAX_ROUNDS
     assert [raw(Ether(a.frame)[UDP].payload) for a in actions if isinstance(a, Drop)] == [b"0", b"1"]

@@ -14,7 +14,7 @@ from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPerror, UDPerror, raw
 
 from vswitch import config
 from vswitch.core.actions import DropReason
-from vswitch.core.datapath import Datapath
+from vswitch.core.datapath import Datapath, OnOverlay
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.router import Router
 from vswitch.core.wire.addr import Network
@@ -314,11 +314,11 @@ def test_attach_overlay_wants_an_l3_interface_and_one_overlay():
     datapath = Datapath(Bridge(), router)
     overlay = Overlay(backend="udp", network=Network.parse("10.244.0.0/16"), subnet=Network.parse("10.244.1.0/24"))
     with pytest.raises(ValueError, match="L3"):
-        datapath.attach_overlay(overlay, "eth", "underlay")
-    datapath.attach_overlay(overlay, "ov", "underlay")
+        datapath.attach("eth", OnOverlay(overlay, "underlay"))
+    datapath.attach("ov", OnOverlay(overlay, "underlay"))
     assert datapath.interface_of("underlay") == "ov" and not router.interfaces["ov"].up
     with pytest.raises(ValueError, match="already"):
-        datapath.attach_overlay(overlay, "ov2", "underlay2")
+        datapath.attach("ov2", OnOverlay(overlay, "underlay2"))
 
 
 # -- ip_masq: flannel's FLANNEL-POSTRTG rules on the daemon's router ----------------------------------

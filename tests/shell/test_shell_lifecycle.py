@@ -7,7 +7,7 @@ from shellkit import BROADCAST, eth, mac, recv, start_switch
 
 from vswitch.core.actions import DropReason
 from vswitch.core.l2.bridge import Bridge
-from vswitch.shell.ports import MemoryPort, PortClosed, PortStatistics
+from vswitch.shell.ports import Capabilities, MemoryPort, PortClosed, PortStatistics
 from vswitch.shell.switch import SHUTDOWN_TIMEOUT, Switch
 
 A, B, C = mac(0xA), mac(0xB), mac(0xC)
@@ -142,6 +142,7 @@ class HangingPort:
     """A device whose close never finishes (a wedged driver)."""
 
     kind = "hanging"
+    capabilities = Capabilities()
 
     def __init__(self, name: str) -> None:
         self.name, self.mtu = name, 1500

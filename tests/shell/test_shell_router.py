@@ -2,11 +2,13 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 from scapy.layers.inet import ICMP
+from scapy.layers.l2 import ARP, Ether
 from shellkit import host, watch
 
 from vswitch import config, daemon
@@ -159,6 +161,27 @@ async def test_show_arp_and_routes(tmp_path):
         assert stats["router"]["forwarded"] >= 2
         assert stats["router"]["nat"]["created"] == 1
         assert "router:" in format.format_stats(stats)
+
+
+async def test_packets_held_for_an_interface_whose_port_goes_down_are_counted_drops(tmp_path):
+    async with running(tmp_path, nat="") as node:
+        asked = trio.Event()
+
+        def on_uplink(frames: list[bytes]) -> None:
+            if any(ARP in Ether(f) and Ether(f)[ARP].pdst == "198.51.100.9" for f in frames):
+                asked.set()   # the router asks for a neighbour no one is, holding the echo request meanwhile
+
+        node.switch.add_monitor("uplink", on_uplink)
+        async with trio.open_nursery() as pinging:
+            pinging.start_soon(partial(host(node, "c1").ping, "198.51.100.9", timeout=TIMEOUT))
+            with trio.fail_after(TIMEOUT):
+                await asked.wait()
+            node.switch.set_port_up("uplink", False)
+            pinging.cancel_scope.cancel()
+        stats = await ask(node, "stats")
+        assert stats["drops"]["port-down"] == 1
+        (drop,) = [d for d in stats["recent_drops"] if d["reason"] == "port-down"]
+        assert drop["port"] == "ext" and drop["bytes"] == 84   # the echo request: its IPv4 packet, as held
 
 
 async def test_the_router_answers_pings_to_each_of_its_addresses(tmp_path):

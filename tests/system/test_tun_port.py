@@ -1,16 +1,28 @@
-"""A TUN port carries raw IP packets to and from a real kernel stack."""
+"""TUN and TAP ports carry raw IP packets and Ethernet frames to and from a real kernel stack."""
 
 import trio
 from netkit import in_ns, requires_root, unique
+from scapy.all import ARP, Ether, raw
 
+from vswitch.core.actions import Transmit
+from vswitch.core.l2.bridge import Bridge
 from vswitch.core.wire import Icmp, Ipv4, build_echo, build_ipv4
 from vswitch.core.wire.icmp import ECHO_REQUEST
 from vswitch.core.wire.ipv4 import PROTO_ICMP
 from vswitch.shell.netns import configure_link
-from vswitch.shell.ports import PortClosed
+from vswitch.shell.ports import (
+    Capabilities,
+    Medium,
+    MemoryPort,
+    PcapPort,
+    PcapWriter,
+    PortClosed,
+)
 from vswitch.shell.ports.tuntap import TunTapPort
+from vswitch.shell.switch import Switch
 
 pytestmark = requires_root
+HOST_MAC = "02:00:00:00:79:02"
 
 
 async def _answer_pings(port: TunTapPort, answered: list[int]) -> None:
@@ -55,3 +67,34 @@ async def test_kernel_pings_through_a_tun_port(namespaces):
     assert answered == [1, 2, 3]
     stats = port.statistics()
     assert stats.rx_frames >= 3 and stats.tx_frames == 3
+
+
+async def test_a_tap_recorded_to_pcap_keeps_its_fast_path(namespaces, tmp_path):
+    ns = namespaces.create()
+    name = unique("tp")
+    tap = TunTapPort.open(name, kind="tap")
+    writer = PcapWriter.open(str(tmp_path / "tap.pcap"))
+    port = PcapPort(tap, writer)
+    assert port.capabilities == Capabilities(Medium.ETHERNET, send_nowait=True, vnet_header=True)
+    switch = Switch(Bridge())
+    try:
+        with trio.fail_after(20):
+            await configure_link(name, netns=ns, address="10.79.1.1/24")
+            switch.add_port(port)
+            host, far = MemoryPort.pair("host")
+            switch.add_port(host)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(switch.run)
+                who_has = raw(Ether(src=HOST_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(
+                    hwsrc=HOST_MAC, psrc="10.79.1.2", pdst="10.79.1.1"))
+                switch.dispatch([Transmit(name, [who_has])])   # as from a receiving task: no await before the checks
+                status = next(s for s in switch.port_status() if s.name == name)
+                assert status.tx.queued == 0 and status.tx.sent_batches == 1   # written at once, not queued
+                assert writer.frames == 1 and tap.statistics().tx_frames == 1
+                answer = None
+                while answer is None:   # the kernel's answer comes back through the switch (with its IPv6 chatter)
+                    answer = next((Ether(f) for f in await far.receive_batch() if ARP in Ether(f)), None)
+                assert (answer[ARP].op, answer[ARP].psrc, answer.dst) == (2, "10.79.1.1", HOST_MAC)
+                nursery.cancel_scope.cancel()
+    finally:
+        await port.aclose()   # the tap and the pcap (the switch closed them already if it ran)

@@ -19,6 +19,7 @@ import trio
 
 from vswitch.overlay.core.codec import capture_frame
 from vswitch.shell.ports import Port
+from vswitch.shell.ports.base import Medium
 from vswitch.shell.ports.pcap import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
@@ -89,13 +90,14 @@ class CaptureSession:
         """A capture of ``device`` that records what it carries as it is on the wire: the underlay's
         datagrams as the UDP frames they arrive in, a TUN's bare IP packets as raw IP."""
         convert = None
-        if device.kind == "udp":
+        medium = device.capabilities.medium
+        if medium is Medium.UDP:
             local_ip, local_port = socket.inet_aton(device.address), device.port  # type: ignore[attr-defined]
 
             def convert(frames: list[bytes]) -> list[bytes]:
                 return [capture_frame(f, local_ip, local_port) for f in frames]
 
-        linktype = LINKTYPE_RAW if device.kind == "tun" else LINKTYPE_ETHERNET
+        linktype = LINKTYPE_RAW if medium is Medium.IP else LINKTYPE_ETHERNET
         return cls(device.name, count=count, max_frames=max_frames, max_bytes=max_bytes, convert=convert,
                    linktype=linktype)
 

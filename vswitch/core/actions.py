@@ -9,6 +9,7 @@ bytes.
 """
 
 import enum
+from collections.abc import Sequence
 
 import attrs
 
@@ -100,3 +101,29 @@ class Unreachable:
 
 
 TunnelAction = Transmit | Drop | Unreachable
+
+
+def split_tunnel_actions(
+    actions: Sequence[TunnelAction], inside: str, underlay: str, out: list[Action],
+) -> tuple[list[bytes], list[Unreachable]]:
+    """A tunnel's actions at the two ends it joins: the one place :data:`INSIDE` and :data:`UNDERLAY` become names.
+
+    Datagrams for the underlay and every drop join ``out``, at port ``underlay``
+    or ``inside``. Returned are the packets for the inside and the ICMP errors
+    owed, which depend on what the inside is: the datapath hands both to the
+    router, drop-in mode writes the packets into its flannel device and makes
+    the errors itself.
+    """
+    packets: list[bytes] = []
+    owed: list[Unreachable] = []
+    for action in actions:
+        if type(action) is Transmit:
+            if action.port == UNDERLAY:
+                out.append(Transmit(underlay, action.frames))
+            else:
+                packets += action.frames
+        elif type(action) is Unreachable:
+            owed.append(action)
+        else:
+            out.append(Drop(inside if action.port == INSIDE else underlay, action.reason, action.frame))
+    return packets, owed

@@ -10,13 +10,8 @@ from ipaddress import IPv4Address
 import attrs
 import trio
 
-from vswitch.config import (
-    OVERLAY_INTERFACE,
-    Config,
-    PortConfig,
-    load,
-)
-from vswitch.core.datapath import Datapath
+from vswitch.config import OVERLAY_INTERFACE, Config, PortConfig, load
+from vswitch.core.datapath import Datapath, OnBridge, OnOverlay, OnPort
 from vswitch.core.host import Host
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.router import Router
@@ -184,7 +179,13 @@ class Node:
         :func:`vswitch.control.protocol.attach_port` parses it)."""
         if port.name in self.switch.ports:
             raise ValueError(f"port {port.name!r} already exists")
-        self.switch.add_port(await open_device_port(port))
+        device = await open_device_port(port)
+        try:
+            self.switch.add_port(device)   # refused if a router interface on the bridge has that name
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await device.aclose()
+            raise
         log.info("attached %s in netns %s%s", port.name, port.netns, f" as {port.address}" if port.address else "")
 
     async def detach(self, name: str) -> None:
@@ -305,10 +306,14 @@ def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, byt
             max_per_source=nat.max_per_source,
         )
     datapath = Datapath(bridge, router)
-    for ic in config.router.interfaces:
-        datapath.attach_interface(ic.name, ic.port)
+    ports = {p.name for p in config.ports}
+    for i, ic in enumerate(config.router.interfaces):
+        if ic.port is None and ic.name in ports:   # an interface on the bridge is the bridge port of its name
+            raise ConfigError(f"router.interfaces[{i}].name", f"{ic.name!r} is a port's name: an interface on the"
+                              " bridge is a bridge port of its own name, so choose another")
+        datapath.attach(ic.name, OnBridge() if ic.port is None else OnPort(ic.port))
     if overlay is not None:
-        datapath.attach_overlay(overlay, OVERLAY_INTERFACE, UNDERLAY_PORT)
+        datapath.attach(OVERLAY_INTERFACE, OnOverlay(overlay, UNDERLAY_PORT))
     return datapath, router, overlay, vtep_mac
 
 

@@ -38,11 +38,16 @@ TIMER_FAULT_BACKOFF = 0.1  # seconds before a timer that raised runs again
 
 
 class Core(Protocol):
-    """What the shell needs of the core (the bridge now; bridge + router later)."""
+    """What the shell needs of the core: the bridge alone, the datapath, or drop-in mode's overlay.
 
-    def add_port(self, name: str) -> None: ...
-    def remove_port(self, name: str) -> None: ...
-    def set_port_up(self, name: str, up: bool) -> None: ...
+    A port's change of state may send or drop frames (a router interface
+    going down drops the packets held for its neighbours): the port-state
+    calls return those actions, or None when a core never has any.
+    """
+
+    def add_port(self, name: str) -> list[Action] | None: ...
+    def remove_port(self, name: str) -> list[Action] | None: ...
+    def set_port_up(self, name: str, up: bool) -> list[Action] | None: ...
     def is_port_up(self, name: str) -> bool: ...
     def handle_frames(self, port: str, frames: Sequence[bytes], now: float) -> list[Action]: ...
     def poll_at(self) -> float | None: ...
@@ -72,8 +77,10 @@ class TxStatistics:
 class _PortRunner:
     """A port with its bounded egress queue and the scope its tasks run in."""
 
-    def __init__(self, port: Port, queue_limit: int) -> None:
+    def __init__(self, port: Port, queue_limit: int, batch_size: int) -> None:
+        capabilities = port.capabilities
         self.port = port
+        self.batch = min(batch_size, capabilities.max_batch or batch_size)   # frames per receive and per send
         self.queue: deque[bytes] = deque()
         self.queue_limit = queue_limit
         self.wakeup = trio.Event()
@@ -82,7 +89,9 @@ class _PortRunner:
         self.closed = False
         self.monitors: list[Monitor] = []  # usually empty: one falsy check per batch
         self.sending = False               # the send task has a batch in flight
-        self.send_nowait: Callable[[Sequence[bytes]], int] | None = getattr(port, "send_nowait", None)
+        self.send_nowait: Callable[[Sequence[bytes]], int] | None = (
+            port.send_nowait if capabilities.send_nowait else None  # type: ignore[attr-defined]
+        )
 
     def end_monitors(self) -> None:
         for monitor in self.monitors:
@@ -143,17 +152,18 @@ class Switch:
         """Attach ``port`` to the core; its tasks start now if the switch runs."""
         if port.name in self._runners:
             raise ValueError(f"port {port.name!r} already exists")
-        self.core.add_port(port.name)
-        runner = self._runners[port.name] = _PortRunner(port, self.tx_queue)
+        actions = self.core.add_port(port.name)
+        runner = self._runners[port.name] = _PortRunner(port, self.tx_queue, self.batch_size)
         if self._nursery is not None:
             self._nursery.start_soon(self._run_port, runner)
+        self._port_changed(actions)
 
     async def remove_port(self, name: str) -> Port:
         """Detach a port: stop its tasks, forget its addresses, close it."""
         runner = self._runners.pop(name)
         runner.scope.cancel()
         runner.end_monitors()
-        self.core.remove_port(name)
+        self._port_changed(self.core.remove_port(name))
         await self._close(runner)
         return runner.port
 
@@ -161,8 +171,15 @@ class Switch:
         """Administratively enable or disable a port (down flushes its addresses)."""
         if up and self._runners[name].closed:
             raise ValueError(f"port {name!r} has failed and is closed; remove it and add it again")
-        self.core.set_port_up(name, up)
+        self._port_changed(self.core.set_port_up(name, up))
 
+    def _port_changed(self, actions: list[Action] | None) -> None:
+        """Send and count what a port's change of state sent or dropped (the packets held for the neighbours of
+        a router interface that went down), and bring the timer forward if it must (one that came up announces
+        itself at once)."""
+        if actions:
+            self.dispatch(actions)
+        self._wake_timer()
     def add_monitor(self, port: str, callback: Callable[[list[bytes]], None]) -> Monitor:
         """Call ``callback(frames)`` with every batch ``port`` receives or sends.
 
@@ -224,7 +241,7 @@ class Switch:
         port, name, core = runner.port, runner.port.name, self.core
         while True:
             try:
-                frames = await port.receive_batch(self.batch_size)
+                frames = await port.receive_batch(runner.batch)
             except PortClosed as exc:
                 self._port_failed(runner, exc)
                 return
@@ -243,7 +260,7 @@ class Switch:
             self._wake_timer()
 
     async def _tx_loop(self, runner: _PortRunner) -> None:
-        port, name, queue, limit = runner.port, runner.port.name, runner.queue, self.batch_size
+        port, name, queue, limit = runner.port, runner.port.name, runner.queue, runner.batch
         while True:
             while not queue:
                 runner.wakeup = trio.Event()
@@ -317,9 +334,10 @@ class Switch:
     def dispatch(self, actions: list[Action]) -> None:
         """Send or queue the core's transmissions; count its drops.
 
-        When a port's queue is empty and nothing is in flight, the frames are
-        written at once without waiting (``send_nowait``), which saves a task
-        switch per batch; whatever the device does not take is queued, in order.
+        When a port has a fast path (its capabilities say ``send_nowait``), its
+        queue is empty and nothing is in flight, the frames are written at once
+        without waiting, which saves a task switch per batch; whatever the
+        device does not take is queued, in order.
         """
         runners = self._runners
         for action in actions:
@@ -362,7 +380,7 @@ class Switch:
         self.port_failures += 1
         log.warning("port %s failed, taking it down: %s", runner.port.name, exc)
         if runner.port.name in self._runners:
-            self.core.set_port_up(runner.port.name, False)
+            self._port_changed(self.core.set_port_up(runner.port.name, False))
         runner.scope.cancel()
 
     async def _close(self, runner: _PortRunner) -> None:

@@ -3,6 +3,8 @@
 from .base import (
     DEFAULT_BATCH,
     DEFAULT_MTU,
+    Capabilities,
+    Medium,
     Port,
     PortClosed,
     PortStatistics,
@@ -13,6 +15,6 @@ from .memory import MemoryPort
 from .pcap import PcapPort, PcapWriter
 
 __all__ = [
-    "DEFAULT_BATCH", "DEFAULT_MTU", "Port", "PortClosed", "PortStatistics", "PortWrapper",
+    "DEFAULT_BATCH", "DEFAULT_MTU", "Capabilities", "Medium", "Port", "PortClosed", "PortStatistics", "PortWrapper",
     "ImpairedPort", "Impairment", "MemoryPort", "PcapPort", "PcapWriter",
 ]

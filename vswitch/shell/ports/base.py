@@ -5,8 +5,13 @@ waits for at least one frame and then returns every frame it can take without
 waiting (up to ``max_frames``); ``send_batch`` writes a batch. Both raise
 :class:`PortClosed` once the device is gone, which the switch treats as the
 port going down, never as a crash.
+
+What a port is and can do, it declares in its :class:`Capabilities` (as
+smoltcp's devices do): the switch asks those, never the port's type, and a
+wrapper passes them through.
 """
 
+import enum
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -55,11 +60,42 @@ class PortStatistics:
         self.tx_bytes += sum(map(len, frames))
 
 
+class Medium(enum.Enum):
+    """What one frame of a port is."""
+
+    ETHERNET = "ethernet"   # an Ethernet frame: TAP, AF_PACKET, memory links
+    IP = "ip"               # an IPv4 packet with no link header: TUN
+    UDP = "udp"             # a datagram to or from a peer daemon behind the overlay's address header: the underlay
+
+
+@attrs.frozen
+class Capabilities:
+    """What a port is and can do, declared by the port (smoltcp's ``DeviceCapabilities``).
+
+    ``max_batch``: the most frames the device moves in one call; the switch
+    asks for and hands over no more (None: any number). ``send_nowait``: a
+    synchronous fast path, ``send_nowait(frames) -> int``, which writes what
+    the device takes at once and says how many; the switch calls it from the
+    receiving task while the port's queue is empty, which saves a task switch
+    per batch. ``vnet_header``: frames cross the device behind a virtio-net
+    header, so the port completes the checksums and segments the super-frames
+    it receives, and joins runs of one TCP flow into super-frames it sends.
+    ``udp_offloads``: UDP GSO on send and GRO on receive.
+    """
+
+    medium: Medium = Medium.ETHERNET
+    max_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    send_nowait: bool = False
+    vnet_header: bool = False
+    udp_offloads: bool = False
+
+
 @runtime_checkable
 class Port(Protocol):
     name: str
     mtu: int
-    kind: str  # "tap", "tun", "packet", "memory": what `show ports` calls it
+    kind: str  # "tap", "tun", "packet", "udp", "memory": what `show ports` calls it
+    capabilities: Capabilities
 
     async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
         """Wait for frames; return between 1 and ``max_frames`` of them."""
@@ -95,11 +131,19 @@ class PortWrapper:
     def kind(self) -> str:
         return self.lower.kind
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.lower.capabilities
+
     async def receive_batch(self, max_frames: int = DEFAULT_BATCH) -> list[bytes]:
         return await self.lower.receive_batch(max_frames)
 
     async def send_batch(self, frames: Sequence[bytes]) -> None:
         await self.lower.send_batch(frames)
+
+    def send_nowait(self, frames: Sequence[bytes]) -> int:
+        """The lower port's fast path; called only when its capabilities declare one."""
+        return self.lower.send_nowait(frames)  # type: ignore[attr-defined]
 
     def statistics(self) -> PortStatistics:
         return self.lower.statistics()

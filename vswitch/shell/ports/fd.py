@@ -17,13 +17,21 @@ import trio
 from vswitch.core.wire.errors import WireError
 from vswitch.core.wire.offload import from_vnet
 
-from .base import DEFAULT_BATCH, DEFAULT_MTU, PortClosed, PortFault, PortStatistics
+from .base import (
+    DEFAULT_BATCH,
+    DEFAULT_MTU,
+    Capabilities,
+    PortClosed,
+    PortFault,
+    PortStatistics,
+)
 
 READ_SIZE = 65536 + 64  # the largest frame a device can hand over, with room to spare
 
 
 class FdPort:
     kind = "fd"
+    capabilities = Capabilities(send_nowait=True)
     # errno values meaning the device or interface is gone (not a bad frame)
     gone_errnos: frozenset[int] = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
 

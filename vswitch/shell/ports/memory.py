@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from .base import DEFAULT_BATCH, DEFAULT_MTU, PortClosed, PortStatistics
+from .base import DEFAULT_BATCH, DEFAULT_MTU, Capabilities, PortClosed, PortStatistics
 
 DEFAULT_CAPACITY = 256  # batches in flight per direction
 
@@ -48,6 +48,7 @@ class MemoryPort(ChannelReceiver):
     """
 
     kind = "memory"
+    capabilities = Capabilities()
 
     def __init__(
         self, name: str, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel, *, mtu: int = DEFAULT_MTU

@@ -18,7 +18,7 @@ import struct
 from vswitch.core.wire.offload import VNET_HDR_LEN, VNET_HDR_NONE
 from vswitch.errors import DeviceError
 
-from .base import DEFAULT_MTU, PortClosed
+from .base import DEFAULT_MTU, Capabilities, PortClosed
 from .fd import READ_SIZE, FdPort
 
 ETH_P_ALL = 0x0003
@@ -32,6 +32,7 @@ _SOCKET_BUFFER = 4 << 20
 
 class PacketPort(FdPort):
     kind = "packet"
+    capabilities = Capabilities(send_nowait=True, vnet_header=True)
     gone_errnos = FdPort.gone_errnos | {errno.ENETDOWN}
 
     def __init__(self, name: str, sock: socket.socket, *, device: str, mtu: int = DEFAULT_MTU) -> None:

@@ -137,6 +137,13 @@ class PcapPort(PortWrapper):
             self.writer.write(frames)
         await self.lower.send_batch(frames)
 
+    def send_nowait(self, frames: Sequence[bytes]) -> int:
+        """The lower port's fast path, recording what it took."""
+        done = self.lower.send_nowait(frames)  # type: ignore[attr-defined]
+        if self._tx and done:
+            self.writer.write(frames[:done])
+        return done
+
     async def aclose(self) -> None:
         try:
             await self.lower.aclose()

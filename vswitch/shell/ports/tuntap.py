@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from vswitch.core.wire.offload import VNET_HDR_LEN, coalesce_tcp4
 from vswitch.errors import DeviceError
 
-from .base import DEFAULT_MTU
+from .base import DEFAULT_MTU, Capabilities, Medium
 from .fd import READ_SIZE, FdPort
 
 TUN_DEVICE = "/dev/net/tun"
@@ -74,6 +74,9 @@ class TunTapPort(FdPort):
         super().__init__(name, fd, mtu=mtu)
         self.kind = kind
         self.vnet = vnet
+        self.capabilities = Capabilities(
+            medium=Medium.ETHERNET if kind == "tap" else Medium.IP, send_nowait=True, vnet_header=vnet,
+        )
 
     @classmethod
     def open(cls, name: str, *, kind: str = "tap", mtu: int = DEFAULT_MTU) -> "TunTapPort":

@@ -34,7 +34,7 @@ import trio
 from vswitch.errors import DeviceError
 from vswitch.overlay.core.codec import ADDRESS_LEN, address_header
 
-from .base import DEFAULT_MTU, PortClosed, PortStatistics
+from .base import DEFAULT_MTU, Capabilities, Medium, PortClosed, PortStatistics
 from .fd import READ_SIZE, FdPort
 from .memory import ChannelReceiver
 
@@ -71,6 +71,7 @@ class UdpPort(FdPort):
         self._sockaddrs: dict[bytes, tuple[str, int]] = {}
         self.hashed_source_ports = raw is not None
         self.offloads = _enable_gro(sock)   # and GSO with it: both came in Linux 5.0 (GSO 4.18)
+        self.capabilities = Capabilities(medium=Medium.UDP, send_nowait=True, udp_offloads=self.offloads)
         self._flows: dict[bytes, socket.socket | None] = {}   # address header -> its flow socket (oldest first)
 
     @classmethod
@@ -283,6 +284,7 @@ class MemoryUnderlay:
 
 class MemoryUdpPort(ChannelReceiver):
     kind = "udp"
+    capabilities = Capabilities(medium=Medium.UDP)
 
     def __init__(self, name: str, network: MemoryUnderlay, key: bytes, capacity: int, *, mtu: int = DEFAULT_MTU) -> None:
         self.name = name

@@ -1,0 +1,105 @@
+"""Ports declare what they can do; the switch goes by that, and wrappers pass it through."""
+
+from collections.abc import Sequence
+
+import trio
+from scapy.utils import rdpcap
+from shellkit import eth, mac, recv, start_switch
+
+from vswitch.core.actions import Transmit
+from vswitch.core.l2.bridge import Bridge
+from vswitch.shell.ports import (
+    Capabilities,
+    ImpairedPort,
+    Impairment,
+    Medium,
+    MemoryPort,
+    PcapPort,
+    PcapWriter,
+)
+from vswitch.shell.ports.udp import MemoryUnderlay
+from vswitch.shell.switch import Switch
+
+A, B = mac(0xA), mac(0xB)
+
+
+class FastMemoryPort(MemoryPort):
+    """A memory link with a synchronous fast path, as a TAP has: a batch the link has room for goes at once."""
+
+    capabilities = Capabilities(send_nowait=True)
+
+    def send_nowait(self, frames: Sequence[bytes]) -> int:
+        try:
+            self._send.send_nowait(list(frames))
+        except trio.WouldBlock:
+            return 0
+        self._stats.count_tx(frames)
+        return len(frames)
+
+
+class SmallBatchPort(MemoryPort):
+    """A memory link whose device moves at most three frames per call; it remembers the calls."""
+
+    capabilities = Capabilities(max_batch=3)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: list[int] = []
+        self.sent: list[int] = []
+
+    async def receive_batch(self, max_frames: int = 64) -> list[bytes]:
+        self.asked.append(max_frames)
+        return await super().receive_batch(max_frames)
+
+    async def send_batch(self, frames: Sequence[bytes]) -> None:
+        self.sent.append(len(frames))
+        await super().send_batch(frames)
+
+
+def test_ports_declare_their_medium():
+    memory, _ = MemoryPort.pair("m")
+    assert memory.capabilities == Capabilities(medium=Medium.ETHERNET)
+    underlay = MemoryUnderlay().port("underlay", "10.99.0.1", 8285)
+    assert underlay.capabilities.medium is Medium.UDP and not underlay.capabilities.send_nowait
+
+
+async def test_a_pcap_keeps_the_fast_path_of_the_port_it_wraps(tmp_path):
+    port, peer = FastMemoryPort.pair("p1")
+    writer = PcapWriter.open(str(tmp_path / "p1.pcap"))
+    recorded = PcapPort(port, writer)
+    assert recorded.capabilities is port.capabilities
+    switch = Switch(Bridge())
+    switch.add_port(recorded)
+    frames = [eth(A, B, i) for i in range(3)]
+    switch.dispatch([Transmit("p1", frames)])   # as from a receiving task: no await between here and the checks
+    (status,) = switch.port_status()
+    assert status.tx.queued == 0 and status.tx.sent_batches == 1   # written at once, not queued for the send task
+    assert writer.frames == 3 and port.statistics().tx_frames == 3
+    assert await recv(peer, 3) == frames
+    assert [bytes(p) for p in rdpcap(str(tmp_path / "p1.pcap"))] == frames
+    await switch.aclose()
+
+
+async def test_a_port_without_a_fast_path_is_sent_to_by_its_task(nursery):
+    rig = await start_switch(nursery, ["p1"])
+    rig.switch.dispatch([Transmit("p1", [eth(A, B)])])
+    assert rig.status("p1").tx.queued == 1
+    assert await recv(rig.peers["p1"]) == [eth(A, B)]
+
+
+def test_impairment_passes_capabilities_through():
+    port, _ = FastMemoryPort.pair("p1")
+    assert ImpairedPort(port, Impairment(loss=0.5)).capabilities is port.capabilities
+
+
+async def test_the_switch_moves_no_more_frames_per_call_than_a_port_takes(nursery):
+    small, small_peer = SmallBatchPort.pair("small")
+    rig = await start_switch(nursery, ["p1"], batch_size=8)
+    rig.switch.add_port(small)
+    rig.bridge.fdb.learn(B, "small", trio.current_time())
+    frames = [eth(B, A, i) for i in range(8)]
+    await rig.send("p1", *frames)
+    assert await recv(small_peer, 8) == frames
+    await small_peer.send_batch([eth(A, B, i) for i in range(7)])
+    assert len(await recv(rig.peers["p1"], 7)) == 7
+    assert set(small.asked) == {3} and max(small.sent) <= 3 and sum(small.sent) == 8
