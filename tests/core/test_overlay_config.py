@@ -11,14 +11,10 @@ from vswitch.daemon import build_core, stable_mac
 from vswitch.errors import ConfigError
 from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.peers import Lease
-from vswitch.overlay.shell.node import (
-    build_overlay,
-    config_leases,
-    device_name,
-    masquerade_rules,
-    restart_needed,
-    subnet_env,
-)
+from vswitch.overlay.shell.leases import config_leases
+from vswitch.overlay.shell.masq import masquerade_rules
+from vswitch.overlay.shell.node import build_overlay, device_name, restart_needed
+from vswitch.overlay.shell.subnet_env import subnet_env
 
 GATEWAY = """
 [[router.interfaces]]

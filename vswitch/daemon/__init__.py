@@ -22,19 +22,20 @@ from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.dropin import DeviceOverlay
 from vswitch.overlay.core.peers import LeaseChanges
 from vswitch.overlay.core.tunnel import Overlay
-from vswitch.overlay.shell.node import (
-    StaticLeases,
-    apply_lease_routes,
-    build_overlay,
-    config_leases,
-    configure_device,
-    device_name,
+from vswitch.overlay.shell.leases import StaticLeases, config_leases
+from vswitch.overlay.shell.masq import (
     install_masquerade,
     masquerade_rules,
     remove_masquerade,
-    restart_needed,
-    write_subnet_env,
 )
+from vswitch.overlay.shell.node import (
+    apply_lease_routes,
+    build_overlay,
+    configure_device,
+    device_name,
+    restart_needed,
+)
+from vswitch.overlay.shell.subnet_env import write_subnet_env
 from vswitch.shell.faults import Faults
 from vswitch.shell.hosts import HostRunner
 from vswitch.shell.netns import configure_link
