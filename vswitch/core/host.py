@@ -11,7 +11,7 @@ from collections import deque
 import attrs
 
 from .wire import arp, ethernet, icmp, ipv4
-from .wire.addr import BROADCAST_MAC, ZERO_MAC, ip_from_str, ip_to_str, mac_to_str
+from .wire.addr import BROADCAST_MAC, ZERO_MAC, ip_to_str, mac_to_str
 from .wire.errors import WireError
 
 PENDING_PER_ADDRESS = 16
@@ -42,12 +42,16 @@ class HostStatistics:
 
 
 class Host:
-    def __init__(self, name: str, mac: bytes, address: str, *, gateway: str | None = None) -> None:
+    def __init__(
+        self, name: str, mac: bytes, address: str | ipaddress.IPv4Interface, *,
+        gateway: str | ipaddress.IPv4Address | None = None,
+    ) -> None:
+        """``address`` with its prefix length and ``gateway`` as written ("10.0.0.2/24") or as the config parses them."""
         self.name = name
         self.mac = mac
         self.interface = ipaddress.IPv4Interface(address)
         self.ip = self.interface.ip.packed
-        self.gateway = ip_from_str(gateway) if gateway else None
+        self.gateway = ipaddress.IPv4Address(gateway).packed if gateway else None
         self.neighbours: dict[bytes, bytes] = {}
         self.events: deque[tuple[float, str]] = deque(maxlen=MAX_EVENTS)  # (time, text)
         self.stats = HostStatistics()

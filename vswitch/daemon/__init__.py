@@ -204,17 +204,12 @@ async def open_device_port(pc: PortConfig) -> Port:
         return PacketPort.open(pc.device, name=pc.name, mtu=pc.mtu)
     port = TunTapPort.open(pc.name, kind=pc.type, mtu=pc.mtu)  # tap or tun
     try:
-        await configure_link(pc.name, netns=pc.netns, address=_text(pc.address), gateway=_text(pc.gateway), mtu=pc.mtu)
+        await configure_link(pc.name, netns=pc.netns, address=pc.address, gateway=pc.gateway, mtu=pc.mtu)
     except BaseException:
         with trio.CancelScope(shield=True):
             await port.aclose()
         raise
     return port
-
-
-def _text(value: object | None) -> str | None:
-    """A parsed address as text, which iproute2 and a simulated Host take."""
-    return None if value is None else str(value)
 
 
 def _with_pcap(port: Port, pc: PortConfig, pcaps: list[PcapWriter]) -> Port:
@@ -323,14 +318,14 @@ def _build_memory_port(config: Config, pc: PortConfig, pcaps: list[PcapWriter]) 
     port, far_end = MemoryPort.pair(pc.name, f"{pc.name}-host", mtu=pc.mtu)
     port = _with_pcap(port, pc, pcaps)
     mac = pc.host.mac or stable_mac(config.node.name, pc.name)
-    host = Host(f"{pc.name}-host", mac, str(pc.host.address), gateway=_text(pc.host.gateway))
+    host = Host(f"{pc.name}-host", mac, pc.host.address, gateway=pc.host.gateway)
     return port, HostRunner(host, far_end)
 
 
 async def _pinger(runner: HostRunner, targets: tuple[IPv4Address, ...], interval: float) -> None:
     while True:
         for target in targets:
-            result = await runner.ping(str(target), timeout=interval)
+            result = await runner.ping(target, timeout=interval)
             if result.received:
                 log.info("%s: reply from %s in %.3f ms", runner.host.name, target, result.rtts[0] * 1e3)
             else:

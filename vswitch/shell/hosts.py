@@ -1,13 +1,13 @@
 """Simulated hosts on ports: :class:`HostRunner` drives a pure
 :class:`vswitch.core.host.Host` on a port with Trio, answers what arrives and pings."""
 
+import ipaddress
 import itertools
 
 import attrs
 import trio
 
 from vswitch.core.host import Host
-from vswitch.core.wire.addr import ip_from_str
 
 from .ports.base import Port, PortClosed
 
@@ -56,11 +56,11 @@ class HostRunner:
                     return
 
     async def ping(
-        self, dst: str, *, count: int = 1, interval: float = 0.0, timeout: float = 1.0, size: int = 56
+        self, dst: str | ipaddress.IPv4Address, *, count: int = 1, interval: float = 0.0, timeout: float = 1.0, size: int = 56
     ) -> PingResult:
         """Send ``count`` echo requests, ``interval`` apart; each waits ``timeout`` for its reply."""
         ident = next(_idents) & 0xFFFF
-        target = ip_from_str(dst)
+        target = ipaddress.IPv4Address(dst).packed
         rtts = []
         for seq in range(1, count + 1):
             key = (ident, seq)

@@ -8,6 +8,7 @@ repeat exactly what the daemon did by hand.
 
 import logging
 import shutil
+from ipaddress import IPv4Address, IPv4Interface
 
 import trio
 
@@ -40,8 +41,8 @@ async def netns_exists(netns: str) -> bool:
 
 
 async def configure_link(
-    device: str, *, netns: str | None = None, address: str | None = None,
-    gateway: str | None = None, mtu: int | None = None,
+    device: str, *, netns: str | None = None, address: str | IPv4Interface | None = None,
+    gateway: str | IPv4Address | None = None, mtu: int | None = None,
 ) -> None:
     """Move ``device`` into ``netns`` (if given), then set MTU, up, address and default route there.
 
@@ -55,7 +56,7 @@ async def configure_link(
         await ip("link", "set", "dev", device, "mtu", str(mtu), netns=netns)
     await ip("link", "set", "dev", device, "up", netns=netns)
     if address is not None:
-        await ip("addr", "replace", address, "dev", device, netns=netns)
+        await ip("addr", "replace", str(address), "dev", device, netns=netns)
     if gateway is not None:
-        await ip("route", "replace", "default", "via", gateway, "dev", device, netns=netns)
+        await ip("route", "replace", "default", "via", str(gateway), "dev", device, netns=netns)
 
