@@ -9,9 +9,9 @@ The router under test has two Ethernet interfaces::
 
 from scapy.all import ARP, IP, Ether, Raw, raw
 
-from vswitch.core.actions import Drop, DropReason, Transmit
 from vswitch.core.l3.router import Router
 from vswitch.core.wire.addr import Network, ip_from_str, mac_from_str
+from vswitch.testing import dropped, drops, transmits  # noqa: F401 (the kit for the l3 tests)
 
 BCAST = "ff:ff:ff:ff:ff:ff"
 MAC = {
@@ -88,21 +88,8 @@ def arp_reply(sender: str, target: str, *, dst: str, sender_mac: str | None = No
     ))
 
 
-def transmits(actions) -> dict[str, list[bytes]]:
-    out: dict[str, list[bytes]] = {}
-    for action in actions:
-        if isinstance(action, Transmit):
-            assert action.port not in out, "at most one Transmit per port per call"
-            out[action.port] = list(action.frames)
-    return out
-
-
-def drops(actions) -> list[tuple[str, DropReason]]:
-    return [(a.port, a.reason) for a in actions if isinstance(a, Drop)]
-
-
 def drop_frames(actions) -> list[bytes]:
-    return [a.frame for a in actions if isinstance(a, Drop)]
+    return [frame for _port, _reason, frame in dropped(actions)]
 
 
 def only_frame(actions, port: str) -> Ether:

@@ -12,11 +12,11 @@ its peers::
 from scapy.all import IP, UDP, Ether, raw
 from scapy.layers.vxlan import VXLAN
 
-from vswitch.core.actions import Drop, Transmit, Unreachable
 from vswitch.core.wire.addr import Network, ip_from_str, mac_from_str
 from vswitch.overlay.core.codec import address_header
 from vswitch.overlay.core.peers import Lease
 from vswitch.overlay.core.tunnel import Overlay
+from vswitch.testing import drops, transmitted, unreachables  # noqa: F401 (the kit for the overlay tests)
 
 NETWORK = "10.244.0.0/16"
 PORT = {"udp": 8285, "vxlan": 8472}
@@ -73,23 +73,6 @@ def from_peer(n: int, payload: bytes, backend: str = "udp", *, sport: int | None
 def vxlan_payload(inner, *, vni: int = 1, flags: int = 0x08, dst: str = vtep(1), src: str = vtep(2)) -> bytes:
     """What peer 2 sends: a standard VXLAN header (scapy defaults to VXLAN-GPE's 0x0C, so flags are explicit)."""
     return raw(VXLAN(flags=flags, vni=vni) / Ether(dst=dst, src=src) / inner)
-
-
-def transmitted(actions) -> dict[str, list[bytes]]:
-    """Every frame sent, per port, in order (several Transmits to one port are joined)."""
-    out: dict[str, list[bytes]] = {}
-    for action in actions:
-        if isinstance(action, Transmit):
-            out.setdefault(action.port, []).extend(action.frames)
-    return out
-
-
-def drops(actions) -> list[tuple[str, object]]:
-    return [(a.port, a.reason) for a in actions if isinstance(a, Drop)]
-
-
-def unreachables(actions) -> list[tuple[int, int, bytes]]:
-    return [(a.type, a.code, a.packet) for a in actions if isinstance(a, Unreachable)]
 
 
 def ttl_less(pkt: IP, by: int = 1) -> bytes:

@@ -3,10 +3,11 @@
 import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Ether, raw
 
-from vswitch.core.actions import Drop, DropReason, Transmit
+from vswitch.core.actions import DropReason
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l2.fdb import REFRESH_INTERVAL
 from vswitch.core.wire import mac_from_str
+from vswitch.testing import dropped, transmits
 
 MAC = {name: f"02:00:00:00:00:{i:02x}" for i, name in enumerate(["a", "b", "c", "d", "e"], start=1)}
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -26,19 +27,6 @@ def make_bridge(ports=PORTS, **kwargs) -> Bridge:
     return bridge
 
 
-def transmits(actions) -> dict[str, list[bytes]]:
-    out: dict[str, list[bytes]] = {}
-    for action in actions:
-        if isinstance(action, Transmit):
-            assert action.port not in out, "at most one Transmit per port per batch"
-            out[action.port] = action.frames
-    return out
-
-
-def drops(actions) -> list[tuple[str, DropReason, bytes]]:
-    return [(a.port, a.reason, a.frame) for a in actions if isinstance(a, Drop)]
-
-
 def test_broadcast_floods_to_every_other_port_unchanged():
     bridge = make_bridge()
     f = raw(Ether(src=MAC["a"], dst=BCAST) / ARP(hwsrc=MAC["a"], psrc="10.0.0.1", pdst="10.0.0.2"))
@@ -48,7 +36,7 @@ def test_broadcast_floods_to_every_other_port_unchanged():
     for frames in out.values():
         assert len(frames) == 1 and frames[0] is f
         assert Ether(frames[0])[ARP].pdst == "10.0.0.2"
-    assert drops(actions) == []
+    assert dropped(actions) == []
 
 
 @pytest.mark.parametrize("dst", ["01:00:5e:00:00:01", "33:33:00:00:00:01", "01:80:c2:00:00:10", "01:80:c2:00:00:21"])
@@ -95,7 +83,7 @@ def test_link_local_dropped(last):
     f = frame("a", dst)
     actions = bridge.handle_frames("p1", [f], 0.0)
     assert transmits(actions) == {}
-    assert drops(actions) == [("p1", DropReason.LINK_LOCAL, f)]
+    assert dropped(actions) == [("p1", DropReason.LINK_LOCAL, f)]
     assert bridge.statistics().drops == {DropReason.LINK_LOCAL: 1}
 
 
@@ -103,7 +91,7 @@ def test_link_local_boundary_10_is_flooded():
     bridge = make_bridge()
     f = frame("a", "01:80:c2:00:00:10")
     actions = bridge.handle_frames("p1", [f], 0.0)
-    assert drops(actions) == []
+    assert dropped(actions) == []
     assert set(transmits(actions)) == {"p2", "p3", "p4"}
 
 
@@ -113,7 +101,7 @@ def test_invalid_source_dropped_and_not_learned(src):
     f = frame(src, BCAST)
     actions = bridge.handle_frames("p1", [f], 0.0)
     assert transmits(actions) == {}
-    assert drops(actions) == [("p1", DropReason.INVALID_SOURCE, f)]
+    assert dropped(actions) == [("p1", DropReason.INVALID_SOURCE, f)]
     assert len(bridge.fdb) == 0
     assert bridge.fdb.get(mac_from_str(src)) is None
     assert bridge.statistics().ports["p1"].rx_dropped == 1
@@ -131,7 +119,7 @@ def test_short_frames_truncated(length):
     f = frame("a", BCAST)[:length]
     actions = bridge.handle_frames("p1", [f], 0.0)
     assert transmits(actions) == {}
-    assert drops(actions) == [("p1", DropReason.TRUNCATED, f)]
+    assert dropped(actions) == [("p1", DropReason.TRUNCATED, f)]
     assert len(bridge.fdb) == 0
 
 
@@ -148,7 +136,7 @@ def test_destination_on_ingress_port_dropped_same_port():
     f = frame("a", "b")
     actions = bridge.handle_frames("p1", [f], 0.5)
     assert transmits(actions) == {}
-    assert drops(actions) == [("p1", DropReason.SAME_PORT, f)]
+    assert dropped(actions) == [("p1", DropReason.SAME_PORT, f)]
 
 
 def test_station_move():
@@ -168,7 +156,7 @@ def test_learning_is_visible_to_later_frames_of_the_same_batch():
     # b moves to p1; then c, also on p1, talks to b; then a talks to d on p3
     batch = [frame("b", BCAST, seq=1), frame("c", "b", seq=2), frame("a", "d", seq=3)]
     actions = bridge.handle_frames("p1", batch, 1.0)
-    assert drops(actions) == [("p1", DropReason.SAME_PORT, batch[1])]
+    assert dropped(actions) == [("p1", DropReason.SAME_PORT, batch[1])]
     assert transmits(actions) == {"p2": [batch[0]], "p3": [batch[0], batch[2]], "p4": [batch[0]]}
     assert bridge.fdb.get(mac_from_str(MAC["b"])).port == "p1"
     assert bridge.statistics().fdb.moved == 1
@@ -227,7 +215,7 @@ def test_port_down_flushes_and_drops_and_is_not_flooded():
     ingress = [frame("b", "c"), frame("b", BCAST)]
     actions = bridge.handle_frames("p2", ingress, 1.0)
     assert transmits(actions) == {}
-    assert drops(actions) == [("p2", DropReason.PORT_DOWN, ingress[0]), ("p2", DropReason.PORT_DOWN, ingress[1])]
+    assert dropped(actions) == [("p2", DropReason.PORT_DOWN, ingress[0]), ("p2", DropReason.PORT_DOWN, ingress[1])]
     assert bridge.fdb.get(mac_from_str(MAC["b"])) is None  # nothing learned from a down port
 
     bridge.set_port_up("p2", True)
@@ -247,7 +235,7 @@ def test_unicast_to_static_entry_on_down_port_dropped():
     batch = [frame("a", "b", seq=1), frame("a", "b", seq=2)]
     actions = bridge.handle_frames("p1", batch, 0.0)
     assert transmits(actions) == {}
-    assert drops(actions) == [("p1", DropReason.PORT_DOWN, batch[0]), ("p1", DropReason.PORT_DOWN, batch[1])]
+    assert dropped(actions) == [("p1", DropReason.PORT_DOWN, batch[0]), ("p1", DropReason.PORT_DOWN, batch[1])]
     bridge.set_port_up("p2", True)
     f = frame("a", "b")
     assert transmits(bridge.handle_frames("p1", [f], 1.0)) == {"p2": [f]}
@@ -272,10 +260,10 @@ def test_flood_with_no_other_up_port_is_no_egress():
     f = frame("a", BCAST)
     actions = bridge.handle_frames("p1", [f], 0.0)
     assert transmits(actions) == {}
-    assert drops(actions) == [("p1", DropReason.NO_EGRESS, f)]
+    assert dropped(actions) == [("p1", DropReason.NO_EGRESS, f)]
     lonely = make_bridge(["only"])
     g = frame("a", "b")
-    assert drops(lonely.handle_frames("only", [g], 0.0)) == [("only", DropReason.NO_EGRESS, g)]
+    assert dropped(lonely.handle_frames("only", [g], 0.0)) == [("only", DropReason.NO_EGRESS, g)]
     assert lonely.statistics().flooded == 0
 
 

@@ -11,6 +11,7 @@ from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.router import Router
 from vswitch.daemon import build_core
 from vswitch.errors import ConfigError
+from vswitch.testing import drops, transmitted
 
 R = DropReason
 CONTAINERS = ["p1", "p2", "p3"]
@@ -18,18 +19,10 @@ INTERFACES = ["a", "b", "t"]
 
 
 def sent(actions) -> dict[str, list[bytes]]:
-    """Every frame leaving each port, in order (several Transmits to one port are joined)."""
-    out: dict[str, list[bytes]] = {}
-    for action in actions:
-        if isinstance(action, Transmit):
-            out.setdefault(action.port, []).extend(action.frames)
-    for port in out:
-        assert port not in INTERFACES, "an interface's port on the bridge never reaches the shell"
+    """Every frame leaving each port, in order; an interface's port on the bridge never reaches the shell."""
+    out = transmitted(actions)
+    assert not set(out) & set(INTERFACES), "an interface's port on the bridge never reaches the shell"
     return out
-
-
-def drops(actions) -> list[tuple[str, DropReason]]:
-    return [(a.port, a.reason) for a in actions if isinstance(a, Drop)]
 
 
 def udp(src, dst, *, ttl=64, payload=b"data"):

@@ -195,10 +195,9 @@ def test_build_checksum_equals_scapy(src, dst, proto, payload, ttl, ident, tos, 
     options = b"\x01" * (4 * option_words)  # NOPs
     buf = build_ipv4(src, dst, proto, payload, ttl=ttl, ident=ident, tos=tos, flags_offset=flags_offset, options=options)
     ihl = 20 + len(options)
-    pkt = IP(buf)
-    stored = pkt.chksum
-    del pkt.chksum
-    assert IP(raw(pkt)).chksum == stored
+    stored = IP(buf).chksum
+    # scapy's checksum over our header, not a rebuild by scapy: dissecting IGMP adds a router alert to the header
+    assert scapy_checksum(buf[:10] + b"\0\0" + buf[12:ihl]) == stored
     assert internet_checksum(buf[:ihl]) == 0
     hdr = Ipv4.parse(buf)
     assert (hdr.ihl, hdr.total_length, hdr.ttl, hdr.proto, hdr.ident, hdr.tos, hdr.flags_offset) == (
