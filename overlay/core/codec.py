@@ -46,9 +46,9 @@ VXLAN_FLAGS = 0
 VXLAN_VNI = slice(4, 7)
 
 # What the flow hash reads, as module-level ints: it runs for every VXLAN packet.
-_PROTOCOL, _MIN_IHL = ipv4.PROTOCOL, ipv4.MIN_HEADER_LEN
+_VER_IHL, _PROTOCOL, _MIN_IHL, _ICMP = ipv4.VER_IHL, ipv4.PROTOCOL, ipv4.MIN_HEADER_LEN, ipv4.PROTO_ICMP
 _ADDRESSES, _ADDRESSES_END = ipv4.ADDRESSES.start, ipv4.ADDRESSES.stop
-_FRAGMENT, _NOT_FIRST_OR_MORE = ipv4.FRAGMENT.start, ipv4.FLAG_MF | ipv4.OFFSET_MASK
+_FLAGS, _MF_OR_OFFSET = ipv4.FLAGS, (ipv4.FLAG_MF | ipv4.OFFSET_MASK) >> 8   # in the FLAGS byte; then the offset's low byte
 _TYPE_CODE_END = icmp.CODE + 1
 _IDENT, _IDENT_END = icmp.IDENT.start, icmp.IDENT.stop
 _PORTS_END = tcp.PORTS.stop   # TCP's and UDP's ports: the first four bytes of either header
@@ -80,11 +80,11 @@ def flow_source_port(packet: bytes, offset: int = 0) -> int:
     transport header to find). CRC-32 is deterministic across runs and
     costs well under a microsecond.
     """
-    ihl = (packet[offset + ipv4.VER_IHL] & 0x0F) * 4
+    ihl = (packet[offset + _VER_IHL] & 0x0F) * 4
     addresses = packet[offset + _PROTOCOL:offset + _PROTOCOL + 1] + packet[offset + _ADDRESSES:offset + _ADDRESSES_END]
-    if (packet[offset + _FRAGMENT] << 8 | packet[offset + _FRAGMENT + 1]) & _NOT_FIRST_OR_MORE or ihl < _MIN_IHL:
+    if packet[offset + _FLAGS] & _MF_OR_OFFSET or packet[offset + _FLAGS + 1] or ihl < _MIN_IHL:
         key = addresses   # more fragments, an offset, no header: no ports
-    elif packet[offset + _PROTOCOL] == ipv4.PROTO_ICMP:   # type and code, then the identifier (not the checksum)
+    elif packet[offset + _PROTOCOL] == _ICMP:   # type and code, then the identifier (not the checksum)
         start = offset + ihl
         key = addresses + packet[start:start + _TYPE_CODE_END] + packet[start + _IDENT:start + _IDENT_END]
     else:

@@ -43,7 +43,10 @@ ETHERTYPE_IPV4 = b"\x08\x00"
 ETHERTYPE_ARP = b"\x08\x06"
 _ZERO_IP = b"\0\0\0\0"
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
+# What the packet path reads for every packet, as module-level constants: a module's attribute costs a
+# lookup each time it is read.
 _ETH_DST, _ETH_SRC, _ETHERTYPE, _PAYLOAD = ethernet.DST, ethernet.SRC, ethernet.ETHERTYPE, ethernet.HEADER_LEN
+_MIN_IHL, _VER_IHL, _LENGTH, _SRC, _DST = ipv4.MIN_HEADER_LEN, ipv4.VER_IHL, ipv4.LENGTH.start, ipv4.SRC, ipv4.DST
 
 
 @attrs.define(slots=True)
@@ -255,25 +258,25 @@ class Router:
     def _ip_input(self, iface: Interface, packet: bytes, now: float, emit: _Out) -> DropReason | None:
         """Check, translate, deliver or forward one packet; a reason if it was dropped."""
         size = len(packet)
-        if size < ipv4.MIN_HEADER_LEN:
+        if size < _MIN_IHL:
             return DropReason.IP_TRUNCATED
-        first = packet[ipv4.VER_IHL]
+        first = packet[_VER_IHL]
         if first != 0x45:   # anything but version 4 with a 20-byte header
             if first >> 4 != 4:
                 return DropReason.IP_VERSION
             ihl = (first & 0x0F) * 4
-            if ihl < ipv4.MIN_HEADER_LEN or ihl > size:
+            if ihl < _MIN_IHL or ihl > size:
                 return DropReason.IP_HEADER_LENGTH
         else:
-            ihl = ipv4.MIN_HEADER_LEN
-        total = int.from_bytes(packet[ipv4.LENGTH], "big")
+            ihl = _MIN_IHL
+        total = (packet[_LENGTH] << 8) | packet[_LENGTH + 1]
         if total < ihl or total > size:
             return DropReason.IP_LENGTH
         if total < size:
             packet = packet[:total]  # Ethernet padding
         if internet_checksum(packet[:ihl]) != 0:
             return DropReason.IP_CHECKSUM
-        src = packet[ipv4.SRC]
+        src = packet[_SRC]
         if src[0] >= 224 or src[0] == 127 or src == _ZERO_IP or src in self._local:
             return DropReason.MARTIAN_SOURCE
         nat = self.nat
@@ -282,7 +285,7 @@ class Router:
             if verdict.packet is None:
                 return verdict.drop
             packet = verdict.packet
-        dst = packet[ipv4.DST]
+        dst = packet[_DST]
         local = self._local.get(dst)
         if local is not None:
             self._stats.delivered += 1

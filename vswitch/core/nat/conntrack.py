@@ -45,6 +45,9 @@ SOURCE_SHARE = 4              # by default a source may hold a quarter of the ta
 REFRESH_INTERVAL = 1.0        # `last` moves at this granularity, as in the FDB
 ORIG, REPLY = 0, 1            # the directions of a connection
 
+_TCP_FLAGS = tcp.FLAGS                    # where track reads TCP's flags, as module-level constants
+_SYN, _FIN, _RST, _ACK = tcp.SYN, tcp.FIN, tcp.RST, tcp.ACK
+
 # The fields of a tuple (a key).
 KEY_PROTOCOL = 0
 KEY_PROTOCOL_BYTE = slice(0, 1)   # the same as bytes, to build a tuple
@@ -200,7 +203,7 @@ def first_state(packet: bytes, ihl: int) -> State:
     # A TCP connection picked up mid-stream (Linux's nf_conntrack_tcp_loose) is established once it is
     # answered; until then it is as unanswered as a SYN: short-lived, and first to go when the table is full
     # (or a flood of bare ACKs would fill the table with five-day entries nothing could reclaim).
-    return State.SYN_SENT if packet[ihl + tcp.FLAGS] & (tcp.SYN | tcp.ACK) == tcp.SYN else State.UNREPLIED
+    return State.SYN_SENT if packet[ihl + _TCP_FLAGS] & (_SYN | _ACK) == _SYN else State.UNREPLIED
 
 
 class ConnectionTable:
@@ -284,8 +287,8 @@ class ConnectionTable:
         state = conn.state
         new_state = state
         if proto == TCP:
-            flags = packet[ihl + tcp.FLAGS]
-            if flags & (tcp.SYN | tcp.FIN | tcp.RST) or state is not State.ESTABLISHED:
+            flags = packet[ihl + _TCP_FLAGS]
+            if flags & (_SYN | _FIN | _RST) or state is not State.ESTABLISHED:
                 new_state = self._tcp(conn, direction, flags)
         elif direction == REPLY and state is State.UNREPLIED:
             new_state = State.REPLIED
@@ -299,28 +302,28 @@ class ConnectionTable:
     @staticmethod
     def _tcp(conn: Connection, direction: int, flags: int) -> State:
         state = conn.state
-        if flags & tcp.RST:
+        if flags & _RST:
             return State.CLOSE
         if state is State.UNREPLIED:   # picked up mid-stream
             if direction == REPLY:
                 conn.assured = True    # a valid answer to a picked-up connection (Linux sets ASSURED here too)
                 return State.ESTABLISHED
-            if flags & (tcp.SYN | tcp.ACK) == tcp.SYN:
+            if flags & (_SYN | _ACK) == _SYN:
                 return State.SYN_SENT  # a new connection on the same ports
-            if not flags & tcp.FIN:
+            if not flags & _FIN:
                 return state
-        if flags & tcp.SYN:
-            if direction == ORIG and not flags & tcp.ACK and state in (State.TIME_WAIT, State.CLOSE):
+        if flags & _SYN:
+            if direction == ORIG and not flags & _ACK and state in (State.TIME_WAIT, State.CLOSE):
                 conn.fins = 0
                 conn.assured = False
                 return State.SYN_SENT   # the port is reused for a new connection
-            if direction == REPLY and flags & tcp.ACK and state is State.SYN_SENT:
+            if direction == REPLY and flags & _ACK and state is State.SYN_SENT:
                 return State.SYN_RECV
             return state
-        if flags & tcp.FIN:
+        if flags & _FIN:
             conn.fins |= 1 << direction
             return State.LAST_ACK if conn.fins == 3 else State.FIN_WAIT
-        if flags & tcp.ACK:
+        if flags & _ACK:
             if state is State.SYN_RECV and direction == ORIG:
                 conn.assured = True
                 return State.ESTABLISHED

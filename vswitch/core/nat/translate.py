@@ -58,10 +58,13 @@ from .mapping import ENDPOINT_ADDRESS, ENDPOINT_PORT, Mapping, Mappings
 
 FRAGMENT_MEMORY = 1024        # first fragments remembered, to translate the rest of their datagram
 
-# What the packet path reads for every packet, as module-level constants.
+# What the packet path reads for every packet, as module-level constants: a module's attribute costs a
+# lookup each time it is read.
+_VER_IHL, _PROTO, _FLAGS, _FRAGMENT, _ADDRESSES = ipv4.VER_IHL, ipv4.PROTOCOL, ipv4.FLAGS, ipv4.FRAGMENT, ipv4.ADDRESSES
 _PROTOCOL = slice(ipv4.PROTOCOL, ipv4.PROTOCOL + 1)   # the protocol as one byte, the first of a tuple
 _IP_CHECKSUM = ipv4.CHECKSUM.start
-_MF = ipv4.FLAG_MF >> 8                              # MF in the FLAGS byte
+_OFFSET_MASK, _MF = ipv4.OFFSET_MASK, ipv4.FLAG_MF >> 8   # MF in the FLAGS byte
+_TCP_MIN, _UDP_MIN = tcp.MIN_HEADER_LEN, udp.HEADER_LEN
 _PORTS_END = tcp.PORTS.stop                           # TCP's and UDP's ports: the first bytes of either header
 _TCP_CHECKSUM, _UDP_CHECKSUM, _ICMP_CHECKSUM = tcp.CHECKSUM.start, udp.CHECKSUM.start, icmp.CHECKSUM.start
 _IDENT, _IDENT_END = icmp.IDENT.start, icmp.IDENT.stop
@@ -200,23 +203,23 @@ class Nat:
 
     def process(self, packet: bytes, in_iface: str, now: float) -> Verdict:
         """Translate one checked IPv4 packet that arrived on ``in_iface`` (before routing)."""
-        ihl = (packet[ipv4.VER_IHL] & 0x0F) * 4
-        proto = packet[ipv4.PROTOCOL]
-        frag = packet[ipv4.FRAGMENT]
+        ihl = (packet[_VER_IHL] & 0x0F) * 4
+        proto = packet[_PROTO]
+        frag = packet[_FRAGMENT]
         if frag != b"\x40\x00" and frag != b"\x00\x00":   # anything but DF alone or nothing: maybe a fragment
-            if int.from_bytes(frag, "big") & ipv4.OFFSET_MASK:
+            if int.from_bytes(frag, "big") & _OFFSET_MASK:
                 return self._later_fragment(packet, in_iface)
         if proto == TCP or proto == UDP:
-            if len(packet) < ihl + (tcp.MIN_HEADER_LEN if proto == TCP else udp.HEADER_LEN):
+            if len(packet) < ihl + (_TCP_MIN if proto == TCP else _UDP_MIN):
                 return self._untracked(packet, in_iface)  # too short to carry ports
-            key = packet[_PROTOCOL] + packet[ipv4.ADDRESSES] + packet[ihl:ihl + _PORTS_END]
+            key = packet[_PROTOCOL] + packet[_ADDRESSES] + packet[ihl:ihl + _PORTS_END]
         elif proto == ICMP:
             if len(packet) < ihl + icmp.HEADER_LEN:
                 return self._untracked(packet, in_iface)
             type_ = packet[ihl + icmp.TYPE]
             if type_ == icmp.ECHO_REQUEST or type_ == icmp.ECHO_REPLY:
                 ident = packet[ihl + _IDENT:ihl + _IDENT_END]
-                key = packet[_PROTOCOL] + packet[ipv4.ADDRESSES] + ident + ident
+                key = packet[_PROTOCOL] + packet[_ADDRESSES] + ident + ident
             elif type_ in icmp.ERROR_TYPES:
                 return self._related(packet, ihl, now)
             else:
@@ -343,12 +346,12 @@ class Nat:
     def _apply(self, packet: bytes, ihl: int, rewrite: Rewrite) -> bytes:
         # checksum.adjust inlined: ~checksum (16 bits) + a folded delta needs one fold, and ~x & 0xFFFF is x ^ 0xFFFF
         out = bytearray(packet)
-        out[ipv4.ADDRESSES] = rewrite.addresses
+        out[_ADDRESSES] = rewrite.addresses
         total = ((packet[_IP_CHECKSUM] << 8 | packet[_IP_CHECKSUM + 1]) ^ 0xFFFF) + rewrite.ip_delta
         total = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
         out[_IP_CHECKSUM] = total >> 8
         out[_IP_CHECKSUM + 1] = total & 0xFF
-        proto = packet[ipv4.PROTOCOL]
+        proto = packet[_PROTO]
         if proto == ICMP:
             out[ihl + _IDENT:ihl + _IDENT_END] = rewrite.ports[:2]   # the identifier, the source port of an echo's tuple
             csum_at = ihl + _ICMP_CHECKSUM
@@ -363,7 +366,7 @@ class Nat:
                 new = 0xFFFF
             out[csum_at] = new >> 8
             out[csum_at + 1] = new & 0xFF
-        if packet[ipv4.FLAGS] & _MF:  # first fragment: remember how to translate the rest of the datagram
+        if packet[_FLAGS] & _MF:  # first fragment: remember how to translate the rest of the datagram
             self._remember_fragment(packet, rewrite)
         return bytes(out)
 

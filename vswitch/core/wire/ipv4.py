@@ -30,6 +30,7 @@ CHECKSUM = slice(10, 12)
 SRC = slice(12, 16)
 DST = slice(16, 20)
 ADDRESSES = slice(12, 20)   # SRC and DST together, as NAT rewrites them
+_CHECKSUM_AT = CHECKSUM.start
 
 _HEADER = struct.Struct("!BBHHHBBH4s4s")
 
@@ -119,7 +120,7 @@ def decrement_ttl(packet: bytes, offset: int = 0) -> bytes | None:
     ttl = packet[offset + TTL]
     if ttl <= 1:
         return None
-    check_at = offset + CHECKSUM.start
+    check_at = offset + _CHECKSUM_AT
     check = ((packet[check_at] << 8) | packet[check_at + 1]) + 0x0100
     if check >= 0xFFFF:
         check = (check + 1) & 0xFFFF
