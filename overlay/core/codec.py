@@ -48,7 +48,8 @@ VXLAN_VNI = slice(4, 7)
 # What the flow hash reads, as module-level ints: it runs for every VXLAN packet.
 _VER_IHL, _PROTOCOL, _MIN_IHL, _ICMP = ipv4.VER_IHL, ipv4.PROTOCOL, ipv4.MIN_HEADER_LEN, ipv4.PROTO_ICMP
 _ADDRESSES, _ADDRESSES_END = ipv4.ADDRESSES.start, ipv4.ADDRESSES.stop
-_FLAGS, _MF_OR_OFFSET = ipv4.FLAGS, (ipv4.FLAG_MF | ipv4.OFFSET_MASK) >> 8   # in the FLAGS byte; then the offset's low byte
+_FLAGS = ipv4.FLAGS
+_MF_OR_OFFSET = (ipv4.FLAG_MF | ipv4.OFFSET_MASK) >> 8   # MF and the offset's high bits; the next byte is its rest
 _TYPE_CODE_END = icmp.CODE + 1
 _IDENT, _IDENT_END = icmp.IDENT.start, icmp.IDENT.stop
 _PORTS_END = tcp.PORTS.stop   # TCP's and UDP's ports: the first four bytes of either header

@@ -60,8 +60,9 @@ FRAGMENT_MEMORY = 1024        # first fragments remembered, to translate the res
 
 # What the packet path reads for every packet, as module-level constants: a module's attribute costs a
 # lookup each time it is read.
-_VER_IHL, _PROTO, _FLAGS, _FRAGMENT, _ADDRESSES = ipv4.VER_IHL, ipv4.PROTOCOL, ipv4.FLAGS, ipv4.FRAGMENT, ipv4.ADDRESSES
-_PROTOCOL = slice(ipv4.PROTOCOL, ipv4.PROTOCOL + 1)   # the protocol as one byte, the first of a tuple
+_VER_IHL, _PROTOCOL, _FLAGS = ipv4.VER_IHL, ipv4.PROTOCOL, ipv4.FLAGS
+_FRAGMENT, _ADDRESSES = ipv4.FRAGMENT, ipv4.ADDRESSES
+_PROTOCOL_BYTE = slice(ipv4.PROTOCOL, ipv4.PROTOCOL + 1)   # the protocol as one byte, the first of a tuple
 _IP_CHECKSUM = ipv4.CHECKSUM.start
 _OFFSET_MASK, _MF = ipv4.OFFSET_MASK, ipv4.FLAG_MF >> 8   # MF in the FLAGS byte
 _TCP_MIN, _UDP_MIN = tcp.MIN_HEADER_LEN, udp.HEADER_LEN
@@ -204,7 +205,7 @@ class Nat:
     def process(self, packet: bytes, in_iface: str, now: float) -> Verdict:
         """Translate one checked IPv4 packet that arrived on ``in_iface`` (before routing)."""
         ihl = (packet[_VER_IHL] & 0x0F) * 4
-        proto = packet[_PROTO]
+        proto = packet[_PROTOCOL]
         frag = packet[_FRAGMENT]
         if frag != b"\x40\x00" and frag != b"\x00\x00":   # anything but DF alone or nothing: maybe a fragment
             if int.from_bytes(frag, "big") & _OFFSET_MASK:
@@ -212,14 +213,14 @@ class Nat:
         if proto == TCP or proto == UDP:
             if len(packet) < ihl + (_TCP_MIN if proto == TCP else _UDP_MIN):
                 return self._untracked(packet, in_iface)  # too short to carry ports
-            key = packet[_PROTOCOL] + packet[_ADDRESSES] + packet[ihl:ihl + _PORTS_END]
+            key = packet[_PROTOCOL_BYTE] + packet[_ADDRESSES] + packet[ihl:ihl + _PORTS_END]
         elif proto == ICMP:
             if len(packet) < ihl + icmp.HEADER_LEN:
                 return self._untracked(packet, in_iface)
             type_ = packet[ihl + icmp.TYPE]
             if type_ == icmp.ECHO_REQUEST or type_ == icmp.ECHO_REPLY:
                 ident = packet[ihl + _IDENT:ihl + _IDENT_END]
-                key = packet[_PROTOCOL] + packet[_ADDRESSES] + ident + ident
+                key = packet[_PROTOCOL_BYTE] + packet[_ADDRESSES] + ident + ident
             elif type_ in icmp.ERROR_TYPES:
                 return self._related(packet, ihl, now)
             else:
@@ -351,7 +352,7 @@ class Nat:
         total = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
         out[_IP_CHECKSUM] = total >> 8
         out[_IP_CHECKSUM + 1] = total & 0xFF
-        proto = packet[_PROTO]
+        proto = packet[_PROTOCOL]
         if proto == ICMP:
             out[ihl + _IDENT:ihl + _IDENT_END] = rewrite.ports[:2]   # the identifier, the source port of an echo's tuple
             csum_at = ihl + _ICMP_CHECKSUM
@@ -467,4 +468,4 @@ def _creatable(packet: bytes, ihl: int, proto: int) -> bool:
 
 def _datagram(packet: bytes) -> bytes:
     """What the fragments of one datagram share (RFC 791): identification, protocol and addresses."""
-    return packet[ipv4.IDENT] + packet[_PROTOCOL] + packet[ipv4.ADDRESSES]
+    return packet[ipv4.IDENT] + packet[_PROTOCOL_BYTE] + packet[ipv4.ADDRESSES]
