@@ -70,14 +70,21 @@ from scapy.layers.vxlan import VXLAN
 from vswitch.config import loads
 from vswitch.core.actions import Drop, Transmit
 from vswitch.core.l2.bridge import Bridge
-from vswitch.core.l3.router import ICMP_PEERS
+from vswitch.core.l3.icmp import ICMP_PEERS
 from vswitch.core.nat import FRAGMENT_MEMORY
 from vswitch.core.wire.addr import BROADCAST_MAC, ip_from_str, mac_from_str
 from vswitch.core.wire.arp import OP_REQUEST, Arp
 from vswitch.core.wire.checksum import internet_checksum
 from vswitch.core.wire.errors import WireError
 from vswitch.core.wire.icmp import build_echo
-from vswitch.core.wire.ipv4 import FLAG_DF, FLAG_MF, PROTO_TCP, PROTO_UDP, build_ipv4
+from vswitch.core.wire.ipv4 import (
+    FLAG_DF,
+    FLAG_MF,
+    PROTO_TCP,
+    PROTO_UDP,
+    build_ipv4,
+    decrement_ttl,
+)
 from vswitch.core.wire.offload import (
     F_NEEDS_CSUM,
     GSO_ECN,
@@ -100,7 +107,6 @@ from vswitch.overlay.core.codec import (
     MAX_PAYLOAD,
     address_header,
     capture_frame,
-    decrement_ttl,
     flow_source_port,
     parse_address,
 )
@@ -936,7 +942,7 @@ class CoreTarget:
         for port in self.ports:
             self.core.add_port(port)
         if self.router is not None and self.router.nat is not None:
-            self.router.nat._rng.seed(seed)   # its port choices, the same every run
+            self.router.nat.mappings._rng.seed(seed)   # its port choices, the same every run
         self._outputs = frozenset(self.ports)
 
     def feed(self, batch: Batch) -> list[Any]:
@@ -979,15 +985,15 @@ class CoreTarget:
                 yield f"neighbours.{name}.resolving", len(table._probing), table.max_pending
                 yield f"neighbours.{name}.queue", max((len(e.queue) for e in table._probing.values()), default=0), table.queue_len
             yield "route-cache", len(router.routes._cache), router.routes._cache_size
-            yield "icmp-peers", len(router._icmp_peers), ICMP_PEERS
+            yield "icmp-peers", len(router._icmp._peers), ICMP_PEERS
             nat = router.nat
             if nat is not None:
                 yield "nat.connections", len(nat), nat.max_connections
-                yield "nat.mappings", len(nat._mappings), nat.max_connections
+                yield "nat.mappings", len(nat.mappings), nat.max_connections
                 yield "nat.fragments", len(nat._fragments), FRAGMENT_MEMORY
-                yield "nat.sources", len(nat._sources), nat.max_connections
-                yield "nat.per-source", max(nat._sources.values(), default=0), nat.max_per_source
-                yield "nat.port-pools", len(nat._pools), 3 * len(router._interfaces)   # tcp, udp, icmp per address
+                yield "nat.sources", nat.conntrack.sources, nat.max_connections
+                yield "nat.per-source", max(nat.conntrack._sources.values(), default=0), nat.max_per_source
+                yield "nat.port-pools", len(nat.mappings._pools), 3 * len(router._interfaces)   # tcp, udp, icmp per address
         overlay = self.overlay
         if overlay is not None:
             yield "overlay.peers", len(overlay.peers), overlay.peers.max_peers

@@ -76,10 +76,10 @@ from typing import Any
 import attrs
 
 from vswitch.core.actions import Drop, DropReason, Transmit
-from vswitch.core.l3.router import ROUTE_CACHE, Router
+from vswitch.core.l3.router import Router
+from vswitch.core.l3.routes import ROUTE_CACHE
 from vswitch.core.nat import (
     DEFAULT_MAX_CONNECTIONS,
-    PORT_RANGE,
     Forward,
     Masquerade,
     Nat,
@@ -87,6 +87,7 @@ from vswitch.core.nat import (
     invert,
     make_key,
 )
+from vswitch.core.nat.mapping import PORT_RANGE
 from vswitch.core.wire.addr import Network, ip_from_str
 from vswitch.core.wire.ethernet import ETH_P_IP, build_ethernet
 from vswitch.core.wire.ipv4 import PROTO_TCP, PROTO_UDP, build_ipv4

@@ -2,8 +2,9 @@
 
 **flannel UDP** (flannel-io/flannel ``pkg/backend/udp``): the UDP payload
 is the raw IPv4 packet, with no header of any kind; port 8285. The TTL is
-decremented with an incremental checksum update (RFC 1624) on the way in
-and again on the way out, as flannel's C proxy does.
+decremented with an incremental checksum update
+(:func:`~vswitch.core.wire.ipv4.decrement_ttl`) on the way in and again on
+the way out, as flannel's C proxy does.
 
 **VXLAN** (RFC 7348): an 8-byte header (flags 0x08 — the I bit —, three
 reserved bytes, the 24-bit VNI, one reserved byte) before an inner
@@ -22,6 +23,7 @@ queues, counters and batches as they are for frames.
 import struct
 import zlib
 
+from vswitch.core.wire import icmp, ipv4, tcp
 from vswitch.core.wire.ipv4 import PROTO_UDP, build_ipv4
 
 FLANNEL_UDP_PORT = 8285
@@ -37,6 +39,20 @@ SOURCE_PORT_MAX = 60999     # ... 32768-60999 by default
 
 ADDRESS_LEN = 8
 _ADDRESS = struct.Struct("!4sHH")
+# Field offsets of the address header and of the VXLAN header (as the wire modules name theirs).
+ADDRESS_IP = slice(0, 4)       # the peer's IPv4 address
+ADDRESS_PEER = slice(0, 6)     # the peer's address and UDP port
+VXLAN_FLAGS = 0
+VXLAN_VNI = slice(4, 7)
+
+# What the flow hash reads, as module-level ints: it runs for every VXLAN packet.
+_VER_IHL, _PROTOCOL, _MIN_IHL, _ICMP = ipv4.VER_IHL, ipv4.PROTOCOL, ipv4.MIN_HEADER_LEN, ipv4.PROTO_ICMP
+_ADDRESSES, _ADDRESSES_END = ipv4.ADDRESSES.start, ipv4.ADDRESSES.stop
+_FLAGS = ipv4.FLAGS
+_MF_OR_OFFSET = (ipv4.FLAG_MF | ipv4.OFFSET_MASK) >> 8   # MF and the offset's high bits; the next byte is its rest
+_TYPE_CODE_END = icmp.CODE + 1
+_IDENT, _IDENT_END = icmp.IDENT.start, icmp.IDENT.stop
+_PORTS_END = tcp.PORTS.stop   # TCP's and UDP's ports: the first four bytes of either header
 
 
 def address_header(ip: bytes, port: int, local_port: int = 0) -> bytes:
@@ -55,23 +71,6 @@ def vxlan_header(vni: int) -> bytes:
     return bytes((VXLAN_FLAG_I, 0, 0, 0)) + vni.to_bytes(3, "big") + b"\0"
 
 
-def decrement_ttl(packet: bytes, offset: int = 0) -> bytes | None:
-    """The IPv4 packet at ``packet[offset:]`` with its TTL one less, or None when it would reach zero.
-
-    flannel's ``decrement_ttl``: the TTL is the high byte of its 16-bit
-    word, so the checksum goes up by 0x0100, with the end-around carry.
-    """
-    ttl = packet[offset + 8]
-    if ttl <= 1:
-        return None
-    check = ((packet[offset + 10] << 8) | packet[offset + 11]) + 0x0100
-    if check >= 0xFFFF:
-        check = (check + 1) & 0xFFFF
-    return b"".join((
-        packet[offset:offset + 8], bytes((ttl - 1, packet[offset + 9], check >> 8, check & 0xFF)), packet[offset + 12:],
-    ))
-
-
 def flow_source_port(packet: bytes, offset: int = 0) -> int:
     """The outer source port for the inner IPv4 packet at ``packet[offset:]``: a hash of its flow.
 
@@ -82,15 +81,16 @@ def flow_source_port(packet: bytes, offset: int = 0) -> int:
     transport header to find). CRC-32 is deterministic across runs and
     costs well under a microsecond.
     """
-    ihl = (packet[offset] & 0x0F) * 4
-    addresses = packet[offset + 9:offset + 10] + packet[offset + 12:offset + 20]
-    if packet[offset + 6] & 0x3F or packet[offset + 7] or ihl < 20:   # more fragments, an offset, no header: no ports
-        key = addresses
-    elif packet[offset + 9] == 1:   # ICMP: type and code, then the identifier (not the checksum)
+    ihl = (packet[offset + _VER_IHL] & 0x0F) * 4
+    addresses = packet[offset + _PROTOCOL:offset + _PROTOCOL + 1] + packet[offset + _ADDRESSES:offset + _ADDRESSES_END]
+    if packet[offset + _FLAGS] & _MF_OR_OFFSET or packet[offset + _FLAGS + 1] or ihl < _MIN_IHL:
+        key = addresses   # more fragments, an offset, no header: no ports
+    elif packet[offset + _PROTOCOL] == _ICMP:   # type and code, then the identifier (not the checksum)
         start = offset + ihl
-        key = addresses + packet[start:start + 2] + packet[start + 4:start + 6]
+        key = addresses + packet[start:start + _TYPE_CODE_END] + packet[start + _IDENT:start + _IDENT_END]
     else:
-        key = addresses + packet[offset + ihl:offset + ihl + 4]
+        start = offset + ihl
+        key = addresses + packet[start:start + _PORTS_END]
     return SOURCE_PORT_MIN + zlib.crc32(key) % (SOURCE_PORT_MAX - SOURCE_PORT_MIN + 1)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
-from vswitch.core.l3.router import RouteTable
+from vswitch.core.l3.routes import RouteTable
 from vswitch.core.wire.addr import Network, ip_to_str, mac_to_str
 
 from .codec import address_header

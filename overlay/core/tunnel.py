@@ -42,35 +42,44 @@ from vswitch.core.actions import (
     TunnelAction,
     Unreachable,
 )
-from vswitch.core.l3.router import ICMP_BURST, ICMP_RATE, TokenBucket
-from vswitch.core.wire import icmp, ipv4
+from vswitch.core.l3.icmp import ErrorPolicy, error_name, error_packet
+from vswitch.core.wire import ethernet, icmp, ipv4
 from vswitch.core.wire.addr import Network, ip_to_str
 from vswitch.core.wire.checksum import internet_checksum
+from vswitch.core.wire.field import at
+from vswitch.core.wire.ipv4 import decrement_ttl
 
 from .backends import BACKENDS
 from .codec import (
+    ADDRESS_IP,
     ADDRESS_LEN,
+    ADDRESS_PEER,
     VXLAN_FLAG_I,
+    VXLAN_FLAGS,
     VXLAN_HEADER_LEN,
-    decrement_ttl,
+    VXLAN_VNI,
     flow_source_port,
     vxlan_header,
 )
 from .peers import DEFAULT_MAX_PEERS, Lease, LeaseChanges, Peer, PeerTable
 
-ICMP_ERROR_TTL = 64
 _IPV4 = b"\x08\x00"
-_ZERO_IP = b"\0\0\0\0"
+# A VXLAN datagram: the address header, the VXLAN header, the inner frame (Ethernet, then IPv4).
+_VXLAN_VNI = at(ADDRESS_LEN, VXLAN_VNI)
+_INNER = ADDRESS_LEN + VXLAN_HEADER_LEN
+_INNER_DST, _INNER_ETHERTYPE = at(_INNER, ethernet.DST), at(_INNER, ethernet.ETHERTYPE)
+_INNER_IP = _INNER + ethernet.HEADER_LEN
+_IP_IN_FRAME = ethernet.HEADER_LEN + ipv4.MIN_HEADER_LEN   # a frame that can hold an IPv4 header
 
 
 def _header_problem(packet: bytes, offset: int = 0) -> DropReason | None:
     """Why the IPv4 header at ``packet[offset:]`` (20 bytes or more, version 4) is no sound one, or None:
     a header length below 20 bytes or past the packet, a total length below the header or past the packet."""
-    ihl = (packet[offset] & 0x0F) * 4
+    ihl = (packet[offset + ipv4.VER_IHL] & 0x0F) * 4
     size = len(packet) - offset
-    if ihl < 20 or ihl > size:
+    if ihl < ipv4.MIN_HEADER_LEN or ihl > size:
         return DropReason.IP_HEADER_LENGTH
-    total = (packet[offset + 2] << 8) | packet[offset + 3]
+    total = int.from_bytes(packet[at(offset, ipv4.LENGTH)], "big")
     if total < ihl or total > size:
         return DropReason.IP_LENGTH
     return None
@@ -111,7 +120,7 @@ class Overlay:
         self.peers = PeerTable(port=self.port, max_peers=max_peers)
         self._vxlan = vxlan_header(vni) if backend == "vxlan" else b""
         self._frame_headers: dict[Network, bytes] = {}   # VXLAN: header + inner Ethernet header, per peer subnet
-        self._icmp_bucket = TokenBucket(ICMP_BURST, float("-inf"))
+        self._icmp = ErrorPolicy(per_destination=False)   # flannel's proxy: one global limit
         self._drops: Counter[DropReason] = Counter()
         self._stats = OverlayStatistics()
 
@@ -147,16 +156,18 @@ class Overlay:
         lookup = self.peers.lookup
         udp = self.backend == "udp"
         headers = self._frame_headers
+        ver_ihl, length_at, dst, min_len = ipv4.VER_IHL, ipv4.LENGTH.start, ipv4.DST, ipv4.MIN_HEADER_LEN
         for packet in packets:
-            if len(packet) < 20 or packet[0] >> 4 != 4:
-                result.append(self._drop(INSIDE, DropReason.IP_TRUNCATED if len(packet) < 20 else DropReason.IP_VERSION, packet))
+            if len(packet) < min_len or packet[ver_ihl] >> 4 != 4:
+                result.append(self._drop(INSIDE, DropReason.IP_TRUNCATED if len(packet) < min_len else DropReason.IP_VERSION, packet))
                 continue
-            if packet[0] != 0x45 or not 20 <= (packet[2] << 8 | packet[3]) <= len(packet):   # the fast path's check
+            # the fast path's check: version 4, a 20-byte header, a total length that fits
+            if packet[ver_ihl] != 0x45 or not min_len <= (packet[length_at] << 8 | packet[length_at + 1]) <= len(packet):
                 unsound = _header_problem(packet)
                 if unsound is not None:
                     result.append(self._drop(INSIDE, unsound, packet))
                     continue
-            peer = lookup(packet[16:20])
+            peer = lookup(packet[dst])
             if peer is None:
                 result += self._undeliverable(INSIDE, packet, packet, icmp.DEST_UNREACHABLE, DropReason.NO_LEASE)
                 continue
@@ -168,7 +179,7 @@ class Overlay:
                 datagram = peer.header + sent
             else:
                 sport = flow_source_port(packet)
-                datagram = b"".join((peer.header[:6], sport.to_bytes(2, "big"), headers[peer.lease.subnet], packet))
+                datagram = b"".join((peer.header[ADDRESS_PEER], sport.to_bytes(2, "big"), headers[peer.lease.subnet], packet))
             out.append(datagram)
             counters = peer.counters
             counters.tx_packets += 1
@@ -183,22 +194,23 @@ class Overlay:
         out: list[bytes] = []
         result: list[TunnelAction] = []
         by_mac, vxlan = self.peers.by_mac, self._vxlan
+        dst, header_len = ethernet.DST, ethernet.HEADER_LEN
         for frame in frames:
-            if len(frame) < 14:
+            if len(frame) < header_len:
                 result.append(self._drop(INSIDE, DropReason.TRUNCATED, frame))
                 continue
-            if frame[0] & 1:
-                result.append(self._drop(INSIDE, DropReason.NO_FLOODING, frame))   # ARP, IPv6 ND: no flooding
+            if frame[0] & 1:   # a group address: ARP, IPv6 ND; no flooding
+                result.append(self._drop(INSIDE, DropReason.NO_FLOODING, frame))
                 continue
-            peer = by_mac(frame[0:6])
+            peer = by_mac(frame[dst])
             if peer is None:
                 result.append(self._drop(INSIDE, DropReason.UNKNOWN_VTEP, frame))
                 continue
-            if frame[12:14] == _IPV4 and len(frame) >= 34:
-                sport = flow_source_port(frame, 14)
-            else:
-                sport = flow_source_port(frame[0:12] + b"\x40" + bytes(19))  # a fixed hash of the MACs
-            datagram = b"".join((peer.header[:6], sport.to_bytes(2, "big"), vxlan, frame))
+            if frame[ethernet.ETHERTYPE] == _IPV4 and len(frame) >= _IP_IN_FRAME:
+                sport = flow_source_port(frame, header_len)
+            else:   # a fixed hash of the MACs
+                sport = flow_source_port(frame[dst] + frame[ethernet.SRC] + b"\x40" + bytes(19))
+            datagram = b"".join((peer.header[ADDRESS_PEER], sport.to_bytes(2, "big"), vxlan, frame))
             out.append(datagram)
             peer.counters.tx_packets += 1
             peer.counters.tx_bytes += len(datagram) - ADDRESS_LEN
@@ -215,36 +227,37 @@ class Overlay:
         result: list[TunnelAction] = []
         by_address = self.peers.by_address
         udp = self.backend == "udp"
-        ethernet = self.inside == "ethernet"
-        vni_bytes = self._vxlan[4:7]
+        frames_inside = self.inside == "ethernet"
+        vni_bytes = self._vxlan[VXLAN_VNI]
         own_mac = self.vtep_mac
+        offset = ADDRESS_LEN if udp else _INNER_IP   # where the inner IPv4 packet starts
+        ver_ihl, length_at, src = offset + ipv4.VER_IHL, offset + ipv4.LENGTH.start, at(offset, ipv4.SRC)
+        min_len = ipv4.MIN_HEADER_LEN
         for datagram in datagrams:
-            peer = by_address(datagram[0:4])
+            peer = by_address(datagram[ADDRESS_IP])
             if peer is None:
                 result.append(self._drop(UNDERLAY, DropReason.UNKNOWN_PEER, datagram))
                 continue
-            if udp:
-                offset = ADDRESS_LEN
-            else:
-                offset = ADDRESS_LEN + VXLAN_HEADER_LEN + 14
-                if len(datagram) < offset or not datagram[ADDRESS_LEN] & VXLAN_FLAG_I:
+            if not udp:
+                if len(datagram) < offset or not datagram[ADDRESS_LEN + VXLAN_FLAGS] & VXLAN_FLAG_I:
                     result.append(self._refuse(peer, DropReason.OVERLAY_MALFORMED, datagram))
                     continue
-                if datagram[ADDRESS_LEN + 4:ADDRESS_LEN + 7] != vni_bytes:
+                if datagram[_VXLAN_VNI] != vni_bytes:
                     result.append(self._refuse(peer, DropReason.FOREIGN_VNI, datagram))
                     continue
-                if datagram[ADDRESS_LEN + 8:ADDRESS_LEN + 14] != own_mac:
+                if datagram[_INNER_DST] != own_mac:
                     result.append(self._refuse(peer, DropReason.NOT_FOR_VTEP, datagram))
                     continue
-                if datagram[offset - 2:offset] != _IPV4:
+                if datagram[_INNER_ETHERTYPE] != _IPV4:
                     result.append(self._refuse(peer, DropReason.UNSUPPORTED_ETHERTYPE, datagram))
                     continue
-            if len(datagram) < offset + 20 or datagram[offset] >> 4 != 4 or (
-                    (datagram[offset] != 0x45 or not 20 <= (datagram[offset + 2] << 8 | datagram[offset + 3]) <= len(datagram) - offset)
+            if len(datagram) < offset + min_len or datagram[ver_ihl] >> 4 != 4 or (   # as encapsulate checks
+                    (datagram[ver_ihl] != 0x45
+                     or not min_len <= (datagram[length_at] << 8 | datagram[length_at + 1]) <= len(datagram) - offset)
                     and _header_problem(datagram, offset) is not None):
                 result.append(self._refuse(peer, DropReason.OVERLAY_MALFORMED, datagram))
                 continue
-            if datagram[offset + 12:offset + 16] not in peer.lease.subnet:
+            if datagram[src] not in peer.lease.subnet:
                 result.append(self._refuse(peer, DropReason.FORGED_SOURCE, datagram))
                 continue
             if udp:
@@ -253,8 +266,8 @@ class Overlay:
                     result += self._undeliverable(UNDERLAY, datagram, datagram[offset:], icmp.TIME_EXCEEDED,
                                                   DropReason.TTL_EXCEEDED)
                     continue
-            elif ethernet:
-                packet = datagram[ADDRESS_LEN + VXLAN_HEADER_LEN:]
+            elif frames_inside:
+                packet = datagram[_INNER:]
             else:
                 packet = datagram[offset:]
             inside.append(packet)
@@ -269,7 +282,7 @@ class Overlay:
     def _undeliverable(self, side: str, frame: bytes, packet: bytes, type_: int, reason: DropReason) -> list[TunnelAction]:
         """``packet`` goes no further: its sender is owed an ICMP error (net unreachable, time exceeded: code 0)
         — unless its header checksum is wrong, for a bad header is discarded silently (RFC 1812 5.2.2)."""
-        if internet_checksum(packet[:(packet[0] & 0x0F) * 4]) != 0:
+        if internet_checksum(packet[:(packet[ipv4.VER_IHL] & 0x0F) * 4]) != 0:
             return [self._drop(side, DropReason.IP_CHECKSUM, frame)]
         return [Unreachable(packet, type_, 0), self._drop(side, reason, frame)]
 
@@ -283,21 +296,10 @@ class Overlay:
         (Linux's 1000/s, burst 50) says wait.
         """
         packet = error.packet
-        ihl = (packet[0] & 0x0F) * 4
-        src = packet[12:16]
-        if int.from_bytes(packet[6:8], "big") & ipv4.OFFSET_MASK or src[0] >= 224 or src == _ZERO_IP:
+        if not self._icmp.permits(packet, error.type, error.code, now):
             return None
-        if packet[16] >= 224:
-            return None  # nor about a packet to a multicast or broadcast address (RFC 1812 4.3.2.7)
-        if packet[9] == ipv4.PROTO_ICMP and len(packet) > ihl and packet[ihl] in icmp.ERROR_TYPES:
-            return None
-        if not self._icmp_bucket.take(now, ICMP_RATE, ICMP_BURST):
-            self._stats.icmp_rate_limited += 1
-            return None
-        kind = "time-exceeded" if error.type == icmp.TIME_EXCEEDED else "net-unreachable"
-        self._stats.icmp_sent[kind] += 1
-        body = icmp.build_error(error.type, error.code, packet)
-        return ipv4.build_ipv4(source or self.address, src, ipv4.PROTO_ICMP, body, ttl=ICMP_ERROR_TTL, flags_offset=0)
+        self._stats.icmp_sent[error_name(error.type, error.code)] += 1
+        return error_packet(source or self.address, packet, error.type, error.code)
 
     # -- counters -----------------------------------------------------------------------------
 
@@ -310,7 +312,9 @@ class Overlay:
         return self._drop(UNDERLAY, reason, datagram)
 
     def statistics(self) -> OverlayStatistics:
-        return attrs.evolve(self._stats, icmp_sent=Counter(self._stats.icmp_sent))
+        return attrs.evolve(
+            self._stats, icmp_sent=Counter(self._stats.icmp_sent), icmp_rate_limited=self._icmp.rate_limited,
+        )
 
     def drop_counts(self) -> dict[DropReason, int]:
         return dict(self._drops)

@@ -36,7 +36,8 @@ from vswitch.core.nat import (
     invert,
     make_key,
 )
-from vswitch.core.wire import ip_from_str
+from vswitch.core.nat import mapping as nat_mapping
+from vswitch.core.wire import ip_from_str, ip_to_str
 from vswitch.core.wire.addr import Network
 
 LAN_ADDR, A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"   # inside
@@ -302,7 +303,7 @@ def test_forwarded_ports_are_never_handed_out():
 
 
 def test_port_exhaustion(monkeypatch):
-    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2003))
+    monkeypatch.setattr(nat_mapping, "PORT_RANGE", (2000, 2003))
     nat = make_nat()
     hosts = [f"10.0.0.{i}" for i in range(2, 7)]
     ports = [run(nat, udp(h, 2000, S, 53), "lan", 0.0)[UDP].sport for h in hosts[:4]]
@@ -331,7 +332,7 @@ class CountingRandom(random.Random):
 
 def test_a_taken_port_costs_one_random_draw_and_an_exhausted_address_none(monkeypatch):
     """However full the address: one draw when the port is taken, none when none is left (no probing, no scan)."""
-    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2063))
+    monkeypatch.setattr(nat_mapping, "PORT_RANGE", (2000, 2063))
     rng = CountingRandom(3)
     nat = make_nat(rng=rng)
     hosts = [f"10.0.{i // 250}.{2 + i % 250}" for i in range(65)]
@@ -348,7 +349,7 @@ def test_a_taken_port_costs_one_random_draw_and_an_exhausted_address_none(monkey
 
 
 def test_random_ports_are_uniform_over_the_free_ones(monkeypatch):
-    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2007))
+    monkeypatch.setattr(nat_mapping, "PORT_RANGE", (2000, 2007))
     kept = [udp(A, port, S, 53) for port in (2000, 2002, 2004)]   # A keeps three ports
     contended = udp(B, 2000, S, 53)
     chosen = []
@@ -363,7 +364,7 @@ def test_random_ports_are_uniform_over_the_free_ones(monkeypatch):
 
 
 def test_forwarded_ports_are_never_chosen_at_random(monkeypatch):
-    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2003))
+    monkeypatch.setattr(nat_mapping, "PORT_RANGE", (2000, 2003))
     nat = make_nat(forwards=(Forward(nat_module.UDP, 2001, ip_from_str(B), 53),))
     hosts = [f"10.0.0.{i}" for i in range(10, 14)]
     ports = [run(nat, udp(h, 2001, S, 53), "lan", 0.0)[UDP].sport for h in hosts[:3]]   # never preserved
@@ -372,7 +373,7 @@ def test_forwarded_ports_are_never_chosen_at_random(monkeypatch):
 
 
 def test_ports_chosen_at_random_come_back_when_their_mappings_expire(monkeypatch):
-    monkeypatch.setattr(nat_module, "PORT_RANGE", (2000, 2001))
+    monkeypatch.setattr(nat_mapping, "PORT_RANGE", (2000, 2001))
     nat = make_nat()
     run(nat, udp(A, 2000, S, 53), "lan", 0.0)
     assert run(nat, udp(B, 2000, S, 53), "lan", 0.0)[UDP].sport == 2001   # the one left
@@ -383,7 +384,7 @@ def test_ports_chosen_at_random_come_back_when_their_mappings_expire(monkeypatch
 
 
 def test_port_pool_hands_out_every_port_of_the_range_once():
-    pool = nat_module.PortPool(*nat_module.PORT_RANGE, reserved=frozenset({80, 8080}))
+    pool = nat_mapping.PortPool(*nat_mapping.PORT_RANGE, reserved=frozenset({80, 8080}))
     rng = random.Random(5)
     ports = [pool.take_random(rng) for _ in range(64_511)]
     assert sorted(ports) == [p for p in range(1024, 65536) if p != 8080]
@@ -405,7 +406,7 @@ def test_port_pool_hands_out_every_port_of_the_range_once():
 def test_port_pool_against_a_model(low, span, reserved, ops, seed):
     """A set of taken ports is the model: the pool never hands out a taken or reserved port and never loses one."""
     high = low + span - 1
-    pool = nat_module.PortPool(low, high, reserved)
+    pool = nat_mapping.PortPool(low, high, reserved)
     rng = random.Random(seed)
     taken: set[int] = set()
 
@@ -445,7 +446,7 @@ _OPENINGS = {(host, sport, proto): (udp if proto == "udp" else tcp)(f"10.0.0.{10
 def test_mappings_never_share_a_port_and_none_is_lost(steps, seed):
     """Connections come and go at random on a four-port range with one port forwarded; each live mapping holds
     its own port, never the forwarded one, and once everything expires all three others can be taken again."""
-    with patch.object(nat_module, "PORT_RANGE", (2000, 2003)):
+    with patch.object(nat_mapping, "PORT_RANGE", (2000, 2003)):
         nat = make_nat(rng=random.Random(seed), forwards=(Forward(nat_module.UDP, 2002, ip_from_str(B), 53),
                                                            Forward(nat_module.TCP, 2002, ip_from_str(B), 53)))
         now = 0.0
@@ -504,7 +505,7 @@ SSH_WAN_ONLY = Forward(nat_module.TCP, 2222, ip_from_str(B), 22, interface="wan"
 def test_forward_rewrites_the_destination_and_the_answer_source(build, rule):
     nat = make_nat(forwards=(WEB, DNS))
     layer = TCP if build is tcp else UDP
-    inside = nat_module.ip_to_str(rule.to)
+    inside = ip_to_str(rule.to)
     there = run(nat, build(X, 40000, WAN_ADDR, rule.port), "wan", 0.0)
     assert (there.src, there[layer].sport, there.dst, there[layer].dport) == (X, 40000, inside, rule.to_port)
     back = run(nat, build(inside, rule.to_port, X, 40000, **({"flags": "SA"} if build is tcp else {})), "lan", 1.0)
@@ -1138,7 +1139,7 @@ def test_keys_invert_and_describe():
 
 outside_addresses = st.integers(0x01000000, 0xDFFFFFFF).filter(
     lambda v: v >> 24 not in (10, 127) and v >> 8 != 0xAC1000 and v >> 8 != 0xC00002,
-).map(lambda v: nat_module.ip_to_str(v.to_bytes(4, "big")))
+).map(lambda v: ip_to_str(v.to_bytes(4, "big")))
 
 
 @given(

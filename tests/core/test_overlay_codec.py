@@ -10,13 +10,13 @@ from scapy.all import IP, TCP, UDP, fragment, raw
 from scapy.layers.vxlan import VXLAN
 
 from vswitch.core.wire.checksum import internet_checksum, ones_complement_sum
+from vswitch.core.wire.ipv4 import decrement_ttl
 from vswitch.overlay.core.codec import (
     ADDRESS_LEN,
     MAX_VNI,
     SOURCE_PORT_MAX,
     SOURCE_PORT_MIN,
     address_header,
-    decrement_ttl,
     flow_source_port,
     parse_address,
     vxlan_header,

@@ -35,7 +35,7 @@ from vswitch.core.actions import (
     Transmit,
     Unreachable,
 )
-from vswitch.core.l3.router import ICMP_BURST
+from vswitch.core.l3.icmp import ICMP_BURST
 from vswitch.core.wire.addr import Network
 from vswitch.overlay.core.codec import (
     SOURCE_PORT_MAX,

@@ -44,15 +44,11 @@ from scapy.all import (
 )
 
 from vswitch.core.actions import DropReason, Transmit
+from vswitch.core.l3.fragment import fragment
+from vswitch.core.l3.icmp import ICMP_BURST, ICMP_PEER_BURST
 from vswitch.core.l3.neighbour import State
-from vswitch.core.l3.router import (
-    ICMP_BURST,
-    ICMP_PEER_BURST,
-    Route,
-    Router,
-    RouteTable,
-    fragment,
-)
+from vswitch.core.l3.router import Router
+from vswitch.core.l3.routes import Route, RouteTable
 from vswitch.core.wire.addr import Network
 from vswitch.core.wire.checksum import internet_checksum
 

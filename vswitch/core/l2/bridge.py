@@ -18,7 +18,7 @@ from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, REFRESH_INTERVAL, Fdb
 
 _ZERO_MAC = b"\x00" * 6
 _LINK_LOCAL_PREFIX = b"\x01\x80\xc2\x00\x00"
-_HEADER_LEN = ethernet.HEADER_LEN
+_HEADER_LEN, _DST, _SRC = ethernet.HEADER_LEN, ethernet.DST, ethernet.SRC
 
 
 @attrs.define(slots=True)
@@ -128,20 +128,21 @@ class Bridge:
             if len(frame) < _HEADER_LEN:
                 drops.append(Drop(port, DropReason.TRUNCATED, frame))
                 continue
-            src = frame[6:12]
-            if frame[6] & 1 or src == _ZERO_MAC:
+            src = frame[_SRC]
+            if src[0] & 1 or src == _ZERO_MAC:   # a group address (I/G bit) or none
                 drops.append(Drop(port, DropReason.INVALID_SOURCE, frame))
                 continue
             entry = entries_get(src)
             if entry is None or entry.port != port or now - entry.updated >= REFRESH_INTERVAL:
                 learn(src, port, now)
 
-            if frame[0] & 1:
-                if frame[5] <= 0x0F and frame[0:5] == _LINK_LOCAL_PREFIX:
+            dst = frame[_DST]
+            if dst[0] & 1:
+                if dst[5] <= 0x0F and dst[:5] == _LINK_LOCAL_PREFIX:
                     drops.append(Drop(port, DropReason.LINK_LOCAL, frame))
                     continue
             else:
-                entry = entries_get(frame[0:6])
+                entry = entries_get(dst)
                 if entry is not None and (entry.static or now < entry.updated + ageing):
                     if entry.port == port:
                         drops.append(Drop(port, DropReason.SAME_PORT, frame))

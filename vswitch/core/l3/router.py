@@ -1,4 +1,4 @@
-"""The IPv4 router: interfaces, longest-prefix match, ICMP, fragmentation, ARP, NAT. Pure, time passed in.
+"""The IPv4 router: interfaces, forwarding, local delivery, ARP. Pure, time passed in.
 
 ``handle_frames(interface, frames, now)`` takes what arrived on one router
 interface — Ethernet frames, or IP packets on an L3 interface such as a TUN —
@@ -11,43 +11,42 @@ there too, with the route in hand), local delivery (echo replies, port and
 protocol unreachable, TCP RST), the route lookup, TTL, the next hop's MTU
 (fragmentation needed when DF is set, fragments when not), then the
 neighbour cache. The TTL is decremented with an incremental checksum update,
-as Linux's ``ip_decrease_ttl``.
+as Linux's ``ip_decrease_ttl`` (:func:`~vswitch.core.wire.ipv4.decrement_ttl`).
 
-ICMP errors follow RFC 1812 and Linux: never about an ICMP error, a
-non-first fragment, or a broadcast or multicast packet; sourced from the
-address of the interface they leave by; rate-limited by a global token
-bucket and one per destination (fragmentation-needed is exempt, as Linux
-exempts it, so path MTU discovery is never starved); and translated by NAT
-like any packet, so an error about a translated flow reaches its sender
-with the header it sent.
+The parts live beside this module: the route table in :mod:`.routes`, the
+ICMP error policy (RFC 1812, rate limits) in :mod:`.icmp`, fragmentation in
+:mod:`.fragment`, the neighbour cache in :mod:`.neighbour`. ICMP errors are
+sourced from the address of the interface they leave by, rate-limited
+globally and per destination, and translated by NAT like any packet, so an
+error about a translated flow reaches its sender with the header it sent.
 """
 
-from collections import Counter, OrderedDict
-from collections.abc import Iterator
-from typing import Generic, Protocol, TypeVar
+from collections import Counter
 
 import attrs
 
 from vswitch.core.actions import Action, Drop, DropReason, Transmit
 from vswitch.core.nat import Nat
 from vswitch.core.wire import arp as arp_wire
-from vswitch.core.wire import icmp, ipv4, tcp
+from vswitch.core.wire import ethernet, icmp, ipv4, tcp
 from vswitch.core.wire.addr import BROADCAST_MAC, Network, ip_to_str
 from vswitch.core.wire.checksum import internet_checksum
 from vswitch.core.wire.errors import WireError
+from vswitch.core.wire.ipv4 import decrement_ttl
 
+from .fragment import fragment
+from .icmp import ERROR_TTL, ErrorPolicy, error_name, error_packet
 from .neighbour import NeighbourTable
+from .routes import Route, RouteTable
 
 ETHERTYPE_IPV4 = b"\x08\x00"
 ETHERTYPE_ARP = b"\x08\x06"
 _ZERO_IP = b"\0\0\0\0"
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
-ROUTE_CACHE = 65536          # destinations remembered by the route cache (cleared when full or when routes change)
-ICMP_RATE = 1000.0           # ICMP errors per second, overall (Linux icmp_msgs_per_sec) ...
-ICMP_BURST = 50.0            # ... with this burst (icmp_msgs_burst)
-ICMP_PEER_INTERVAL = 1.0     # and one per second per destination (icmp_ratelimit) ...
-ICMP_PEER_BURST = 6.0        # ... after a burst of six (XRLIM_BURST_FACTOR)
-ICMP_PEERS = 1024            # destinations remembered by the per-destination limit
+# What the packet path reads for every packet, as module-level constants: a module's attribute costs a
+# lookup each time it is read.
+_ETH_DST, _ETH_SRC, _ETHERTYPE, _PAYLOAD = ethernet.DST, ethernet.SRC, ethernet.ETHERTYPE, ethernet.HEADER_LEN
+_MIN_IHL, _VER_IHL, _LENGTH, _SRC, _DST = ipv4.MIN_HEADER_LEN, ipv4.VER_IHL, ipv4.LENGTH.start, ipv4.SRC, ipv4.DST
 
 
 @attrs.define(slots=True)
@@ -76,103 +75,6 @@ class Interface:
 
     def __attrs_post_init__(self) -> None:
         self.broadcast = (self.network.address | (~self.network.mask & 0xFFFFFFFF)).to_bytes(4, "big")
-
-
-@attrs.frozen
-class Route:
-    network: Network
-    interface: str
-    via: bytes | None = None    # None: the destination is on the link
-    connected: bool = False
-
-    def __str__(self) -> str:
-        via = f" via {ip_to_str(self.via)}" if self.via else ""
-        return f"{self.network}{via} dev {self.interface}{' proto kernel' if self.connected else ''}"
-
-
-class Prefixed(Protocol):
-    @property
-    def network(self) -> Network: ...
-
-
-R = TypeVar("R", bound=Prefixed)
-
-
-class RouteTable(Generic[R]):
-    """Longest-prefix match: one dict per prefix length, longest first, behind a cache of destinations.
-
-    A lookup costs one dict probe when the destination was seen before, and
-    at most one per distinct prefix length in the table otherwise, whatever
-    the number of routes. Entries are anything with a ``network``: routes
-    here, the overlay's peers.
-    """
-
-    def __init__(self, *, cache_size: int = ROUTE_CACHE) -> None:
-        self._by_length: dict[int, dict[int, R]] = {}
-        self._lengths: list[tuple[int, int, dict[int, R]]] = []  # (length, mask, routes), longest first
-        self._cache: dict[bytes, R | None] = {}
-        self._cache_size = cache_size
-
-    def add(self, route: R) -> None:
-        """Add or replace the route for ``route.network``."""
-        length = route.network.prefix_len
-        routes = self._by_length.setdefault(length, {})
-        routes[route.network.address] = route
-        self._changed()
-
-    def remove(self, network: Network) -> R:
-        routes = self._by_length[network.prefix_len]
-        route = routes.pop(network.address)
-        if not routes:
-            del self._by_length[network.prefix_len]
-        self._changed()
-        return route
-
-    def lookup(self, dst: bytes) -> R | None:
-        cache = self._cache
-        try:
-            return cache[dst]
-        except KeyError:
-            pass
-        value = int.from_bytes(dst, "big")
-        route = None
-        for _, mask, routes in self._lengths:
-            route = routes.get(value & mask)
-            if route is not None:
-                break
-        if len(cache) >= self._cache_size:
-            cache.clear()
-        cache[dst] = route
-        return route
-
-    def __iter__(self) -> Iterator[R]:
-        return iter([r for _, _, routes in self._lengths for r in routes.values()])
-
-    def __len__(self) -> int:
-        return sum(len(r) for r in self._by_length.values())
-
-    def _changed(self) -> None:
-        self._lengths = [
-            (length, (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, routes)
-            for length, routes in sorted(self._by_length.items(), reverse=True)
-        ]
-        self._cache.clear()
-
-
-class TokenBucket:
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
-
-    def take(self, now: float, rate: float, burst: float) -> bool:
-        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @attrs.define(slots=True)
@@ -212,8 +114,7 @@ class Router:
         self.nat: Nat | None = None
         self._neighbour_options = neighbour_options or {}
         self._announce: set[str] = set()               # interfaces owed a gratuitous ARP
-        self._icmp_bucket = TokenBucket(ICMP_BURST, float("-inf"))
-        self._icmp_peers: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        self._icmp = ErrorPolicy(per_destination=True)
         self._drops: Counter[DropReason] = Counter()
         self._stats = RouterStatistics()
         self._ident = 0
@@ -269,7 +170,7 @@ class Router:
         if iface.up == up:
             return []
         iface.up = up
-        self.routes._changed()
+        self.routes.forget_lookups()
         if up:
             if iface.mac is not None:
                 self._announce.add(name)
@@ -315,17 +216,17 @@ class Router:
         else:
             mac, own = iface.mac, self._macs
             for frame in frames:
-                if len(frame) < 14:
+                if len(frame) < _PAYLOAD:
                     drops.append(Drop(interface, DropReason.TRUNCATED, frame))
                     continue
-                if frame[6:12] in own:
+                if frame[_ETH_SRC] in own:
                     continue  # our own broadcast, flooded back by the bridge
-                ethertype = frame[12:14]
+                ethertype = frame[_ETHERTYPE]
                 if ethertype == ETHERTYPE_IPV4:
-                    if frame[0:6] != mac:
-                        reason = DropReason.NOT_ROUTED if frame[0] & 1 else DropReason.NOT_FOR_ROUTER
+                    if frame[_ETH_DST] != mac:
+                        reason = DropReason.NOT_ROUTED if frame[0] & 1 else DropReason.NOT_FOR_ROUTER  # group address
                     else:
-                        reason = self._ip_input(iface, frame[14:], now, emit)
+                        reason = self._ip_input(iface, frame[_PAYLOAD:], now, emit)
                 elif ethertype == ETHERTYPE_ARP:
                     reason = self._arp_input(iface, frame, now, emit)
                 else:
@@ -357,25 +258,26 @@ class Router:
     def _ip_input(self, iface: Interface, packet: bytes, now: float, emit: _Out) -> DropReason | None:
         """Check, translate, deliver or forward one packet; a reason if it was dropped."""
         size = len(packet)
-        if size < 20:
+        if size < _MIN_IHL:
             return DropReason.IP_TRUNCATED
-        first = packet[0]
-        if first != 0x45:
+        first = packet[_VER_IHL]
+        if first != 0x45:   # anything but version 4 with a 20-byte header
             if first >> 4 != 4:
                 return DropReason.IP_VERSION
             ihl = (first & 0x0F) * 4
-            if ihl < 20 or ihl > size:
+            if ihl < _MIN_IHL or ihl > size:
                 return DropReason.IP_HEADER_LENGTH
         else:
-            ihl = 20
-        total = (packet[2] << 8) | packet[3]
+            ihl = _MIN_IHL
+        total = (packet[_LENGTH] << 8) | packet[_LENGTH + 1]
         if total < ihl or total > size:
             return DropReason.IP_LENGTH
         if total < size:
             packet = packet[:total]  # Ethernet padding
         if internet_checksum(packet[:ihl]) != 0:
             return DropReason.IP_CHECKSUM
-        if packet[12] >= 224 or packet[12] == 127 or packet[12:16] == _ZERO_IP or packet[12:16] in self._local:
+        src = packet[_SRC]
+        if src[0] >= 224 or src[0] == 127 or src == _ZERO_IP or src in self._local:
             return DropReason.MARTIAN_SOURCE
         nat = self.nat
         if nat is not None:
@@ -383,12 +285,12 @@ class Router:
             if verdict.packet is None:
                 return verdict.drop
             packet = verdict.packet
-        dst = packet[16:20]
+        dst = packet[_DST]
         local = self._local.get(dst)
         if local is not None:
             self._stats.delivered += 1
             return self._local_input(packet, ihl, now, emit)
-        if dst == _LIMITED_BROADCAST or packet[16] >= 224:
+        if dst == _LIMITED_BROADCAST or dst[0] >= 224:
             return DropReason.NOT_ROUTED
         route = self.routes.lookup(dst)
         if route is None:
@@ -400,18 +302,14 @@ class Router:
         if not out.up:
             self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
-        ttl = packet[8]
-        if ttl <= 1:
+        forwarded = decrement_ttl(packet)
+        if forwarded is None:
             self._icmp_error(packet, icmp.TIME_EXCEEDED, 0, now, emit)
             return DropReason.TTL_EXCEEDED
-        if total > out.mtu and packet[6] & 0x40:
+        if total > out.mtu and int.from_bytes(packet[ipv4.FRAGMENT], "big") & ipv4.FLAG_DF:
             self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, now, emit, mtu=out.mtu)
             return DropReason.FRAGMENTATION_NEEDED
-        # ip_decrease_ttl: the TTL is the high byte of its 16-bit word
-        check = ((packet[10] << 8) | packet[11]) + 0x0100
-        if check >= 0xFFFF:
-            check = (check + 1) & 0xFFFF
-        packet = b"".join((packet[:8], bytes((ttl - 1, packet[9], check >> 8, check & 0xFF)), packet[12:]))
+        packet = forwarded
         self._stats.forwarded += 1
         nexthop = route.via or dst
         if total > out.mtu:
@@ -445,28 +343,29 @@ class Router:
 
     def _send(self, packet: bytes, now: float, emit: _Out) -> None:
         """Route a packet the router made itself (no TTL decrement, no MTU check: they are small)."""
-        route = self.routes.lookup(packet[16:20])
+        dst = packet[ipv4.DST]
+        route = self.routes.lookup(dst)
         if route is None:
             return
         out = self._interfaces[route.interface]
         if out.up:
-            self._output(out, route.via or packet[16:20], packet, now, emit)
+            self._output(out, route.via or dst, packet, now, emit)
 
     def _local_input(self, packet: bytes, ihl: int, now: float, emit: _Out) -> DropReason | None:
         """A packet for one of the router's addresses."""
-        if int.from_bytes(packet[6:8], "big") & (ipv4.FLAG_MF | ipv4.OFFSET_MASK):
+        if int.from_bytes(packet[ipv4.FRAGMENT], "big") & (ipv4.FLAG_MF | ipv4.OFFSET_MASK):
             return DropReason.LOCAL_FRAGMENT   # the router does not reassemble
-        proto = packet[9]
-        src, dst = packet[12:16], packet[16:20]
+        proto = packet[ipv4.PROTOCOL]
+        src, dst = packet[ipv4.SRC], packet[ipv4.DST]
         payload = packet[ihl:]
         if proto == ipv4.PROTO_ICMP:
             if len(payload) < icmp.HEADER_LEN or internet_checksum(payload) != 0:
                 return DropReason.ICMP_MALFORMED
-            if payload[0] == icmp.ECHO_REQUEST:
-                ident, seq = int.from_bytes(payload[4:6], "big"), int.from_bytes(payload[6:8], "big")
-                reply = icmp.build_echo(ident, seq, payload[8:], reply=True)
+            if payload[icmp.TYPE] == icmp.ECHO_REQUEST:
+                ident, seq = int.from_bytes(payload[icmp.IDENT], "big"), int.from_bytes(payload[icmp.SEQ], "big")
+                reply = icmp.build_echo(ident, seq, payload[icmp.HEADER_LEN:], reply=True)
                 self._stats.icmp_sent["echo-reply"] += 1
-                self._send(self._ip(dst, src, ipv4.PROTO_ICMP, reply, tos=packet[1]), now, emit)
+                self._send(self._ip(dst, src, ipv4.PROTO_ICMP, reply, tos=packet[ipv4.TOS]), now, emit)
             return None  # echo replies and errors for the router end here
         if proto == ipv4.PROTO_TCP:
             try:
@@ -482,8 +381,11 @@ class Router:
         return DropReason.PORT_UNREACHABLE
 
     def _ip(self, src: bytes, dst: bytes, proto: int, payload: bytes, *, tos: int = 0) -> bytes:
+        return ipv4.build_ipv4(src, dst, proto, payload, ttl=64, ident=self._next_ident(), tos=tos, flags_offset=0)
+
+    def _next_ident(self) -> int:
         self._ident = (self._ident + 1) & 0xFFFF
-        return ipv4.build_ipv4(src, dst, proto, payload, ttl=64, ident=self._ident, tos=tos, flags_offset=0)
+        return self._ident
 
     # -- ICMP errors ----------------------------------------------------------------
 
@@ -498,54 +400,31 @@ class Router:
         return self._actions(emit)
 
     def _icmp_error(self, packet: bytes, type_: int, code: int, now: float, emit: _Out, *, mtu: int = 0) -> None:
-        """Tell ``packet``'s sender why it went no further, when RFC 1812 allows and the rate limit agrees."""
-        src = packet[12:16]
-        ihl = (packet[0] & 0x0F) * 4
-        if int.from_bytes(packet[6:8], "big") & ipv4.OFFSET_MASK:
-            return  # not about a fragment after the first
-        if src[0] >= 224 or src == _ZERO_IP or src == _LIMITED_BROADCAST or packet[16] >= 224:
+        """Tell ``packet``'s sender why it went no further, when the ICMP error policy agrees."""
+        if not self._icmp.permits(packet, type_, code, now):
             return
-        if packet[9] == ipv4.PROTO_ICMP and len(packet) > ihl and packet[ihl] in icmp.ERROR_TYPES:
-            return  # never about an ICMP error
-        if not (type_ == icmp.DEST_UNREACHABLE and code == icmp.FRAGMENTATION_NEEDED) and not self._icmp_allowed(src, now):
-            self._stats.icmp_rate_limited += 1
-            return
-        body = icmp.build_error(type_, code, packet, mtu=mtu)
-        error = self._ip(_ZERO_IP, src, ipv4.PROTO_ICMP, body)
+        error = error_packet(_ZERO_IP, packet, type_, code, mtu=mtu, ident=self._next_ident())
         if self.nat is not None:
             # An error about a translated packet goes to its sender, quoting what the sender sent.
             error = self.nat.process(error, "", now).packet or error
-        if error[16:20] in self._local:
+        dst = error[ipv4.DST]
+        if dst in self._local:
             return  # about a packet the router made itself (an echo reply that found no neighbour)
-        dst = error[16:20]
         route = self.routes.lookup(dst)
         if route is None:
             return
         source = self._interfaces[route.interface].address  # the address of the interface it leaves by
-        self._stats.icmp_sent[_ICMP_NAMES.get((type_, code), f"icmp-{type_}-{code}")] += 1
+        self._stats.icmp_sent[error_name(type_, code)] += 1
         self._send(ipv4.build_ipv4(
-            source, dst, ipv4.PROTO_ICMP, error[20:], ttl=64, ident=self._ident, tos=0xC0, flags_offset=0,
+            source, dst, ipv4.PROTO_ICMP, error[ipv4.MIN_HEADER_LEN:], ttl=ERROR_TTL, ident=self._ident, tos=0xC0,
+            flags_offset=0,
         ), now, emit)
-
-    def _icmp_allowed(self, dst: bytes, now: float) -> bool:
-        """Linux's order: the global bucket first, then the destination's."""
-        if not self._icmp_bucket.take(now, ICMP_RATE, ICMP_BURST):
-            return False
-        peers = self._icmp_peers
-        bucket = peers.get(dst)
-        if bucket is None:
-            bucket = peers[dst] = TokenBucket(ICMP_PEER_BURST, now)
-            if len(peers) > ICMP_PEERS:
-                peers.popitem(last=False)
-        else:
-            peers.move_to_end(dst)
-        return bucket.take(now, 1.0 / ICMP_PEER_INTERVAL, ICMP_PEER_BURST)
 
     # -- ARP ------------------------------------------------------------------------
 
     def _arp_input(self, iface: Interface, frame: bytes, now: float, emit: _Out) -> DropReason | None:
         try:
-            message = arp_wire.Arp.parse(frame, 14)
+            message = arp_wire.Arp.parse(frame, _PAYLOAD)
         except WireError:
             return DropReason.ARP_MALFORMED
         assert iface.mac is not None and iface.neighbours is not None
@@ -555,7 +434,7 @@ class Router:
             iface.stats.address_conflicts += 1
             return None
         if sender != _ZERO_IP and sender in iface.network and not message.sender_mac[0] & 1:
-            confirmed = message.op == arp_wire.OP_REPLY and frame[0:6] == iface.mac
+            confirmed = message.op == arp_wire.OP_REPLY and frame[_ETH_DST] == iface.mac
             held = iface.neighbours.learn(sender, message.sender_mac, now, confirmed=confirmed, create=for_us)
             for packet in held:
                 emit.send(iface.name, message.sender_mac + iface.mac + ETHERTYPE_IPV4 + packet)
@@ -623,20 +502,12 @@ class Router:
     # -- introspection ----------------------------------------------------------------
 
     def statistics(self) -> RouterStatistics:
-        return attrs.evolve(self._stats, icmp_sent=Counter(self._stats.icmp_sent))
+        return attrs.evolve(
+            self._stats, icmp_sent=Counter(self._stats.icmp_sent), icmp_rate_limited=self._icmp.rate_limited,
+        )
 
     def drop_counts(self) -> dict[DropReason, int]:
         return dict(self._drops)
-
-
-_ICMP_NAMES = {
-    (icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE): "net-unreachable",
-    (icmp.DEST_UNREACHABLE, icmp.HOST_UNREACHABLE): "host-unreachable",
-    (icmp.DEST_UNREACHABLE, 2): "protocol-unreachable",
-    (icmp.DEST_UNREACHABLE, icmp.PORT_UNREACHABLE): "port-unreachable",
-    (icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED): "fragmentation-needed",
-    (icmp.TIME_EXCEEDED, 0): "time-exceeded",
-}
 
 
 def _tcp_reset(src: bytes, dst: bytes, segment: tcp.Tcp, length: int) -> bytes:
@@ -648,55 +519,3 @@ def _tcp_reset(src: bytes, dst: bytes, segment: tcp.Tcp, length: int) -> bytes:
         dst, src, segment.dst_port, segment.src_port, seq=0, ack=(segment.seq + data) & 0xFFFFFFFF,
         flags=tcp.RST | tcp.ACK, window=0,
     )
-
-
-def fragment(packet: bytes, mtu: int) -> list[bytes]:
-    """Split an IPv4 packet into fragments of at most ``mtu`` bytes (RFC 791).
-
-    Later fragments carry only the options whose copied flag is set. A packet
-    that is itself a fragment keeps its offset and its more-fragments flag.
-    """
-    ihl = (packet[0] & 0x0F) * 4
-    header, payload = packet[:ihl], packet[ihl:]
-    flags_offset = int.from_bytes(packet[6:8], "big")
-    base = (flags_offset & ipv4.OFFSET_MASK) * 8
-    last_more = flags_offset & ipv4.FLAG_MF
-    later_options = _copied_options(header[20:])
-    pieces = []
-    position = 0
-    options = header[20:]
-    while position < len(payload):
-        room = (mtu - 20 - len(options)) & ~7
-        if room <= 0:
-            raise ValueError(f"mtu {mtu} cannot carry a fragment with {len(options)} bytes of options")
-        chunk = payload[position:position + room]
-        more = position + len(chunk) < len(payload)
-        field = ((base + position) // 8) | (ipv4.FLAG_MF if more or last_more else 0)
-        pieces.append(ipv4.build_ipv4(
-            packet[12:16], packet[16:20], packet[9], chunk,
-            ttl=packet[8], ident=int.from_bytes(packet[4:6], "big"), tos=packet[1], flags_offset=field, options=options,
-        ))
-        position += len(chunk)
-        options = later_options
-    return pieces
-
-
-def _copied_options(options: bytes) -> bytes:
-    """The options with the copied flag, padded to a multiple of four bytes."""
-    kept = bytearray()
-    i = 0
-    while i < len(options):
-        kind = options[i]
-        if kind == 0:       # end of options
-            break
-        if kind == 1:       # no-op
-            i += 1
-            continue
-        if i + 1 >= len(options) or options[i + 1] < 2:
-            break           # malformed: keep what was whole
-        length = options[i + 1]
-        if kind & 0x80:
-            kept += options[i:i + length]
-        i += length
-    kept += b"\0" * (-len(kept) % 4)
-    return bytes(kept)

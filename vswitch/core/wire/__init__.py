@@ -1,9 +1,16 @@
-"""Header views and builders: check a buffer's length once, then read fields.
+"""Headers on the wire: named field offsets, parsers, builders and checksums.
 
-Each header has a frozen ``parse`` result that raises :class:`Truncated` or
-:class:`Malformed` on bad input, and a ``build_*`` function for replies. The
-fast path does not parse at all: it slices the original ``bytes`` at the
-named offsets (``ethernet.DST``, ``ipv4.TTL_OFFSET`` …).
+Each header module names its fields' offsets from the start of the header,
+as smoltcp's ``mod field`` does (``ethernet.DST``, ``ipv4.TTL``,
+``ipv4.SRC``, ``tcp.CHECKSUM``; :mod:`.field` gives the convention). The
+fast path never parses: it indexes the original ``bytes`` with these names
+and forwards them unchanged when it only reads.
+
+For everything else each header has a frozen ``parse`` result that checks
+the buffer once and raises :class:`Truncated` or :class:`Malformed` on bad
+input, and a ``build_*`` function for replies. :mod:`.checksum` holds the
+Internet checksum, full and incremental (RFC 1624), and
+:func:`.ipv4.decrement_ttl` the one TTL decrement of routers and the overlay.
 """
 
 from .addr import (

@@ -29,18 +29,38 @@ def internet_checksum(data: bytes, initial: int = 0) -> int:
     return ~ones_complement_sum(data, initial) & 0xFFFF
 
 
-def update16(checksum: int, old: int, new: int) -> int:
-    """RFC 1624 eqn. 3: the checksum after a 16-bit field changes ``old`` -> ``new``.
+def fold(value: int) -> int:
+    """``value`` (below 2**32) folded to 16 bits with the end-around carry."""
+    value = (value & 0xFFFF) + (value >> 16)
+    return (value & 0xFFFF) + (value >> 16)
 
-    HC' = ~(~HC + ~m + m')
+
+def delta(old: bytes, new: bytes) -> int:
+    """The change, in ones' complement, that turns a sum over ``old`` into one over ``new``: ``~m + m'``
+    of RFC 1624 for every 16-bit word, folded. ``old`` and ``new`` have the same even length.
+
+    Computed once and applied to many checksums: NAT works out each direction
+    of a connection when it is made.
     """
-    total = (~checksum & 0xFFFF) + (~old & 0xFFFF) + new
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    total = 0
+    for i in range(0, len(old), 2):
+        total += (0xFFFF - int.from_bytes(old[i:i + 2], "big")) + int.from_bytes(new[i:i + 2], "big")
+    return fold(total)
+
+
+def adjust(checksum: int, change: int) -> int:
+    """RFC 1624 eqn. 3, the incremental update: ``HC' = ~(~HC + ~m + m')``, with ``change`` from :func:`delta`.
+
+    It never turns a real checksum into 0xFFFF (-0), as eqn. 2 could.
+    """
+    return ~fold((~checksum & 0xFFFF) + change) & 0xFFFF
+
+
+def update16(checksum: int, old: int, new: int) -> int:
+    """The checksum after a 16-bit field changes ``old`` -> ``new``."""
+    return adjust(checksum, (~old & 0xFFFF) + new)
 
 
 def update32(checksum: int, old: int, new: int) -> int:
     """The checksum after a 32-bit field (an IPv4 address) changes."""
-    checksum = update16(checksum, old >> 16, new >> 16)
-    return update16(checksum, old & 0xFFFF, new & 0xFFFF)
+    return adjust(checksum, (~old >> 16 & 0xFFFF) + (new >> 16) + (~old & 0xFFFF) + (new & 0xFFFF))

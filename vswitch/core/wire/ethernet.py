@@ -8,10 +8,10 @@ from .errors import Truncated
 
 HEADER_LEN = 14
 VLAN_TAG_LEN = 4
-# Offsets into the frame; the fast path slices with these.
+# Field offsets (smoltcp's ``mod field``); the fast path slices the frame with these.
 DST = slice(0, 6)
 SRC = slice(6, 12)
-ETHERTYPE_OFFSET = 12
+ETHERTYPE = slice(12, 14)
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806

@@ -6,8 +6,17 @@ import attrs
 
 from .checksum import internet_checksum
 from .errors import Malformed, Truncated
+from .ipv4 import VER_IHL
 
 HEADER_LEN = 8
+
+# Field offsets from the start of the message (smoltcp's ``mod field``): an
+# int for a one-byte field, a slice for a wider one.
+TYPE = 0
+CODE = 1
+CHECKSUM = slice(2, 4)
+IDENT = slice(4, 6)      # echo: the identifier, which NAT tracks as both ports
+SEQ = slice(6, 8)        # echo: the sequence number; fragmentation needed: the next-hop MTU
 ECHO_REPLY = 0
 DEST_UNREACHABLE = 3
 ECHO_REQUEST = 8
@@ -52,7 +61,7 @@ class Icmp:
 
 def build_icmp(type_: int, code: int, body: bytes, *, ident: int = 0, seq: int = 0) -> bytes:
     message = bytearray(_HEADER.pack(type_, code, 0, ident, seq) + body)
-    struct.pack_into("!H", message, 2, internet_checksum(message))
+    message[CHECKSUM] = internet_checksum(message).to_bytes(2, "big")
     return bytes(message)
 
 
@@ -65,6 +74,6 @@ def build_error(type_: int, code: int, offending_packet: bytes, *, mtu: int = 0)
 
     ``mtu`` fills the next-hop MTU field of fragmentation-needed (RFC 1191).
     """
-    ihl = (offending_packet[0] & 0x0F) * 4 if offending_packet else 0
+    ihl = (offending_packet[VER_IHL] & 0x0F) * 4 if offending_packet else 0
     quoted = offending_packet[: ihl + 8]
     return build_icmp(type_, code, quoted, ident=0, seq=mtu)

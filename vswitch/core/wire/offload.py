@@ -5,9 +5,11 @@ TSO super-frames (up to 64 KB) into MSS-sized frames."""
 
 import struct
 
+from . import ethernet, ipv4, tcp
 from .checksum import internet_checksum
 from .errors import Malformed, Truncated
 from .ethernet import ETH_P_IP, Ethernet
+from .field import at
 from .ipv4 import PROTO_TCP, Ipv4, pseudo_header_sum
 from .tcp import FIN, PSH, Tcp
 
@@ -56,10 +58,10 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
     if ip.proto != PROTO_TCP:
         raise Malformed(f"TCPv4 segmentation of IP protocol {ip.proto}")
     tcp_at = ip.payload_offset
-    tcp = Tcp.parse(frame, tcp_at)
-    headers_end = tcp_at + tcp.header_len
+    segment_tcp = Tcp.parse(frame, tcp_at)
+    headers_end = tcp_at + segment_tcp.header_len
     if headers_end > ip.offset + ip.total_length:
-        raise Truncated(f"tcp: a {tcp.header_len}-byte header runs past the IP total length {ip.total_length}")
+        raise Truncated(f"tcp: a {segment_tcp.header_len}-byte header runs past the IP total length {ip.total_length}")
     payload = frame[headers_end:ip.offset + ip.total_length]
     if len(payload) <= mss:
         segments_payload = [payload]
@@ -67,26 +69,30 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
         segments_payload = [payload[i:i + mss] for i in range(0, len(payload), mss)]
 
     template = bytearray(frame[:headers_end])
-    tcp_header_len = tcp.header_len
+    tcp_header_len = segment_tcp.header_len
+    # the fields each segment changes, where they are in this frame
+    length_ident_at = ip.offset + ipv4.LENGTH.start   # LENGTH, then IDENT
+    ip_checksum, tcp_checksum = at(ip.offset, ipv4.CHECKSUM), at(tcp_at, tcp.CHECKSUM)
+    seq_at, flags_at = tcp_at + tcp.SEQ_NUM.start, tcp_at + tcp.FLAGS
     out = []
     last = len(segments_payload) - 1
     offset = 0
     for index, chunk in enumerate(segments_payload):
         header = bytearray(template)
-        struct.pack_into("!HH", header, ip.offset + 2, ip.ihl + tcp_header_len + len(chunk), (ip.ident + index) & 0xFFFF)
-        struct.pack_into("!H", header, ip.offset + 10, 0)
-        struct.pack_into("!H", header, ip.offset + 10, internet_checksum(header[ip.offset:tcp_at]))
-        flags = tcp.flags
+        struct.pack_into("!HH", header, length_ident_at, ip.ihl + tcp_header_len + len(chunk), (ip.ident + index) & 0xFFFF)
+        header[ip_checksum] = b"\0\0"
+        header[ip_checksum] = internet_checksum(header[ip.offset:tcp_at]).to_bytes(2, "big")
+        flags = segment_tcp.flags
         if index != last:
             flags &= ~(FIN | PSH)
         if index != 0:
             flags &= ~_CWR
-        struct.pack_into("!I", header, tcp_at + 4, (tcp.seq + offset) & 0xFFFFFFFF)
-        header[tcp_at + 13] = flags
-        struct.pack_into("!H", header, tcp_at + 16, 0)
+        struct.pack_into("!I", header, seq_at, (segment_tcp.seq + offset) & 0xFFFFFFFF)
+        header[flags_at] = flags
+        header[tcp_checksum] = b"\0\0"
         segment = bytes(header[tcp_at:]) + chunk
         initial = pseudo_header_sum(ip.src, ip.dst, PROTO_TCP, len(segment))
-        struct.pack_into("!H", header, tcp_at + 16, internet_checksum(segment, initial))
+        header[tcp_checksum] = internet_checksum(segment, initial).to_bytes(2, "big")
         out.append(bytes(header) + chunk)
         offset += len(chunk)
     return out
@@ -110,6 +116,25 @@ def from_vnet(packet: bytes) -> list[bytes]:
 
 MAX_COALESCED = 65535 - 20 - 60   # payload of one IPv4 packet with the longest TCP header
 _ACK, _ACK_PSH = 0x10, 0x18
+# What coalesce_tcp4 reads of a plain Ethernet/IPv4/TCP frame (no IP options), as module-level constants:
+# the IPv4 header at _IP, the TCP header at _TCP.
+_IP = ethernet.HEADER_LEN
+_TCP = _IP + ipv4.MIN_HEADER_LEN
+_MIN_FRAME = _TCP + tcp.MIN_HEADER_LEN
+_IP_VER_IHL, _IP_PROTOCOL, _IP_FLAGS = _IP + ipv4.VER_IHL, _IP + ipv4.PROTOCOL, _IP + ipv4.FLAGS
+_IP_LENGTH = _IP + ipv4.LENGTH.start
+_IP_SRC, _IP_DST = at(_IP, ipv4.SRC), at(_IP, ipv4.DST)
+_TCP_DATA_OFFSET, _TCP_FLAGS, _TCP_SEQ = _TCP + tcp.DATA_OFFSET, _TCP + tcp.FLAGS, at(_TCP, tcp.SEQ_NUM)
+# The runs of bytes that must be equal in every frame of a flow: all but the IP length, identification and
+# checksum, the TCP sequence number, flags and checksum (and the payload).
+_SAME = (
+    slice(0, _IP_LENGTH),                                      # Ethernet, IP version, header length, TOS
+    slice(_IP + ipv4.FRAGMENT.start, _IP + ipv4.CHECKSUM.start),  # fragment fields, TTL, protocol
+    slice(_IP_SRC.start, _TCP_SEQ.start),                      # addresses and ports
+    slice(_TCP + tcp.ACK_NUM.start, _TCP_FLAGS),               # acknowledgement number, data offset
+    at(_TCP, tcp.WINDOW),
+)
+_URGENT = _TCP + tcp.URGENT.start                              # then the urgent pointer and options
 
 
 def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[bytes, int]:
@@ -128,51 +153,53 @@ def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[byt
     used); a frame that joins nothing comes back with an empty header.
     """
     first = frames[start]
-    if (len(first) < 54 or first[12:14] != b"\x08\x00" or first[14] != 0x45 or first[23] != PROTO_TCP
-            or first[20] & 0x3F or first[21] or first[46] < 0x50 or first[47] != _ACK):
+    if (len(first) < _MIN_FRAME or first[ethernet.ETHERTYPE] != b"\x08\x00" or first[_IP_VER_IHL] != 0x45
+            or first[_IP_PROTOCOL] != PROTO_TCP or first[_IP_FLAGS] & 0x3F or first[_IP_FLAGS + 1]
+            or first[_TCP_DATA_OFFSET] < 0x50 or first[_TCP_FLAGS] != _ACK):
         return VNET_HDR_NONE + first, 1   # a data offset below 5 (20 bytes) is no TCP header: never joined
-    headers = 34 + ((first[46] >> 4) << 2)
-    total = (first[16] << 8) | first[17]
-    size = total - (headers - 14)
-    if size <= 0 or len(first) < 14 + total:
+    headers = _TCP + ((first[_TCP_DATA_OFFSET] >> 4) << 2)
+    total = (first[_IP_LENGTH] << 8) | first[_IP_LENGTH + 1]
+    size = total - (headers - _IP)
+    if size <= 0 or len(first) < _IP + total:
         return VNET_HDR_NONE + first, 1
     end = start + 1
     last = min(len(frames), start + limit)
-    seq = int.from_bytes(first[38:42], "big") + size
-    payloads = [first[headers:14 + total]]
+    seq = int.from_bytes(first[_TCP_SEQ], "big") + size
+    payloads = [first[headers:_IP + total]]
     joined = size
     psh = False
+    same0, same1, same2, same3, same4 = _SAME
     while end < last:
         frame = frames[end]
-        if (len(frame) < headers or frame[0:16] != first[0:16] or frame[20:24] != first[20:24]
-                or frame[26:38] != first[26:38] or frame[42:47] != first[42:47] or frame[48:50] != first[48:50]
-                or frame[52:headers] != first[52:headers] or frame[47] not in (_ACK, _ACK_PSH)):
+        if (len(frame) < headers or frame[same0] != first[same0] or frame[same1] != first[same1]
+                or frame[same2] != first[same2] or frame[same3] != first[same3] or frame[same4] != first[same4]
+                or frame[_URGENT:headers] != first[_URGENT:headers] or frame[_TCP_FLAGS] not in (_ACK, _ACK_PSH)):
             break
-        length = ((frame[16] << 8) | frame[17]) - (headers - 14)
+        length = ((frame[_IP_LENGTH] << 8) | frame[_IP_LENGTH + 1]) - (headers - _IP)
         if (length <= 0 or length > size or joined + length > MAX_COALESCED or len(frame) < headers + length
-                or int.from_bytes(frame[38:42], "big") != seq & 0xFFFFFFFF):
+                or int.from_bytes(frame[_TCP_SEQ], "big") != seq & 0xFFFFFFFF):
             break
         payloads.append(frame[headers:headers + length])
         joined += length
         seq += length
         end += 1
-        if frame[47] == _ACK_PSH or length < size:
-            psh = frame[47] == _ACK_PSH
+        if frame[_TCP_FLAGS] == _ACK_PSH or length < size:
+            psh = frame[_TCP_FLAGS] == _ACK_PSH
             break   # PSH or a shorter segment ends the run
     if end - start == 1:
         return VNET_HDR_NONE + first, 1
-    ip_length = headers - 14 + joined
-    ip = bytearray(first[14:34])
-    ip[2:4] = ip_length.to_bytes(2, "big")
-    ip[10:12] = b"\0\0"
-    ip[10:12] = internet_checksum(ip).to_bytes(2, "big")
-    tcp = bytearray(first[34:headers])
+    ip_length = headers - _IP + joined
+    ip_header = bytearray(first[_IP:_TCP])
+    ip_header[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
+    ip_header[ipv4.CHECKSUM] = b"\0\0"
+    ip_header[ipv4.CHECKSUM] = internet_checksum(ip_header).to_bytes(2, "big")
+    tcp_header = bytearray(first[_TCP:headers])
     if psh:
-        tcp[13] = _ACK_PSH
+        tcp_header[tcp.FLAGS] = _ACK_PSH
     # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, the kernel takes the rest as valid.
-    partial = pseudo_header_sum(first[26:30], first[30:34], PROTO_TCP, ip_length - 20)
+    partial = pseudo_header_sum(first[_IP_SRC], first[_IP_DST], PROTO_TCP, ip_length - ipv4.MIN_HEADER_LEN)
     while partial >> 16:
         partial = (partial & 0xFFFF) + (partial >> 16)
-    tcp[16:18] = partial.to_bytes(2, "big")
-    vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, headers, size, 34, 16)
-    return b"".join((vnet, first[:14], ip, tcp, *payloads)), end - start
+    tcp_header[tcp.CHECKSUM] = partial.to_bytes(2, "big")
+    vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, headers, size, _TCP, tcp.CHECKSUM.start)
+    return b"".join((vnet, first[:_IP], ip_header, tcp_header, *payloads)), end - start

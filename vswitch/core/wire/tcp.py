@@ -15,6 +15,19 @@ RST = 0x04
 PSH = 0x08
 ACK = 0x10
 
+# Field offsets from the start of the header (smoltcp's ``mod field``): an int
+# for a one-byte field, a slice for a wider one.
+SRC_PORT = slice(0, 2)
+DST_PORT = slice(2, 4)
+PORTS = slice(0, 4)      # SRC_PORT and DST_PORT together, as NAT tracks and rewrites them
+SEQ_NUM = slice(4, 8)
+ACK_NUM = slice(8, 12)
+DATA_OFFSET = 12         # header length in 32-bit words (high nibble)
+FLAGS = 13
+WINDOW = slice(14, 16)
+CHECKSUM = slice(16, 18)
+URGENT = slice(18, 20)
+
 _HEADER = struct.Struct("!HHIIBBHHH")
 
 
@@ -55,5 +68,5 @@ def build_tcp(
         _HEADER.pack(src_port, dst_port, seq, ack, (header_len // 4) << 4, flags, window, 0, 0) + options + payload
     )
     csum = internet_checksum(segment, pseudo_header_sum(src_ip, dst_ip, PROTO_TCP, len(segment)))
-    struct.pack_into("!H", segment, 16, csum)
+    segment[CHECKSUM] = csum.to_bytes(2, "big")
     return bytes(segment)

@@ -9,6 +9,13 @@ from .errors import Malformed, Truncated
 from .ipv4 import PROTO_UDP, pseudo_header_sum
 
 HEADER_LEN = 8
+
+# Field offsets from the start of the header (smoltcp's ``mod field``).
+SRC_PORT = slice(0, 2)
+DST_PORT = slice(2, 4)
+PORTS = slice(0, 4)      # SRC_PORT and DST_PORT together, as NAT tracks and rewrites them
+LENGTH = slice(4, 6)
+CHECKSUM = slice(6, 8)   # zero: no checksum
 _HEADER = struct.Struct("!HHHH")
 
 
@@ -38,5 +45,5 @@ def build_udp(src_ip: bytes, dst_ip: bytes, src_port: int, dst_port: int, payloa
         raise ValueError(f"udp datagram too large: {length} bytes")
     segment = bytearray(_HEADER.pack(src_port, dst_port, length, 0) + payload)
     csum = internet_checksum(segment, pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length))
-    struct.pack_into("!H", segment, 6, csum or 0xFFFF)  # 0 means "no checksum" in UDP
+    segment[CHECKSUM] = (csum or 0xFFFF).to_bytes(2, "big")  # 0 means "no checksum" in UDP
     return bytes(segment)
