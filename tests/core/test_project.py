@@ -1,5 +1,6 @@
 """The project's own promises: the README's commands are what CI runs."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -43,9 +44,12 @@ def test_importing_the_core_does_not_import_trio():
 
 
 def test_the_wheel_installs_one_name_with_its_overlay_examples_and_license(tmp_path):
-    # build in a copy: the build must not leave build/ or egg-info in the checkout
+    # build from a copy (links kept as links): pip builds in the source tree, and the checkout is left as it is
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".*cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("vswitch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.startswith("vswitch-")}
