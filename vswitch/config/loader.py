@@ -234,6 +234,9 @@ def _parse_interface(raw: Any, key: str, ports: dict[str, PortConfig], bridge_mt
         port = ports.get(port_name)
         if port is None:
             raise ConfigError(f"{key}.port", f"no port named {port_name!r} in [[ports]]")
+    elif name in ports:   # an interface on the bridge is the bridge port of its name
+        raise ConfigError(f"{key}.name", f"{name!r} is a port's name: an interface on the bridge is a bridge"
+                                         " port of its own name, so choose another")
     mtu = _get(raw, key, "mtu", int, port.mtu if port else bridge_mtu)
     if not 68 <= mtu <= 65535:
         raise ConfigError(f"{key}.mtu", f"must be between 68 and 65535, got {mtu}")

@@ -302,11 +302,7 @@ def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, byt
             max_per_source=nat.max_per_source,
         )
     datapath = Datapath(bridge, router)
-    ports = {p.name for p in config.ports}
-    for i, ic in enumerate(config.router.interfaces):
-        if ic.port is None and ic.name in ports:   # an interface on the bridge is the bridge port of its name
-            raise ConfigError(f"router.interfaces[{i}].name", f"{ic.name!r} is a port's name: an interface on the"
-                              " bridge is a bridge port of its own name, so choose another")
+    for ic in config.router.interfaces:
         datapath.attach(ic.name, OnBridge() if ic.port is None else OnPort(ic.port))
     if overlay is not None:
         datapath.attach(OVERLAY_INTERFACE, OnOverlay(overlay, UNDERLAY_PORT))
