@@ -205,7 +205,7 @@ def test_run_logs_json_lines_at_the_level_asked(tmp_path):
     assert set(entries[0]) == {"time", "level", "logger", "message"}
     # h1 pings h2 (answered: info) before 10.1.0.9 (unanswered: a warning): only the warning came through
     assert (entries[0]["level"], entries[0]["logger"], entries[0]["message"]) == (
-        "warning", "vswitch.daemon", "p1-host: no reply from 10.1.0.9")
+        "warning", "vswitch.daemon.node", "p1-host: no reply from 10.1.0.9")
     assert {entry["level"] for entry in entries} == {"warning"}   # no info line, not even "shutting down"
     assert entries[0]["time"].endswith("+00:00")
 

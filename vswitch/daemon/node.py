@@ -1,0 +1,287 @@
+"""The running daemon: a :class:`Node` (its switch, devices, overlay wiring), serving until a signal, reloading
+its config, attaching containers at run time."""
+
+import logging
+import signal
+from ipaddress import IPv4Address
+
+import attrs
+import trio
+
+from vswitch.config import Config, PortConfig, load
+from vswitch.core.l3.router import Router
+from vswitch.core.wire.addr import mac_to_str
+from vswitch.overlay.core.backends import BACKENDS
+from vswitch.overlay.core.peers import LeaseChanges
+from vswitch.overlay.core.tunnel import Overlay
+from vswitch.overlay.shell.leases import StaticLeases
+from vswitch.overlay.shell.masq import (
+    install_masquerade,
+    remove_masquerade,
+)
+from vswitch.overlay.shell.node import (
+    apply_lease_routes,
+    configure_device,
+    device_name,
+    restart_needed,
+)
+from vswitch.overlay.shell.subnet_env import write_subnet_env
+from vswitch.shell.faults import Faults
+from vswitch.shell.hosts import HostRunner
+from vswitch.shell.ports import PcapWriter, Port
+from vswitch.shell.ports.pcap import open_pcaps
+from vswitch.shell.ports.tuntap import TunTapPort
+from vswitch.shell.ports.udp import MemoryUnderlay, UdpPort
+from vswitch.shell.switch import Switch
+
+from .assemble import (
+    UNDERLAY_PORT,
+    build_core,
+    faults_pcap,
+    memory_port,
+    open_device_port,
+    with_pcap,
+)
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class Node:
+    """A configured daemon: its switch, simulated hosts, and the devices it opened."""
+
+    config: Config
+    switch: Switch
+    hosts: list[tuple[HostRunner, tuple[IPv4Address, ...], float]]   # with the addresses each pings, how often
+    router: Router | None = None
+    overlay: Overlay | None = None
+    vtep_mac: bytes | None = None
+    underlay: MemoryUnderlay | None = None   # a simulated underlay (tests, the demo); None: a real UDP socket
+    config_path: str | None = None           # the file the config came from, which `reload` and SIGHUP read again
+    devices_open: bool = False
+    masquerading: bool = False               # drop-in ip_masq: flannel's iptables rules are (being) installed
+    pcaps: list[PcapWriter] = attrs.Factory(list)   # the config's pcap files, opened last (open_pcaps)
+
+    async def open_devices(self) -> None:
+        """Open the device ports of the config and link them into their namespaces (once).
+
+        On failure every device opened so far is closed again: a refused
+        start leaves no device behind.
+        """
+        if self.devices_open:
+            return
+        self.devices_open = True
+        opened: list[Port] = []
+        try:
+            for pc in self.config.ports:
+                if pc.type == "memory":
+                    continue
+                port = await open_device_port(pc)
+                opened.append(port)
+                self.switch.add_port(with_pcap(port, pc, self.pcaps))
+            if self.overlay is not None:
+                opened += await self._open_overlay()
+        except BaseException:
+            for port in opened:
+                with trio.CancelScope(shield=True):
+                    await port.aclose()
+            with trio.CancelScope(shield=True):
+                await self.remove_host_rules()
+            raise
+
+    def open_pcaps(self) -> None:
+        """Open (and so truncate) the config's pcap files: the last step of a start, once nothing can refuse it."""
+        open_pcaps(writer for writer in self.pcaps if not writer.opened)
+
+    async def remove_host_rules(self) -> None:
+        """Take out what the daemon put into the host beyond its devices: drop-in ip_masq's iptables rules."""
+        if self.masquerading:
+            self.masquerading = False
+            await remove_masquerade()
+
+    async def _open_overlay(self) -> list[Port]:
+        """The underlay socket, the flannel device in drop-in mode, its routes and ip-masq rules, and subnet.env."""
+        oc = self.config.overlay
+        assert oc is not None and self.overlay is not None
+        opened: list[Port] = []
+        if self.underlay is None:
+            port = UdpPort.open(UNDERLAY_PORT, str(oc.public_ip), oc.port, source_ports=oc.backend == "vxlan",
+                                mtu=oc.mtu)
+            opened.append(port)
+            self.switch.add_port(port)
+        if oc.device is not None:
+            name = device_name(oc)
+            device = TunTapPort.open(name, kind="tap" if BACKENDS[oc.backend].carries_ethernet else "tun", mtu=oc.mtu)
+            opened.append(device)
+            await configure_device(oc, self.vtep_mac)
+            self.switch.add_port(device)
+            await apply_lease_routes(oc, LeaseChanges(added=tuple(p.lease for p in self.overlay.peers)))
+            if oc.ip_masq:   # in router mode the router masquerades (masquerade_rules); here the host kernel does
+                self.masquerading = True
+                await install_masquerade(oc)
+        if oc.subnet_env:
+            write_subnet_env(oc.subnet_env, oc)
+        return opened
+
+    async def reload(self, config: Config) -> LeaseChanges:
+        """Take the peers of a re-read config; unchanged peers carry on untouched.
+
+        Only ``[[overlay.peers]]`` changes under a running daemon: any other
+        change raises ValueError naming the keys, and nothing changes.
+        """
+        if self.overlay is None or self.config.overlay is None:
+            raise ValueError("this daemon has no overlay: nothing to reload")
+        if config.overlay is None:
+            raise ValueError("the new config has no [overlay]: restart the daemon to remove it")
+        keys = [f"overlay.{key}" for key in restart_needed(self.config.overlay, config.overlay)]
+        for section in attrs.fields(Config):   # the other sections: a reload would silently ignore them
+            old, new = getattr(self.config, section.name), getattr(config, section.name)
+            if section.name == "overlay" or old == new:
+                continue
+            if attrs.has(type(old)):
+                keys += [f"{section.name}.{f.name}" for f in attrs.fields(type(old))
+                         if getattr(old, f.name) != getattr(new, f.name)]
+            else:
+                keys.append(section.name)
+        if keys:
+            raise ValueError(f"{', '.join(keys)} changed: a restart takes those (peers reload alone)")
+        changes = self.overlay.set_leases(await StaticLeases(config.overlay, self.vtep_mac).peer_leases())
+        self.config = attrs.evolve(self.config, overlay=config.overlay)
+        if self.devices_open:
+            await apply_lease_routes(config.overlay, changes)
+        log.info("reloaded leases: %d added, %d removed, %d changed, %d unchanged",
+                 len(changes.added), len(changes.removed), len(changes.changed), changes.kept)
+        return changes
+
+    async def reload_file(self, path: str | None = None) -> LeaseChanges:
+        """Read a config file and take its peers (:meth:`reload`): ``path``, which the daemon then runs from
+        (a later reload or SIGHUP reads it), or else the file it runs from. What `vswitch reload` and SIGHUP
+        do; ValueError (ConfigError is one) says why not, and then nothing changes."""
+        path = path or self.config_path
+        if path is None:
+            raise ValueError("this daemon was not started from a config file")
+        changes = await self.reload(load(path))
+        self.config_path = path
+        return changes
+
+    async def attach(self, port: PortConfig) -> None:
+        """Link a container at run time: a new TAP in its netns, on the bridge (``port`` as
+        :func:`vswitch.control.protocol.attach_port` parses it)."""
+        if port.name in self.switch.ports:
+            raise ValueError(f"port {port.name!r} already exists")
+        device = await open_device_port(port)
+        try:
+            self.switch.add_port(device)   # refused if a router interface on the bridge has that name
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await device.aclose()
+            raise
+        log.info("attached %s in netns %s%s", port.name, port.netns, f" as {port.address}" if port.address else "")
+
+    async def detach(self, name: str) -> None:
+        """Remove a port; closing a TAP's fd deletes the device."""
+        if name not in self.switch.ports:
+            raise KeyError(f"no port named {name!r}")
+        await self.switch.remove_port(name)
+        log.info("detached %s", name)
+
+
+def build(config: Config, *, underlay: MemoryUnderlay | None = None, config_path: str | None = None) -> Node:
+    """The node with its memory ports; device ports open in :meth:`Node.open_devices`.
+
+    ``underlay`` puts the overlay on a simulated UDP network instead of a
+    real socket (several nodes in one process: tests, the demo).
+    """
+    core, router, overlay, vtep_mac = build_core(config)
+    switch = Switch(core, faults=Faults(faults_pcap(config)))
+    hosts = []
+    pcaps: list[PcapWriter] = []
+    for pc in config.ports:
+        if pc.type != "memory":
+            continue
+        port, runner = memory_port(config, pc, pcaps)
+        switch.add_port(port)
+        hosts.append((runner, pc.host.ping, pc.host.ping_interval))
+    if overlay is not None and underlay is not None:
+        assert config.overlay is not None
+        switch.add_port(underlay.port(UNDERLAY_PORT, str(config.overlay.public_ip), config.overlay.port,
+                                      mtu=config.overlay.mtu))
+    return Node(config, switch, hosts, router, overlay, vtep_mac, underlay, config_path, pcaps=pcaps)
+
+
+async def _pinger(runner: HostRunner, targets: tuple[IPv4Address, ...], interval: float) -> None:
+    while True:
+        for target in targets:
+            result = await runner.ping(target, timeout=interval)
+            if result.received:
+                log.info("%s: reply from %s in %.3f ms", runner.host.name, target, result.rtts[0] * 1e3)
+            else:
+                log.warning("%s: no reply from %s", runner.host.name, target)
+        await trio.sleep(interval)
+
+
+async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the node until cancelled.
+
+    Start-up goes in the order that lets a refused start leave nothing
+    behind: devices and sockets first (closed again if anything after them
+    fails), then the control socket (which refuses if another daemon is
+    listening on it), then the pcap files, which opening truncates; only
+    then do frames flow.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await node.open_devices()
+                if node.config.node.control:
+                    from vswitch.control.server import ControlServer
+
+                    path = await nursery.start(ControlServer(node, node.config.node.control).run)
+                    log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
+                node.open_pcaps()
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await node.switch.aclose()
+                raise
+            await nursery.start(node.switch.run)
+            for runner, targets, interval in node.hosts:
+                await nursery.start(runner.run)
+                log.info("%s: %s %s", runner.host.name, mac_to_str(runner.host.mac), runner.host.interface)
+                if targets:
+                    nursery.start_soon(_pinger, runner, targets, interval)
+            task_status.started(node)
+    finally:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + 15):
+            await node.remove_host_rules()
+
+
+async def run_until_signal(node: Node) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down within the switch's bounded timeout; returns that signal.
+
+    SIGHUP reads the config again and takes its peers (see :meth:`Node.reload_file`).
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, node)
+            log.info(
+                "node %s running with %d port(s): %s", node.config.node.name, len(node.switch.ports),
+                ", ".join(node.switch.ports) or "none",
+            )
+            if not node.switch.ports:
+                log.warning("no ports yet: link containers with `vswitch attach` (control socket %s)",
+                            node.config.node.control)
+            stopped_by = signal.SIGTERM
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    try:
+                        await node.reload_file()
+                    except (ValueError, OSError) as exc:
+                        log.error("SIGHUP: reload refused, the running leases stay: %s", exc)
+                    continue
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                stopped_by = signum
+                break
+            nursery.cancel_scope.cancel()
+    log.info("node %s stopped", node.config.node.name)
+    return stopped_by
+
