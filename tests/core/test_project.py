@@ -58,3 +58,21 @@ def test_the_wheel_installs_one_name_with_its_overlay_examples_and_license(tmp_p
     examples = {Path(name).name for name in names if name.startswith("vswitch/examples/")}
     assert examples == {path.name for path in (ROOT / "config").glob("*.toml")}
     assert any(name.endswith("/LICENSE") for name in names)
+
+
+def test_the_architecture_page_lists_folders_and_files_that_exist():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    tree = text.split("## The parts are the folders", 1)[1].split("```")[1]
+    parents: list[str] = []
+    checked = 0
+    for line in tree.strip("\n").splitlines():
+        indent = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        parents = parents[:indent]
+        if name.endswith("/") or name.endswith(".py"):
+            path = ROOT.joinpath(*parents, name.rstrip("/"))
+            assert path.exists(), f"docs/architecture.md lists {path.relative_to(ROOT)}, which does not exist"
+            checked += 1
+        if name.endswith("/"):
+            parents.append(name.rstrip("/"))
+    assert checked >= 15
