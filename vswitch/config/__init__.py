@@ -5,36 +5,8 @@
 
 from vswitch.errors import ConfigError
 
+from . import model
 from .loader import load, loads, parse, parse_interface, parse_ip
-from .model import (
-    IFNAMSIZ,
-    MAX_AGEING,
-    MAX_BRIDGE_ENTRIES,
-    MAX_PING_INTERVAL,
-    NAT_PROTOCOLS,
-    OVERLAY_INTERFACE,
-    PORT_TYPES,
-    SUN_PATH_MAX,
-    BridgeConfig,
-    Config,
-    ForwardConfig,
-    HostConfig,
-    InterfaceConfig,
-    MasqueradeConfig,
-    NatConfig,
-    NeighbourConfig,
-    NodeConfig,
-    OverlayConfig,
-    PeerConfig,
-    PortConfig,
-    RouteConfig,
-    RouterConfig,
-)
+from .model import *  # noqa: F403 (the values and limits: model.__all__)
 
-__all__ = [
-    "ConfigError", "load", "loads", "parse", "parse_interface", "parse_ip",
-    "IFNAMSIZ", "MAX_AGEING", "MAX_BRIDGE_ENTRIES", "MAX_PING_INTERVAL", "NAT_PROTOCOLS", "OVERLAY_INTERFACE",
-    "PORT_TYPES", "SUN_PATH_MAX",
-    "BridgeConfig", "Config", "ForwardConfig", "HostConfig", "InterfaceConfig", "MasqueradeConfig", "NatConfig",
-    "NeighbourConfig", "NodeConfig", "OverlayConfig", "PeerConfig", "PortConfig", "RouteConfig", "RouterConfig",
-]
+__all__ = ["ConfigError", "load", "loads", "parse", "parse_interface", "parse_ip", *model.__all__]

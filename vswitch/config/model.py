@@ -21,6 +21,31 @@ from vswitch.core.wire.addr import Network
 from vswitch.core.wire.ipv4 import PROTO_TCP, PROTO_UDP
 from vswitch.errors import ConfigError
 
+__all__ = [
+    "IFNAMSIZ",
+    "MAX_AGEING",
+    "MAX_BRIDGE_ENTRIES",
+    "MAX_PING_INTERVAL",
+    "NAT_PROTOCOLS",
+    "OVERLAY_INTERFACE",
+    "PORT_TYPES",
+    "SUN_PATH_MAX",
+    "BridgeConfig",
+    "Config",
+    "ForwardConfig",
+    "HostConfig",
+    "InterfaceConfig",
+    "MasqueradeConfig",
+    "NatConfig",
+    "NeighbourConfig",
+    "NodeConfig",
+    "OverlayConfig",
+    "PeerConfig",
+    "PortConfig",
+    "RouteConfig",
+    "RouterConfig",
+]
+
 PORT_TYPES = ("tap", "tun", "packet", "memory")
 NAT_PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}   # the config's names and the IP protocol numbers
 OVERLAY_INTERFACE = "overlay"   # the router interface the overlay is, in router mode
