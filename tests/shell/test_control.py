@@ -792,6 +792,24 @@ def test_cli_without_a_daemon_says_so(tmp_path, capsys):
     assert not pcap.exists()  # no empty file left behind
 
 
+def test_a_capture_that_never_began_leaves_a_file_it_did_not_make(tmp_path, capsys):
+    # `-w /dev/null` once removed /dev/null: the capture took a file it found for one of its own
+    path = tmp_path / "none.sock"
+    mine = tmp_path / "mine.pcap"
+    mine.write_bytes(b"")
+    assert main(["capture", "p1", "-w", str(mine), "--control", str(path)]) == 1
+    assert mine.exists()
+    fifo = tmp_path / "fifo"      # a file that is not a regular one, as /dev/null is not (and cannot tell())
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert main(["capture", "p1", "-w", str(fifo), "--control", str(path)]) == 1
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert capsys.readouterr().err.count(f"no daemon is listening on {path}") == 2
+
+
 def test_cli_needs_to_know_which_daemon(tmp_path, capsys):
     assert main(["show", "ports"]) == 1
     assert "-c FILE" in capsys.readouterr().err
