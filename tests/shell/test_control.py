@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import stat
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -712,6 +713,8 @@ async def test_a_failing_handler_costs_its_client_only(tmp_path, monkeypatch, ca
 
 
 async def test_a_failing_capture_costs_its_client_only(tmp_path, monkeypatch, caplog):
+    # the node has no control socket in its config, so it keeps the frames of its faults in the temporary directory
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     async with running(tmp_path, timeout=TIMEOUT) as r:
         # 1. The monitor callback a capture installed raises, inside p1's tasks.
         broken, good = Sink(), Sink()
