@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import stat
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -712,6 +713,8 @@ async def test_a_failing_handler_costs_its_client_only(tmp_path, monkeypatch, ca
 
 
 async def test_a_failing_capture_costs_its_client_only(tmp_path, monkeypatch, caplog):
+    # the node has no control socket in its config, so it keeps the frames of its faults in the temporary directory
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     async with running(tmp_path, timeout=TIMEOUT) as r:
         # 1. The monitor callback a capture installed raises, inside p1's tasks.
         broken, good = Sink(), Sink()
@@ -790,6 +793,24 @@ def test_cli_without_a_daemon_says_so(tmp_path, capsys):
     assert main(["capture", "p1", "-w", str(pcap), "--control", str(path)]) == 1
     assert f"vswitch capture: no daemon is listening on {path}" in capsys.readouterr().err
     assert not pcap.exists()  # no empty file left behind
+
+
+def test_a_capture_that_never_began_leaves_a_file_it_did_not_make(tmp_path, capsys):
+    # `-w /dev/null` once removed /dev/null: the capture took a file it found for one of its own
+    path = tmp_path / "none.sock"
+    mine = tmp_path / "mine.pcap"
+    mine.write_bytes(b"")
+    assert main(["capture", "p1", "-w", str(mine), "--control", str(path)]) == 1
+    assert mine.exists()
+    fifo = tmp_path / "fifo"      # a file that is not a regular one, as /dev/null is not (and cannot tell())
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert main(["capture", "p1", "-w", str(fifo), "--control", str(path)]) == 1
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert capsys.readouterr().err.count(f"no daemon is listening on {path}") == 2
 
 
 def test_cli_needs_to_know_which_daemon(tmp_path, capsys):

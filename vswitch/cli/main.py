@@ -301,8 +301,15 @@ def _capture(path: str, args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         target = "-"
+    created = False   # a file this capture made, which it may remove again; never one that was there (/dev/null)
     try:
-        out = sys.stdout.buffer if target == "-" else open(target, "wb")
+        if target == "-":
+            out = sys.stdout.buffer
+        else:
+            try:
+                out, created = open(target, "xb"), True
+            except FileExistsError:
+                out = open(target, "wb")
     except OSError as exc:
         print(f"vswitch capture: cannot write {target}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -317,10 +324,9 @@ def _capture(path: str, args: argparse.Namespace) -> int:
         _reader_gone()
     finally:
         if out is not sys.stdout.buffer:
-            started = out.tell() > 0  # at least the pcap header came
             out.close()
-            if not started:
-                os.unlink(target)  # the capture never began: leave no empty file behind
+            if created and not records.started:
+                os.unlink(target)  # the capture never began: leave no empty file of ours behind
     print(f"vswitch capture: {records.records} frames from {args.port}", file=sys.stderr)
     return INTERRUPTED if stopped_by == signal.SIGINT else 0
 

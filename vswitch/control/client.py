@@ -110,6 +110,11 @@ class PcapRecords:
         del buffer[:offset]
         return bytes(out)
 
+    @property
+    def started(self) -> bool:
+        """Whether the pcap header has been released (a capture that never started released nothing)."""
+        return self._record_header is not None
+
 
 async def capture(
     path: str, port: str, out: BinaryIO, *, count: int | None = None, records: PcapRecords | None = None,
