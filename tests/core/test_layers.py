@@ -1,4 +1,4 @@
-"""The parts of the project depend on each other one way only (ARCHITECTURE.md, "Layout").
+"""The parts of the project depend on each other one way only (docs/architecture.md, "The rules between the parts").
 
 The core imports nothing else of the project; the overlay's core imports the
 core and nothing else; and the graph of the parts has no cycle. The names of
