@@ -9,20 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from vswitch.testing import (  # noqa: F401  (re-exported for the tests)
-    Daemon,
-    Namespaces,
-    can_run,
-    in_ns,
-    link_exists,
-    link_mac,
-    outside_link,
-    ping,
-    sh,
-    tap_config,
-    unique,
-    uplink_config,
-)
+from vswitch.testing.system import *  # noqa: F403 (re-exported for the tests)
+from vswitch.testing.system import can_run, in_ns
 
 requires_root = pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
 

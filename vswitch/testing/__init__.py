@@ -9,24 +9,10 @@
   inside namespaces (root and iproute2).
 """
 
+from . import system
 from .actions import dropped, drops, transmits, transmitted, unreachables
 from .cluster import Cluster, Delivered
-from .system import (
-    Daemon,
-    Namespaces,
-    can_run,
-    in_ns,
-    link_exists,
-    link_mac,
-    outside_link,
-    ping,
-    sh,
-    tap_config,
-    unique,
-    uplink_config,
-)
+from .system import *  # noqa: F403 (real devices: system.__all__)
 
-__all__ = [
-    "Cluster", "Daemon", "Delivered", "Namespaces", "can_run", "dropped", "drops", "in_ns", "link_exists", "link_mac",
-    "outside_link", "ping", "sh", "tap_config", "transmits", "transmitted", "unique", "unreachables", "uplink_config",
-]
+__all__ = ["Cluster", "Delivered", "dropped", "drops", "transmits", "transmitted", "unreachables",
+           *system.__all__]

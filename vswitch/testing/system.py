@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+__all__ = ["Daemon", "Namespaces", "can_run", "in_ns", "link_exists", "link_mac", "outside_link", "ping", "sh",
+           "tap_config", "unique", "uplink_config"]
 
 def can_run() -> str | None:
     """None if namespaces and TAP devices can be used here, else the reason why not."""
