@@ -102,7 +102,7 @@ class Overlay:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if inside not in ("ip", "ethernet"):
             raise ValueError(f"inside must be 'ip' or 'ethernet', not {inside!r}")
-        if inside == "ethernet" and backend != "vxlan":
+        if inside == "ethernet" and not BACKENDS[backend].carries_ethernet:
             raise ValueError("only the vxlan backend carries Ethernet frames")
         if backend == "vxlan" and (vtep_mac is None or len(vtep_mac) != 6 or vtep_mac[0] & 1):
             raise ValueError("the vxlan backend needs a unicast VTEP MAC")

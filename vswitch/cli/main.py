@@ -13,6 +13,7 @@ import trio
 
 from vswitch import __version__
 from vswitch.errors import DeviceError, PcapError
+from vswitch.overlay.core.backends import BACKENDS
 
 from . import logs
 
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = command("demo", "two nodes joined by the overlay, with simulated hosts, all in memory; needs no root")
     demo.add_argument("--pcap", metavar="FILE", help="record every frame the simulated hosts send to this pcap file")
     demo.add_argument("--hosts", type=int, default=2, metavar="N", help="simulated hosts on each node (default 2)")
-    demo.add_argument("--backend", choices=("udp", "vxlan"), default="udp",
+    demo.add_argument("--backend", choices=tuple(BACKENDS), default="udp",
                       help="the overlay's wire format: flannel's UDP backend (default) or VXLAN")
     demo.add_argument("--print-config", action="store_true",
                       help="print the two nodes' configurations (what `vswitch run -c` reads) and exit")
