@@ -60,6 +60,15 @@ def address_header(ip: bytes, port: int, local_port: int = 0) -> bytes:
     return _ADDRESS.pack(ip, port, local_port)
 
 
+def arrival(datagram: bytes, sender: bytes) -> bytes:
+    """A datagram sent with its address header, as the peer's core receives it, the way UDP delivers it: from
+    ``sender`` (its 6-byte IPv4 address and port; the source port the datagram chose, if it chose one, as a
+    VXLAN flow's), to the port it was sent to. For simulated underlays (memory ports, the test kit)."""
+    local_port = datagram[6:ADDRESS_LEN]
+    source = sender[ADDRESS_IP] + (local_port if local_port != b"\0\0" else sender[4:6])
+    return source + datagram[4:6] + datagram[ADDRESS_LEN:]
+
+
 def parse_address(datagram: bytes) -> tuple[bytes, int, int]:
     """(peer IPv4 address, peer port, local port) of a datagram."""
     return _ADDRESS.unpack_from(datagram)

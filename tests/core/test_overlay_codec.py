@@ -11,7 +11,7 @@ from scapy.layers.vxlan import VXLAN
 
 from vswitch.core.wire.checksum import internet_checksum, ones_complement_sum
 from vswitch.core.wire.ipv4 import decrement_ttl
-from vswitch.overlay.core.codec import (
+from vswitch.overlay.core.codec import (, arrival
     ADDRESS_LEN,
     MAX_VNI,
     SOURCE_PORT_MAX,
@@ -191,3 +191,12 @@ def test_one_ping_session_keeps_its_source_port_and_sessions_spread():
 def test_every_fragment_of_a_datagram_hashes_alike():
     pieces = fragment(IP(src="10.244.1.2", dst="10.244.2.2") / UDP(sport=1, dport=2) / (b"z" * 3000), fragsize=1000)
     assert len({flow_source_port(raw(p)) for p in pieces}) == 1
+
+
+def test_arrival_is_what_udp_delivers():
+    me = bytes([10, 99, 0, 1]) + (8285).to_bytes(2, "big")
+    sent = address_header(bytes([10, 99, 0, 2]), 8472, 0) + b"payload"
+    assert parse_address(arrival(sent, me)) == (bytes([10, 99, 0, 1]), 8285, 8472)   # from our port, to theirs
+    flow = address_header(bytes([10, 99, 0, 2]), 8472, 40000) + b"payload"
+    assert parse_address(arrival(flow, me)) == (bytes([10, 99, 0, 1]), 40000, 8472)   # a chosen source port wins
+    assert arrival(flow, me)[8:] == b"payload"

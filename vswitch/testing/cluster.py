@@ -20,7 +20,7 @@ import attrs
 
 from vswitch.core.actions import Action, Drop, DropReason, Transmit
 from vswitch.core.wire.addr import ip_from_str
-from vswitch.overlay.core.codec import ADDRESS_LEN, address_header, parse_address
+from vswitch.overlay.core.codec import arrival, parse_address
 
 MAX_HOPS = 64   # deliveries one send may cause before the cluster calls it a loop
 
@@ -122,5 +122,5 @@ class Cluster:
         if node is None:
             out.lost.append(datagram)
             return
-        arrived = address_header(sender.address, sender.udp_port, port) + datagram[ADDRESS_LEN:]
-        inbound.append((node, self._underlays[node].port, [arrived]))
+        sent_from = sender.address + sender.udp_port.to_bytes(2, "big")
+        inbound.append((node, self._underlays[node].port, [arrival(datagram, sent_from)]))

@@ -32,7 +32,7 @@ import attrs
 import trio
 
 from vswitch.errors import DeviceError
-from vswitch.overlay.core.codec import ADDRESS_LEN, address_header
+from vswitch.overlay.core.codec import ADDRESS_LEN, address_header, arrival
 
 from .base import DEFAULT_MTU, Capabilities, Medium, PortClosed, PortStatistics
 from .fd import READ_SIZE, FdPort
@@ -268,8 +268,7 @@ class MemoryUnderlay:
             if destination not in self._endpoints:
                 lost += 1
                 continue
-            local_port = frame[6:8] if frame[6:8] != b"\0\0" else sender.key[4:6]
-            batches.setdefault(destination, []).append(sender.key[0:4] + local_port + destination[4:6] + frame[ADDRESS_LEN:])
+            batches.setdefault(destination, []).append(arrival(frame, sender.key))
         for destination, batch in batches.items():
             try:
                 self._endpoints[destination]._inbox.send_nowait(batch)
