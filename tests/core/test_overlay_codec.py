@@ -11,12 +11,13 @@ from scapy.layers.vxlan import VXLAN
 
 from vswitch.core.wire.checksum import internet_checksum, ones_complement_sum
 from vswitch.core.wire.ipv4 import decrement_ttl
-from vswitch.overlay.core.codec import (, arrival
+from vswitch.overlay.core.codec import (
     ADDRESS_LEN,
     MAX_VNI,
     SOURCE_PORT_MAX,
     SOURCE_PORT_MIN,
     address_header,
+    arrival,
     flow_source_port,
     parse_address,
     vxlan_header,
