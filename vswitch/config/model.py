@@ -186,10 +186,6 @@ class Config:
     nat: NatConfig = NatConfig()
     overlay: OverlayConfig | None = None
 
-    def interface_on(self, port: str) -> InterfaceConfig | None:
-        """The router interface that ``port`` carries, if any (such a port is not on the bridge)."""
-        return next((i for i in self.router.interfaces if i.port == port), None)
-
     def check_runnable(self) -> None:
         """Refuse a config a daemon could do nothing with (an empty file, say): no port, no overlay, and no
         control socket through which containers could be attached later."""
