@@ -1,12 +1,10 @@
 """flanneld's ``subnet.env``, which CNI's flannel plugin and docker's setup read: written the way flanneld writes it."""
 
 import logging
-import os
-import tempfile
-from pathlib import Path
 
 from vswitch.config import OverlayConfig
 from vswitch.core.wire.addr import ip_to_str
+from vswitch.shell.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +22,15 @@ def subnet_env(config: OverlayConfig) -> str:
 
 def write_subnet_env(path: str, config: OverlayConfig) -> None:
     """Write ``path`` as flanneld does: its directory made 0755, the file 0644, replaced atomically."""
-    target = Path(path)
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(subnet_env(config))
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, subnet_env(config))
     log.info("wrote %s", path)
+
+
+def read_subnet_env(path: str) -> dict[str, str]:
+    """The ``KEY=value`` lines of a subnet.env (flanneld's or ours); {} when there is none. Untrusted: size-capped."""
+    try:
+        with open(path, "rb") as file:
+            text = file.read(64 << 10).decode("utf-8", "replace")
+    except OSError:
+        return {}
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

@@ -184,12 +184,34 @@ def format_peers(result: Row) -> str:
     lines += format_table(["subnet", "endpoint", "vtep-mac", "tx-packets", "tx-bytes", "rx-packets", "rx-bytes",
                            "rx-refused"], rows, right=range(3, 8)).splitlines()
     lines.append(f"{len(rows)} {'peer' if len(rows) == 1 else 'peers'}")
+    source = result.get("source") or {"source": "static"}
+    if source["source"] == "etcd":
+        lines.append(f"leases: etcd {source['endpoint']}{source['prefix']}, {source['state']} since {source['since']},"
+                     f" revision {source['revision']}"
+                     + (f", lease until {source['expires']}" if source.get("expires") else ", a reservation"))
+        if source.get("last_error"):
+            lines.append(f"  last error: {source['last_error']}")
+        if source.get("ignored"):
+            lines.append("  ignored: " + ", ".join(f"{n} {reason}" for reason, n in sorted(source["ignored"].items())))
+    else:
+        lines.append("leases: static (the config's [[overlay.peers]])")
     if result["drops"]:
         lines.append("refused: " + ", ".join(f"{n} {reason}" for reason, n in result["drops"].items()))
     return "\n".join(lines)
 
 
+def format_leases(result: list[Row]) -> str:
+    rows = [
+        [("* " if lease["ours"] else "  ") + lease["subnet"], lease["public_ip"], lease["backend"],
+         lease["vtep_mac"] or "-",
+         "reserved" if lease["reservation"] else ("?" if lease["expires_in"] is None else f"{lease['expires_in']}s")]
+        for lease in result
+    ]
+    table = format_table(["  subnet", "public-ip", "backend", "vtep-mac", "expires-in"], rows)
+    return f"{table}\n{len(rows)} {'lease' if len(rows) == 1 else 'leases'} (* this node's)"
+
+
 FORMATTERS: dict[str, Callable[[Any], str]] = {
     "ports": format_ports, "fdb": format_fdb, "arp": format_arp, "routes": format_routes, "nat": format_nat,
-    "peers": format_peers, "stats": format_stats,
+    "peers": format_peers, "leases": format_leases, "stats": format_stats,
 }

@@ -46,6 +46,10 @@ def _command(argv: list[str] | None) -> int:
         return _run(args.config)
     if args.command == "demo":
         return _demo(args, quiet=level is None)
+    if args.command == "network":
+        from .network import network_init
+
+        return network_init(args)
     return _talk(args)
 
 
@@ -70,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--print-config", action="store_true",
                       help="print the two nodes' configurations (what `vswitch run -c` reads) and exit")
 
-    show = command("show", "ask a running daemon: ports, fdb, arp, routes, nat, peers or stats")
-    show.add_argument("what", metavar="ports|fdb|arp|routes|nat|peers|stats", help="what to show")
+    show = command("show", "ask a running daemon: ports, fdb, arp, routes, nat, peers, leases or stats")
+    show.add_argument("what", metavar="ports|fdb|arp|routes|nat|peers|leases|stats", help="what to show")
     show.add_argument("--limit", type=int, metavar="N",
                       help="nat: list at most N connections (default 1000; the counters cover them all)")
     show.add_argument("--all", action="store_true",
@@ -88,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     attach = command("attach", "link a container: a new TAP port in network namespace NETNS")
     attach.add_argument("netns", metavar="NETNS", help="an existing network namespace")
     attach.add_argument("--name", required=True, metavar="N", help="the port and device name")
-    attach.add_argument("--address", required=True, metavar="A/L", help="address/prefix inside the namespace")
+    attach.add_argument("--address", metavar="A/L",
+                        help="address/prefix inside the namespace (default, with etcd leases: the next free address"
+                             " of the node's lease, with the default route via its gateway)")
     attach.add_argument("--gateway", metavar="G", help="default route inside the namespace")
     attach.add_argument("--mtu", type=int, metavar="M", help="device MTU")
     _daemon_options(attach)
@@ -102,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
                   " -c names, which the daemon then runs from (SIGHUP reads it too), or with --control alone its own",
     )
     _daemon_options(reload)
+
+    from .network import add_network_parser
+
+    add_network_parser(commands, common)
     return parser
 
 
@@ -133,6 +143,7 @@ def _run(path: str) -> int:
     from vswitch import daemon
     from vswitch.control.client import daemon_listening
     from vswitch.errors import ControlError
+    from vswitch.overlay.shell.leases import LeaseError
 
     try:
         cfg = config_mod.load(path)
@@ -146,13 +157,20 @@ def _run(path: str) -> int:
     # Start-up failures surface from the daemon's nurseries inside exception groups.
     stopped_by = None
     try:
-        stopped_by = trio.run(daemon.run_until_signal, daemon.build(cfg, config_path=path))
-    except* (DeviceError, PcapError, ControlError, config_mod.ConfigError) as group:
+        stopped_by = trio.run(_start, cfg, path)
+    except* (DeviceError, PcapError, ControlError, config_mod.ConfigError, LeaseError) as group:
         for exc in _leaves(group):
             print(f"vswitch: {exc}", file=sys.stderr)
     if stopped_by is None:
         return 1
     return INTERRUPTED if stopped_by == signal.SIGINT else 0
+
+
+async def _start(cfg: Any, path: str) -> int:
+    """Prepare the node (with etcd leases, take the lease first), then serve it until a signal."""
+    from vswitch import daemon
+
+    return await daemon.run_until_signal(await daemon.prepare(cfg, config_path=path))
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

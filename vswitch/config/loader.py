@@ -4,6 +4,7 @@ Every error names the key (``ports[1].type``) and the reason, and unknown
 keys are errors, so a typo never silently does nothing.
 """
 
+import copy
 import math
 import os
 import tomllib
@@ -14,12 +15,15 @@ from typing import Any
 
 from vswitch.core.l2.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from vswitch.core.nat import DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS
-from vswitch.core.wire.addr import Network, mac_from_str
+from vswitch.core.wire.addr import Network, ip_to_str, mac_from_str
 from vswitch.errors import ConfigError
 from vswitch.overlay.core.backends import BACKENDS
 
 from .model import (
+    DEFAULT_ETCD_ENDPOINT,
+    DEFAULT_ETCD_PREFIX,
     IFNAMSIZ,
+    LEASE_SOURCES,
     MAX_AGEING,
     MAX_BRIDGE_ENTRIES,
     MAX_PING_INTERVAL,
@@ -29,6 +33,7 @@ from .model import (
     SUN_PATH_MAX,
     BridgeConfig,
     Config,
+    EtcdConfig,
     ForwardConfig,
     HostConfig,
     InterfaceConfig,
@@ -67,10 +72,26 @@ def loads(text: str, *, source: str | None = None) -> Config:
 
 
 def parse(data: dict[str, Any]) -> Config:
-    _check_keys(data, "", {"node", "bridge", "ports", "router", "nat", "overlay"})
+    """A config from TOML's tables. With etcd leases its overlay is left for :func:`resolve_lease` to complete."""
+    return _parse(data, resolved=False)
+
+
+def _parse(data: dict[str, Any], *, resolved: bool) -> Config:
+    _check_keys(data, "", {"node", "bridge", "ports", "router", "nat", "overlay", "etcd"})
     node = _section(data, "node", _parse_node)
     bridge = _section(data, "bridge", _parse_bridge)
-    overlay = _parse_overlay(data["overlay"], "overlay") if "overlay" in data else None
+    overlay = etcd = None
+    if "overlay" in data:
+        raw_overlay = _table(data["overlay"], "overlay")
+        leases = _get(raw_overlay, "overlay", "leases", str, "static")
+        if leases not in LEASE_SOURCES:
+            raise ConfigError("overlay.leases", f"{leases!r} is not one of {', '.join(LEASE_SOURCES)}")
+        if leases == "etcd" and not resolved:
+            etcd = _parse_etcd(data, raw_overlay)
+        else:
+            overlay = _parse_overlay(raw_overlay, "overlay")
+    if "etcd" in data and etcd is None and not resolved:
+        raise ConfigError("etcd", 'is read only with etcd leases: set leases = "etcd" in [overlay], or remove [etcd]')
     raw_ports = data.get("ports", [])
     if not isinstance(raw_ports, list):
         raise ConfigError("ports", "must be an array of tables ([[ports]])")
@@ -86,7 +107,59 @@ def parse(data: dict[str, Any]) -> Config:
     nat = _section(data, "nat", lambda raw, key: _parse_nat(raw, key, router))
     if overlay is not None:
         _check_overlay_wiring(data, overlay, router)
-    return Config(node, bridge, ports, router, nat, overlay)
+    elif etcd is not None and "device" in etcd.overlay:
+        _check_dropin(data)
+    return Config(node, bridge, ports, router, nat, overlay, etcd)
+
+
+GATEWAY_INTERFACE = "gateway"   # the router interface made for a lease's containers when the config has none
+
+
+def resolve_lease(config: Config, *, backend: str, network: Network, subnet: Network, port: int | None,
+                  vni: int | None, where: str) -> Config:
+    """``config`` completed by what etcd says: the network, backend, port and VNI of ``<prefix>/config``
+    (``where`` names it) and the subnet of this node's lease.
+
+    A key of ``[overlay]`` that contradicts etcd is a ConfigError naming it.
+    In router mode a bridge interface at the subnet's first address is
+    added when the config has none in the subnet: the containers' gateway.
+    Everything is then checked as a static config is.
+    """
+    assert config.etcd is not None, "resolve_lease completes a config with etcd leases"
+    local = config.etcd.overlay
+    port = port or BACKENDS[backend].default_port
+    given = {"backend": backend, "network": str(network), "port": port}
+    if backend == "vxlan":
+        given["vni"] = vni if vni is not None else 1
+    for key, value in given.items():
+        if key in local and local[key] != value and not (key == "network" and _same_network(local[key], network)):
+            raise ConfigError(f"overlay.{key}", f"is {local[key]!r} here but {value!r} in etcd's {where}:"
+                                                " remove it here, or make the two agree")
+    data = copy.deepcopy(config.etcd.source)
+    data["overlay"] = {**local, **given, "subnet": str(subnet), "leases": "etcd"}
+    if "device" not in local:
+        router = data.setdefault("router", {})
+        interfaces = router.setdefault("interfaces", []) if isinstance(router, dict) else None
+        if isinstance(interfaces, list) and not any(_on_bridge_inside(i, subnet) for i in interfaces):
+            first = ip_to_str((subnet.address + 1).to_bytes(4, "big"))
+            interfaces.append({"name": GATEWAY_INTERFACE, "address": f"{first}/{subnet.prefix_len}"})
+    return _parse(data, resolved=True)
+
+
+def _same_network(text: Any, network: Network) -> bool:
+    try:
+        return _core_network(IPv4Network(text)) == network
+    except ValueError:
+        return False
+
+
+def _on_bridge_inside(raw: Any, subnet: Network) -> bool:
+    """Whether a configured ``[[router.interfaces]]`` table is already the gateway of ``subnet``."""
+    try:
+        address = IPv4Interface(raw["address"])
+    except (KeyError, TypeError, ValueError):
+        return False   # the parse that follows names what is wrong with it
+    return "port" not in raw and address.ip.packed in subnet
 
 
 def _section(data: dict[str, Any], key: str, parse_fn: Callable[[dict[str, Any], str], Any]) -> Any:
@@ -97,7 +170,7 @@ def _section(data: dict[str, Any], key: str, parse_fn: Callable[[dict[str, Any],
 
 
 def _parse_node(raw: dict[str, Any], key: str) -> NodeConfig:
-    _check_keys(raw, key, {"name", "control"})
+    _check_keys(raw, key, {"name", "control", "state_dir"})
     control = _get(raw, key, "control", str, None)
     if control is not None and len(os.fsencode(control)) > SUN_PATH_MAX:
         raise ConfigError(f"{key}.control", f"a Unix socket path holds at most {SUN_PATH_MAX} bytes, this one has"
@@ -105,6 +178,7 @@ def _parse_node(raw: dict[str, Any], key: str) -> NodeConfig:
     return NodeConfig(
         name=_get(raw, key, "name", str, NodeConfig().name),  # NodeConfig.name is the slot, not the default
         control=control,
+        state_dir=_get(raw, key, "state_dir", str, None),
     )
 
 
@@ -335,7 +409,7 @@ def _parse_nat(raw: dict[str, Any], key: str, router: RouterConfig) -> NatConfig
 def _parse_overlay(raw: Any, key: str) -> OverlayConfig:
     raw = _table(raw, key)
     _check_keys(raw, key, {"backend", "network", "subnet", "public_ip", "port", "mtu", "vni", "vtep_mac", "ip_masq",
-                           "subnet_env", "device", "peers"})
+                           "subnet_env", "device", "peers", "leases"})
     backend = _get(raw, key, "backend", str, "udp")
     if backend not in BACKENDS:
         raise ConfigError(f"{key}.backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
@@ -389,7 +463,7 @@ def _parse_overlay(raw: Any, key: str) -> OverlayConfig:
         backend=backend, network=_core_network(network), subnet=_core_network(subnet), public_ip=public_ip, port=port,
         mtu=mtu, vni=vni, vtep_mac=_mac(vtep_mac, f"{key}.vtep_mac") if vtep_mac else None,
         ip_masq=_get(raw, key, "ip_masq", bool, False), subnet_env=_get(raw, key, "subnet_env", str, None),
-        device=device, peers=peers,
+        device=device, peers=peers, leases=_get(raw, key, "leases", str, "static"),
     )
 
 
@@ -413,12 +487,7 @@ def _parse_peer(raw: Any, key: str, network: IPv4Network, own: IPv4Network, vxla
 def _check_overlay_wiring(data: dict[str, Any], overlay: OverlayConfig, router: RouterConfig) -> None:
     """Router mode needs the containers' gateway on the router; drop-in mode leaves everything to the host kernel."""
     if overlay.device is not None:
-        for section in ("ports", "router", "nat"):
-            if data.get(section):
-                raise ConfigError(
-                    "overlay.device", f"drop-in mode hands containers and routing to the host kernel: remove [{section}],"
-                    " or remove device to run the overlay on the daemon's own router",
-                )
+        _check_dropin(data)
         return
     network, subnet = _ipaddress_network(overlay.network), _ipaddress_network(overlay.subnet)
     for i, iface in enumerate(router.interfaces):
@@ -433,6 +502,84 @@ def _check_overlay_wiring(data: dict[str, Any], overlay: OverlayConfig, router: 
             "overlay.subnet", f"the containers of {subnet} need a gateway on the daemon's router: add [[router.interfaces]]"
             f" with address = \"{first}/{subnet.prefixlen}\" (on the bridge), or set overlay.device for drop-in mode",
         )
+
+
+def _check_dropin(data: dict[str, Any]) -> None:
+    for section in ("ports", "router", "nat"):
+        if data.get(section):
+            raise ConfigError(
+                "overlay.device", f"drop-in mode hands containers and routing to the host kernel: remove [{section}],"
+                " or remove device to run the overlay on the daemon's own router",
+            )
+
+
+# -- etcd leases ------------------------------------------------------------------
+
+
+def _parse_etcd(data: dict[str, Any], overlay: dict[str, Any]) -> EtcdConfig:
+    """``[etcd]``, and ``[overlay]`` as far as it can be checked before etcd has said the rest."""
+    _check_local_overlay(overlay, "overlay")
+    raw = _table(data.get("etcd", {}), "etcd")
+    key = "etcd"
+    _check_keys(raw, key, {"endpoints", "prefix", "ca_file", "cert_file", "key_file", "username", "password",
+                           "lease_ttl", "renew_margin"})
+    endpoints = _get(raw, key, "endpoints", list, [DEFAULT_ETCD_ENDPOINT])
+    if not endpoints:
+        raise ConfigError(f"{key}.endpoints", "must list at least one endpoint, like \"http://127.0.0.1:2379\"")
+    for i, endpoint in enumerate(endpoints):
+        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")) \
+                or not endpoint.partition("://")[2].strip("/"):
+            raise ConfigError(f"{key}.endpoints[{i}]", f"{endpoint!r} is not a URL like http://127.0.0.1:2379")
+    prefix = _get(raw, key, "prefix", str, DEFAULT_ETCD_PREFIX)
+    if not prefix.startswith("/") or prefix.endswith("/") and prefix != "/":
+        raise ConfigError(f"{key}.prefix", f"{prefix!r} must start with '/' and not end with one, like {DEFAULT_ETCD_PREFIX}")
+    files = {name: _get(raw, key, name, str, None) for name in ("ca_file", "cert_file", "key_file")}
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        missing = "key_file" if files["key_file"] is None else "cert_file"
+        raise ConfigError(f"{key}.{missing}", "a client certificate needs both cert_file and key_file")
+    username, password = _get(raw, key, "username", str, None), _get(raw, key, "password", str, None)
+    if (username is None) != (password is None):
+        raise ConfigError(f"{key}.{'password' if password is None else 'username'}", "etcd's auth needs both username"
+                                                                                      " and password")
+    if any(not e.startswith("https://") for e in endpoints) and (files["cert_file"] or files["ca_file"]):
+        raise ConfigError(f"{key}.endpoints", "ca_file and cert_file apply to https:// endpoints only")
+    ttl = _count(raw, key, "lease_ttl", 86400, 10 * 365 * 86400)
+    if ttl < 10:
+        raise ConfigError(f"{key}.lease_ttl", f"must be at least 10 seconds, got {ttl}")
+    margin = _seconds(raw, key, "renew_margin", min(3600.0, ttl / 2), ttl - 1)
+    return EtcdConfig(tuple(endpoints), prefix, files["ca_file"], files["cert_file"], files["key_file"], username,
+                      password, ttl, margin, overlay=dict(overlay), source=data)
+
+
+def _check_local_overlay(raw: dict[str, Any], key: str) -> None:
+    """The keys of ``[overlay]`` that stay local with etcd leases, checked alone; with the lease, the whole
+    table is checked again as a static one (:func:`resolve_lease`)."""
+    _check_keys(raw, key, {"backend", "network", "public_ip", "port", "mtu", "vni", "vtep_mac", "ip_masq", "subnet_env",
+                           "device", "leases", "subnet", "peers"})
+    if "subnet" in raw:
+        raise ConfigError(f"{key}.subnet", "comes from the lease etcd hands out: remove it (a reservation in etcd"
+                                           " pins a node's subnet)")
+    if "peers" in raw:
+        raise ConfigError(f"{key}.peers", "with etcd leases the peers come from etcd: remove [[overlay.peers]]")
+    backend = _get(raw, key, "backend", str, None)
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"{key}.backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
+    network = _optional(raw, key, "network", _network)
+    public_ip = parse_ip(_require(raw, key, "public_ip", str), f"{key}.public_ip")
+    if network is not None and public_ip in network:
+        raise ConfigError(f"{key}.public_ip", f"{public_ip} is inside the overlay network {network}: it must be an"
+                                              " underlay address")
+    for name, low, high in (("port", 1, 65535), ("mtu", 68, 65535), ("vni", 0, 0xFFFFFF)):
+        value = _get(raw, key, name, int, None)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"{key}.{name}", f"must be between {low} and {high}, got {value}")
+    if backend == "udp" and ("vni" in raw or "vtep_mac" in raw):
+        raise ConfigError(f"{key}.{'vni' if 'vni' in raw else 'vtep_mac'}", "applies to the vxlan backend only")
+    _optional(raw, key, "vtep_mac", _mac)
+    if (device := _get(raw, key, "device", str, None)) is not None:
+        _device_name(device, f"{key}.device")
+    _get(raw, key, "ip_masq", bool, False)
+    _get(raw, key, "subnet_env", str, None)
 
 
 def _array(raw: dict[str, Any], key: str, name: str) -> list[Any]:

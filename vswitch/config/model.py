@@ -12,6 +12,7 @@ reads as before.
 """
 
 from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
 
 import attrs
 
@@ -32,7 +33,11 @@ __all__ = [
     "SUN_PATH_MAX",
     "BridgeConfig",
     "Config",
+    "EtcdConfig",
     "ForwardConfig",
+    "DEFAULT_ETCD_ENDPOINT",
+    "DEFAULT_ETCD_PREFIX",
+    "LEASE_SOURCES",
     "HostConfig",
     "InterfaceConfig",
     "MasqueradeConfig",
@@ -53,6 +58,9 @@ OVERLAY_INTERFACE = "overlay"   # the router interface the overlay is, in router
 MAX_BRIDGE_ENTRIES = 1 << 20    # FDB entries (about 200 bytes each)
 MAX_AGEING = 1_000_000.0        # seconds (11.6 days)
 MAX_PING_INTERVAL = 3600.0      # seconds
+LEASE_SOURCES = ("static", "etcd")   # [overlay] leases: the config's [[overlay.peers]], or flannel's leases in etcd
+DEFAULT_ETCD_ENDPOINT = "http://127.0.0.1:2379"
+DEFAULT_ETCD_PREFIX = "/coreos.com/network"   # flanneld's --etcd-prefix
 IFNAMSIZ = 16                   # Linux: a device name is at most 15 bytes and a NUL
 SUN_PATH_MAX = 107              # a Unix socket path: sockaddr_un.sun_path holds 108 bytes with the NUL
 
@@ -61,6 +69,12 @@ SUN_PATH_MAX = 107              # a Unix socket path: sockaddr_un.sun_path holds
 class NodeConfig:
     name: str = "vswitch"
     control: str | None = None
+    state_dir: str | None = None   # None: /var/lib/vswitch/<name> (NodeConfig.state_path)
+
+    @property
+    def state_path(self) -> str:
+        """Where the daemon keeps what outlives it: the lease it held, the addresses it gave containers."""
+        return self.state_dir or f"/var/lib/vswitch/{self.name}"
 
 
 @attrs.frozen
@@ -175,6 +189,31 @@ class OverlayConfig:
     subnet_env: str | None = None
     device: str | None = None      # drop-in mode: the flannel0 TUN or flannel.1 TAP to open in the host namespace
     peers: tuple[PeerConfig, ...] = ()
+    leases: str = "static"         # a name in LEASE_SOURCES; with "etcd", network, subnet and peers came from etcd
+
+
+@attrs.frozen
+class EtcdConfig:
+    """``[etcd]``: where flannel's leases are kept, as flanneld's ``--etcd-*`` flags say it.
+
+    With etcd leases, ``[overlay]`` is known whole only once the node holds
+    its lease: ``<prefix>/config`` gives the network and backend, the lease
+    the subnet. Until then :attr:`Config.overlay` is None and ``overlay``
+    here keeps the ``[overlay]`` table as written, which
+    :func:`vswitch.config.resolve_lease` completes.
+    """
+
+    endpoints: tuple[str, ...] = (DEFAULT_ETCD_ENDPOINT,)
+    prefix: str = DEFAULT_ETCD_PREFIX
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    lease_ttl: int = 86400          # flannel's subnetTTL, 24 h
+    renew_margin: float = 3600.0    # renew this long before the lease expires (flanneld: 60 min)
+    overlay: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)   # the [overlay] table as written
+    source: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)    # the whole file, to parse again
 
 
 @attrs.frozen
@@ -185,10 +224,11 @@ class Config:
     router: RouterConfig = RouterConfig()
     nat: NatConfig = NatConfig()
     overlay: OverlayConfig | None = None
+    etcd: EtcdConfig | None = None     # with etcd leases; overlay is None until resolve_lease completes it
 
     def check_runnable(self) -> None:
         """Refuse a config a daemon could do nothing with (an empty file, say): no port, no overlay, and no
         control socket through which containers could be attached later."""
-        if not self.ports and self.overlay is None and not self.node.control:
+        if not self.ports and self.overlay is None and self.etcd is None and not self.node.control:
             raise ConfigError("config", "nothing to run: no [[ports]], no [overlay], and no [node] control socket"
                                         " to attach containers through at run time")

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 import attrs
 import trio
 
-from vswitch.config import Config
+from vswitch.config import Config, PortConfig
 from vswitch.core.actions import DropReason
 from vswitch.core.l2.bridge import BridgeStatistics
 from vswitch.core.l2.fdb import Fdb
@@ -47,6 +47,19 @@ class NodeView(Protocol):
     @property
     def overlay(self) -> Overlay | None: ...
 
+    @property
+    def leases(self) -> LeaseView | None: ...
+
+    def port_config(self, name: str) -> PortConfig | None: ...
+
+
+class LeaseView(Protocol):
+    """What the reports read of an etcd lease source (:class:`vswitch.overlay.shell.leases.EtcdLeases`)."""
+
+    def describe(self) -> dict[str, object]: ...
+
+    async def leases(self) -> list[dict[str, object]]: ...
+
 
 def show_ports(node: NodeView) -> list[Row]:
     switch = node.switch
@@ -57,9 +70,12 @@ def show_ports(node: NodeView) -> list[Row]:
     for status in switch.port_status():
         dev = status.device
         bridge = bridge_ports.get(status.name)
+        configured = node.port_config(status.name)
         ports.append({
             "name": status.name,
             "type": switch.ports[status.name].kind,
+            "netns": configured.netns if configured else None,
+            "address": str(configured.address) if configured and configured.address else None,
             "up": status.up,
             "closed": status.closed,
             "rx": {"frames": dev.rx_frames, "bytes": dev.rx_bytes, "errors": dev.rx_errors,
@@ -161,6 +177,7 @@ def show_peers(node: NodeView) -> Row:
     return {
         "lease": {**overlay.describe(), "public_ip": str(config.public_ip), "mtu": config.mtu,
                   "mode": "drop-in " + (config.device or "") if config.device else "router"},
+        "source": node.leases.describe() if node.leases is not None else {"source": "static"},
         "peers": [
             {"subnet": str(p.lease.subnet), "public_ip": ip_to_str(p.lease.public_ip), "port": p.port,
              "vtep_mac": mac_to_str(p.lease.vtep_mac) if p.lease.vtep_mac else None, **attrs.asdict(p.counters)}
@@ -169,6 +186,14 @@ def show_peers(node: NodeView) -> Row:
         "statistics": _overlay_stats(overlay),
         "drops": {str(reason): n for reason, n in sorted(overlay.drop_counts().items(), key=lambda i: str(i[0]))},
     }
+
+
+async def show_leases(node: NodeView) -> list[Row]:
+    """Every lease in the cluster, as etcd holds them (flannel's nodes' too), ours marked."""
+    if node.leases is None:
+        raise ControlError("this daemon's leases are static (its config's [[overlay.peers]]): see `show peers`;"
+                           " `show leases` lists etcd's")
+    return await node.leases.leases()
 
 
 def show_arp(node: NodeView, now: float) -> list[Row]:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from vswitch.config import SUN_PATH_MAX
+from vswitch.config import SUN_PATH_MAX, PortConfig
 from vswitch.errors import ConfigError, ControlError
 from vswitch.overlay.core.peers import LeaseChanges
 from vswitch.shell.faults import FirstAtSite
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_REQUESTS = 16                # concurrent connections that are not (yet) captures
 MAX_CAPTURES = 16                # concurrent captures, apart from the requests
-SHOWS = ("ports", "fdb", "arp", "routes", "nat", "peers", "stats")   # what `show` reports
+SHOWS = ("ports", "fdb", "arp", "routes", "nat", "peers", "leases", "stats")   # what `show` reports
 
 
 class Node(reports.NodeView, Protocol):
@@ -64,9 +64,7 @@ class Node(reports.NodeView, Protocol):
     @property
     def config_path(self) -> str | None: ...
 
-    async def attach(
-        self, *, netns: str, name: str, address: str | None = None, gateway: str | None = None, mtu: int | None = None,
-    ) -> None: ...
+    async def attach(self, port: PortConfig) -> PortConfig: ...
 
     async def detach(self, name: str) -> None: ...
 
@@ -373,12 +371,15 @@ async def _cmd_show(server: ControlServer, request: Request) -> object:
         return await reports.show_nat(node, now, reports.NAT_LISTED if limit is None else limit)
     if what == "peers":
         return reports.show_peers(node)
+    if what == "leases":
+        return await reports.show_leases(node)
     raise ControlError(f"cannot show {what!r} (available: {', '.join(SHOWS)})")
 
 
 async def _cmd_attach(server: ControlServer, request: Request) -> object:
     """A new TAP port in a network namespace; its fields are checked as the config checks a port's."""
-    fields = {key: field(request, key, str) for key in ("netns", "name", "address")}
+    fields = {key: field(request, key, str) for key in ("netns", "name")}
+    fields["address"] = field(request, "address", str, required=False)   # none: the next free one of the lease
     fields["gateway"] = field(request, "gateway", str, required=False)
     fields["mtu"] = field(request, "mtu", int, required=False)
     overlay = server.node.config.overlay
@@ -390,8 +391,9 @@ async def _cmd_attach(server: ControlServer, request: Request) -> object:
         attach = server.node.attach
     except AttributeError:
         raise ControlError("attach is not available in this version of the daemon") from None
-    await _call(attach, {"port": port}, "attach")
-    return {"name": fields["name"], "netns": fields["netns"], "address": fields["address"]}
+    port = await _call(attach, {"port": port}, "attach")
+    return {"name": port.name, "netns": port.netns, "address": str(port.address) if port.address else None,
+            "gateway": str(port.gateway) if port.gateway else None}
 
 
 async def _cmd_detach(server: ControlServer, request: Request) -> object:

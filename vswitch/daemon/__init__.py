@@ -12,7 +12,7 @@ from .assemble import (
            open_device_port,
            stable_mac,
 )
-from .node import Node, build, run_until_signal, serve
+from .node import Node, build, prepare, run_until_signal, serve
 
-__all__ = ["UNDERLAY_PORT", "Node", "build", "build_core", "faults_pcap", "open_device_port", "run_until_signal",
-           "serve", "stable_mac"]
+__all__ = ["UNDERLAY_PORT", "Node", "build", "build_core", "faults_pcap", "open_device_port", "prepare",
+           "run_until_signal", "serve", "stable_mac"]

@@ -9,12 +9,13 @@ import attrs
 import trio
 
 from vswitch.config import Config, PortConfig, load
+from vswitch.core.l3.ipam import AddressPool
 from vswitch.core.l3.router import Router
 from vswitch.core.wire.addr import mac_to_str
 from vswitch.overlay.core.backends import BACKENDS
-from vswitch.overlay.core.peers import LeaseChanges
+from vswitch.overlay.core.peers import Lease, LeaseChanges
 from vswitch.overlay.core.tunnel import Overlay
-from vswitch.overlay.shell.leases import StaticLeases
+from vswitch.overlay.shell.leases import EtcdLeases, StaticLeases
 from vswitch.overlay.shell.masq import (
     install_masquerade,
     remove_masquerade,
@@ -32,6 +33,7 @@ from vswitch.shell.ports import PcapWriter, Port
 from vswitch.shell.ports.pcap import open_pcaps
 from vswitch.shell.ports.tuntap import TunTapPort
 from vswitch.shell.ports.udp import MemoryUnderlay, UdpPort
+from vswitch.shell.state import StateDir
 from vswitch.shell.switch import Switch
 
 from .assemble import (
@@ -42,6 +44,7 @@ from .assemble import (
     open_device_port,
     with_pcap,
 )
+from .lease import address_pool, addressed, gateway, take_lease
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,21 @@ class Node:
     devices_open: bool = False
     masquerading: bool = False               # drop-in ip_masq: flannel's iptables rules are (being) installed
     pcaps: list[PcapWriter] = attrs.Factory(list)   # the config's pcap files, opened last (open_pcaps)
+    leases: EtcdLeases | None = None         # with etcd leases: the source that renews ours and watches the others
+    pool: AddressPool | None = None          # with etcd leases: the addresses of our lease, given to containers
+    state: StateDir | None = None            # where the pool's allocations are saved
+    attached: dict[str, PortConfig] = attrs.Factory(dict)   # the ports `attach` added, as they were configured
+
+    def port_config(self, name: str) -> PortConfig | None:
+        """How port ``name`` was configured: in the config, or by `attach`."""
+        return self.attached.get(name) or next((p for p in self.config.ports if p.name == name), None)
+
+    def save_addresses(self) -> None:
+        if self.pool is not None and self.state is not None:
+            try:
+                self.state.write("addresses", self.pool.state())
+            except OSError as exc:
+                log.warning("cannot save the containers' addresses in %s: %s", self.state.path, exc)
 
     async def open_devices(self) -> None:
         """Open the device ports of the config and link them into their namespaces (once).
@@ -131,6 +149,8 @@ class Node:
         """
         if self.overlay is None or self.config.overlay is None:
             raise ValueError("this daemon has no overlay: nothing to reload")
+        if self.leases is not None:
+            raise ValueError("this daemon's leases come from etcd, which it watches: there is nothing to reload")
         if config.overlay is None:
             raise ValueError("the new config has no [overlay]: restart the daemon to remove it")
         keys = [f"overlay.{key}" for key in restart_needed(self.config.overlay, config.overlay)]
@@ -145,12 +165,19 @@ class Node:
                 keys.append(section.name)
         if keys:
             raise ValueError(f"{', '.join(keys)} changed: a restart takes those (peers reload alone)")
-        changes = self.overlay.set_leases(await StaticLeases(config.overlay, self.vtep_mac).peer_leases())
         self.config = attrs.evolve(self.config, overlay=config.overlay)
+        return await self.set_peers(await StaticLeases(config.overlay, self.vtep_mac).peer_leases())
+
+    async def set_peers(self, leases: list[Lease]) -> LeaseChanges:
+        """Make the peer table hold ``leases``, the one path by which peers change (a reload, an etcd watch):
+        unchanged peers carry on untouched; in VXLAN drop-in mode flannel's routes follow."""
+        assert self.overlay is not None and self.config.overlay is not None
+        changes = self.overlay.set_leases(leases)
         if self.devices_open:
-            await apply_lease_routes(config.overlay, changes)
-        log.info("reloaded leases: %d added, %d removed, %d changed, %d unchanged",
-                 len(changes.added), len(changes.removed), len(changes.changed), changes.kept)
+            await apply_lease_routes(self.config.overlay, changes)
+        if changes:
+            log.info("peers: %d added, %d removed, %d changed, %d unchanged",
+                     len(changes.added), len(changes.removed), len(changes.changed), changes.kept)
         return changes
 
     async def reload_file(self, path: str | None = None) -> LeaseChanges:
@@ -164,26 +191,57 @@ class Node:
         self.config_path = path
         return changes
 
-    async def attach(self, port: PortConfig) -> None:
+    async def attach(self, port: PortConfig) -> PortConfig:
         """Link a container at run time: a new TAP in its netns, on the bridge (``port`` as
-        :func:`vswitch.control.protocol.attach_port` parses it)."""
+        :func:`vswitch.control.protocol.attach_port` parses it). Without an address it gets the next free one
+        of the lease, with the default route via the gateway. Returns the port as configured."""
         if port.name in self.switch.ports:
             raise ValueError(f"port {port.name!r} already exists")
-        device = await open_device_port(port)
+        if port.address is None and self.pool is not None:
+            port = addressed(port, self.pool, gateway(self.config))
         try:
-            self.switch.add_port(device)   # refused if a router interface on the bridge has that name
+            device = await open_device_port(port)
+            try:
+                self.switch.add_port(device)   # refused if a router interface on the bridge has that name
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await device.aclose()
+                raise
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await device.aclose()
+            if self.pool is not None:
+                self.pool.release(port.name)
             raise
+        self.attached[port.name] = port
+        self.save_addresses()
         log.info("attached %s in netns %s%s", port.name, port.netns, f" as {port.address}" if port.address else "")
+        return port
 
     async def detach(self, name: str) -> None:
-        """Remove a port; closing a TAP's fd deletes the device."""
+        """Remove a port; closing a TAP's fd deletes the device, and its address goes back to the pool."""
         if name not in self.switch.ports:
             raise KeyError(f"no port named {name!r}")
         await self.switch.remove_port(name)
+        self.attached.pop(name, None)
+        if self.pool is not None and self.pool.release(name) is not None:
+            self.save_addresses()
         log.info("detached %s", name)
+
+
+async def prepare(config: Config, *, underlay: MemoryUnderlay | None = None, config_path: str | None = None) -> Node:
+    """:func:`build`, with etcd leases taken first: the lease completes the config (its subnet, the network and
+    backend of ``<prefix>/config``), and the containers' ports without an address get one of the lease."""
+    if config.etcd is None:
+        return build(config, underlay=underlay, config_path=config_path)
+    config, source = await take_lease(config)
+    pool = address_pool(config, source.state)
+    if pool is not None:
+        gw = gateway(config)
+        config = attrs.evolve(config, ports=tuple(addressed(p, pool, gw) for p in config.ports))
+    node = build(config, underlay=underlay, config_path=config_path)
+    node.leases, node.pool, node.state = source, pool, source.state
+    assert node.overlay is not None
+    node.overlay.set_leases(await source.peer_leases())
+    return node
 
 
 def build(config: Config, *, underlay: MemoryUnderlay | None = None, config_path: str | None = None) -> Node:
@@ -239,11 +297,14 @@ async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
                     path = await nursery.start(ControlServer(node, node.config.node.control).run)
                     log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
                 node.open_pcaps()
+                node.save_addresses()
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await node.switch.aclose()
                 raise
             await nursery.start(node.switch.run)
+            if node.leases is not None:
+                await nursery.start(node.leases.run, node.set_peers)
             for runner, targets, interval in node.hosts:
                 await nursery.start(runner.run)
                 log.info("%s: %s %s", runner.host.name, mac_to_str(runner.host.mac), runner.host.interface)

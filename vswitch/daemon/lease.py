@@ -1,0 +1,83 @@
+"""A node on etcd leases: its lease taken before anything is built, its config completed by what etcd says, and
+its containers' addresses given from the lease."""
+
+import logging
+from ipaddress import IPv4Address, IPv4Interface
+
+import attrs
+
+from vswitch.config import Config, PortConfig, resolve_lease
+from vswitch.core.l3.ipam import AddressPool
+from vswitch.core.wire.addr import Network, ip_to_str
+from vswitch.overlay.core.flannel import LeaseAttrs, NetworkConfig
+from vswitch.overlay.shell.leases import EtcdLeases
+from vswitch.shell.state import StateDir
+
+from .assemble import stable_mac
+
+log = logging.getLogger(__name__)
+
+
+def complete(config: Config, network: NetworkConfig, subnet: Network) -> Config:
+    """``config`` with ``<prefix>/config``'s network and backend and the lease's subnet (resolve_lease)."""
+    assert config.etcd is not None
+    return resolve_lease(config, backend=network.backend, network=network.network, subnet=subnet, port=network.port,
+                         vni=network.vni, where=f"{config.etcd.prefix}/config")
+
+
+async def take_lease(config: Config) -> tuple[Config, EtcdLeases]:
+    """Acquire this node's lease (or start from the one saved, with etcd away) and complete the config with it.
+
+    The config is checked against etcd's network config before anything is
+    written to etcd: a key that contradicts it is refused (ConfigError)
+    without taking a lease.
+    """
+    settings = config.etcd
+    assert settings is not None
+    local = settings.overlay
+    public_ip = IPv4Address(local["public_ip"]).packed
+    source = EtcdLeases(settings, public_ip=public_ip, state=StateDir(config.node.state_path),
+                        subnet_env=local.get("subnet_env"), backend=local.get("backend"))
+
+    def lease_attrs(network: NetworkConfig) -> LeaseAttrs:
+        overlay = complete(config, network, network.subnet_min).overlay   # refuses a contradicting config before we write
+        assert overlay is not None
+        if network.backend != "vxlan":
+            return LeaseAttrs(public_ip, "", None, None)
+        return LeaseAttrs(public_ip, "vxlan", overlay.vni, overlay.vtep_mac or stable_mac(config.node.name, "vtep"))
+
+    acquired = await source.acquire(lease_attrs)
+    return complete(config, acquired.config, acquired.subnet), source
+
+
+def address_pool(config: Config, state: StateDir) -> AddressPool | None:
+    """The pool of the lease's subnet, less the router's and the configured ports' addresses, with the
+    allocations saved before taken back; None without etcd leases (or in drop-in mode, which has no router)."""
+    oc = config.overlay
+    if oc is None or oc.leases != "etcd" or oc.device is not None:
+        return None
+    reserved = [i.address.ip.packed for i in config.router.interfaces]
+    reserved += [p.address.ip.packed for p in config.ports if p.address is not None]
+    pool = AddressPool(oc.subnet, reserved=reserved)
+    saved = state.read("addresses")
+    if saved is not None:
+        for refusal in pool.restore(saved):
+            log.warning("%s/addresses.json: %s", state.path, refusal)
+    return pool
+
+
+def gateway(config: Config) -> IPv4Address:
+    """The containers' gateway: the router's address on the bridge inside the lease's subnet."""
+    assert config.overlay is not None
+    return next(i.address.ip for i in config.router.interfaces
+                if i.port is None and i.address.ip.packed in config.overlay.subnet)
+
+
+def addressed(port: PortConfig, pool: AddressPool, gateway: IPv4Address) -> PortConfig:
+    """``port`` with the next free address of the lease (its own, if it had one before) and the default route
+    via the gateway; a port with an address, or outside a namespace, stays as it is."""
+    if port.address is not None or port.netns is None or port.type != "tap":
+        return port
+    address = pool.allocate(port.name)
+    return attrs.evolve(port, address=IPv4Interface(f"{ip_to_str(address)}/{pool.subnet.prefix_len}"),
+                        gateway=port.gateway or gateway)
