@@ -258,9 +258,9 @@ async def test_authentication_and_an_expired_token_renewed():
                 (event,) = await next_events(watch, 1)
                 assert event.kv.value == b"1"
 
-            old = await authenticate(etcd.endpoint, "root", "s3cret")
-            await trio.sleep(2.5)
-            assert "invalid auth token" in await range_with(etcd.endpoint, old)  # both clients' tokens are stale
+            old = await authenticate(etcd.endpoint, "root", "s3cret")  # newer than the clients' tokens
+            await trio.sleep(3)  # etcd drops a token on the first second's tick after its TTL (every use renews it)
+            assert "invalid auth token" in await range_with(etcd.endpoint, old)  # so the clients' are stale too
             assert (await client.get(b"/k")).value == b"1"  # so the client authenticated again
             async with watcher.watch_prefix(b"/k", revision) as watch:  # and so did the watch
                 (event,) = await next_events(watch, 1)
