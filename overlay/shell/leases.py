@@ -29,7 +29,6 @@ from vswitch.overlay.core.flannel import (
     Stale,
     lease_value,
     network_config_json,
-    parse_lease_value,
     parse_network_config,
     parse_subnet_key,
     plan_acquire,
@@ -148,14 +147,16 @@ class EtcdLeases:
         self.subnets = subnets_prefix(settings.prefix)
         self.acquired: Acquired | None = None
         self.book: LeaseBook | None = None
-        self._value = b""                          # our lease's value, as put
+        self._attrs: LeaseAttrs | None = None      # our lease's value ...
+        self._value = b""                          # ... as put
         self._dirty = trio.Event()                 # set when there is something new to save
 
     # -- the LeaseSource protocol --
 
     async def own_lease(self) -> Lease:
         assert self.acquired is not None, "acquire first"
-        return Lease(self.acquired.subnet, self.public_ip, parse_lease_value(self._value).vtep_mac)
+        assert self._attrs is not None
+        return Lease(self.acquired.subnet, self.public_ip, self._attrs.vtep_mac)
 
     async def peer_leases(self) -> list[Lease]:
         return self.book.peers() if self.book is not None else []
@@ -190,11 +191,11 @@ class EtcdLeases:
             config = parse_network_config(kv.value)
         except FlannelError as exc:
             raise LeaseError(f"{where}: {exc}") from None
-        self._value = lease_value(lease_attrs(config))
+        self._our_value(lease_attrs(config))
         previous = self._previous_subnet()
         for _ in range(ACQUIRE_ATTEMPTS):
             listing = await self.client.list_prefix(self.subnets)
-            book = LeaseBook(self.settings.prefix, config)
+            book = self._book(config)
             book.replace((kv.key, kv.value, kv.lease, kv.mod_revision) for kv in listing.kvs)
             plan = plan_acquire(config, book.records.values(), self.public_ip, previous, self.rng.choice)
             if isinstance(plan, Stale):
@@ -223,6 +224,13 @@ class EtcdLeases:
             self.status.enter("connected")
             return Acquired(config, kv.value, subnet, lease_id, expires)
         raise LeaseError(f"no lease after {ACQUIRE_ATTEMPTS} attempts: other nodes took each subnet we tried")
+
+    def _our_value(self, attrs: LeaseAttrs) -> None:
+        self._attrs, self._value = attrs, lease_value(attrs)
+
+    def _book(self, config: NetworkConfig) -> LeaseBook:
+        assert self._attrs is not None
+        return LeaseBook(self.settings.prefix, config, public_ip=self.public_ip, vtep_mac=self._attrs.vtep_mac)
 
     async def _grant(self) -> tuple[int, float]:
         lease_id, ttl = await self.client.grant(self.settings.lease_ttl)
@@ -266,8 +274,8 @@ class EtcdLeases:
         except (KeyError, TypeError, ValueError) as exc:   # FlannelError is a ValueError
             log.warning("the saved lease cannot be used (%s)", exc)
             return None
-        self._value = lease_value(lease_attrs(config))
-        self.book = LeaseBook(self.settings.prefix, config)
+        self._our_value(lease_attrs(config))
+        self.book = self._book(config)
         self.book.replace(records)
         self.book.own = acquired.subnet
         self.status.revision = revision

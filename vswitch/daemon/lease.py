@@ -9,7 +9,7 @@ import attrs
 from vswitch.config import Config, PortConfig, resolve_lease
 from vswitch.core.l3.ipam import AddressPool
 from vswitch.core.wire.addr import Network, ip_to_str
-from vswitch.overlay.core.flannel import LeaseAttrs, NetworkConfig
+from vswitch.overlay.core.flannel import LeaseAttrs, NetworkConfig, lease_attrs
 from vswitch.overlay.shell.leases import EtcdLeases
 from vswitch.shell.state import StateDir
 
@@ -39,14 +39,12 @@ async def take_lease(config: Config) -> tuple[Config, EtcdLeases]:
     source = EtcdLeases(settings, public_ip=public_ip, state=StateDir(config.node.state_path),
                         subnet_env=local.get("subnet_env"), backend=local.get("backend"))
 
-    def lease_attrs(network: NetworkConfig) -> LeaseAttrs:
+    def ours(network: NetworkConfig) -> LeaseAttrs:
         overlay = complete(config, network, network.subnet_min).overlay   # refuses a contradicting config before we write
         assert overlay is not None
-        if network.backend != "vxlan":
-            return LeaseAttrs(public_ip, "", None, None)
-        return LeaseAttrs(public_ip, "vxlan", overlay.vni, overlay.vtep_mac or stable_mac(config.node.name, "vtep"))
+        return lease_attrs(network, public_ip, overlay.vtep_mac or stable_mac(config.node.name, "vtep"))
 
-    acquired = await source.acquire(lease_attrs)
+    acquired = await source.acquire(ours)
     return complete(config, acquired.config, acquired.subnet), source
 
 
