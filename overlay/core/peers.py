@@ -71,6 +71,9 @@ class LeaseChanges:
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)
 
+    def __str__(self) -> str:
+        return f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed, {self.kept} unchanged"
+
 
 class PeerTable:
     def __init__(self, *, port: int, max_peers: int = DEFAULT_MAX_PEERS) -> None:

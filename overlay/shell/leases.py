@@ -219,6 +219,7 @@ class EtcdLeases:
                     continue
                 log.info("acquired the lease %s", subnet)
             book.own = subnet
+            book.put(subnet_key(self.settings.prefix, subnet), self._value, lease_id, listing.revision)   # for show
             self.book = book
             self.status.revision = listing.revision
             self.status.enter("connected")
@@ -382,9 +383,8 @@ class EtcdLeases:
     async def _on_event(self, event: Event) -> bool:
         """Apply one watch event to the book; whether the peers changed."""
         assert self.book is not None and self.acquired is not None
-        if parse_subnet_key(self.settings.prefix, event.kv.key) == self.acquired.subnet:
-            if event.type == "DELETE":
-                await self._own_deleted()
+        if event.type == "DELETE" and parse_subnet_key(self.settings.prefix, event.kv.key) == self.acquired.subnet:
+            await self._own_deleted()
             return False
         if event.type == "DELETE":
             return self.book.delete(event.kv.key) is not None
@@ -447,7 +447,9 @@ class EtcdLeases:
 
     async def _apply(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
         assert self.book is not None
-        await apply(self.book.peers())
+        changes = await apply(self.book.peers())
+        if changes:
+            log.info("peers from etcd: %s", changes)
         self._dirty.set()
 
     async def _renew_loop(self) -> None:

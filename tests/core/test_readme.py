@@ -26,6 +26,7 @@ REACH = {
     "overlay": "[overlay]\n{bogus}",
     "overlay.peers": '[overlay]\nnetwork = "10.244.0.0/16"\nsubnet = "10.244.1.0/24"\npublic_ip = "192.0.2.1"\n'
                      "[[overlay.peers]]\n{bogus}",
+    "etcd": '[overlay]\nleases = "etcd"\npublic_ip = "192.0.2.1"\n[etcd]\n{bogus}',
 }
 
 

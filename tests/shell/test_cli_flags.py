@@ -304,7 +304,7 @@ def test_attach_refuses_a_bad_device_name_naming_the_flag(tmp_path):
     (["attach", "c9", "--name", "c1", "--address", "10.244.1.9/24"], "vswitch attach: port 'c1' already exists"),
     (["detach", "zz"], "vswitch detach: no port named 'zz'"),
     (["show", "nat", "--limit", "0"], "vswitch show: 'limit' must be at least 1, got 0"),
-    (["show", "leases"], "vswitch show: cannot show 'leases' (available: ports, fdb, arp, routes, nat, peers, stats)"),
+    (["show", "lease"], "vswitch show: cannot show 'lease' (available: ports, fdb, arp, routes, nat, peers, leases, stats)"),
     (["capture", "p9", "-w", "-"], "vswitch capture: no port named 'p9' (ports: c1, uplink, underlay)"),
 ])
 def test_an_error_names_its_command_once(routed, args, error):

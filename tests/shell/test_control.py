@@ -255,8 +255,8 @@ async def test_unknown_command_and_target_are_clear_errors(tmp_path):
     async with running(tmp_path) as r:
         with pytest.raises(ControlError, match=r"unknown command 'frobnicate' \(available: attach, capture"):
             await r.ask(command="frobnicate")
-        with pytest.raises(ControlError, match=r"cannot show 'leases' \(available: ports, fdb, arp, routes, nat, peers, stats\)"):
-            await r.ask(command="show", what="leases")
+        with pytest.raises(ControlError, match=r"cannot show 'lease' \(available: ports, fdb, arp, routes, nat, peers, leases, stats\)"):
+            await r.ask(command="show", what="lease")
         with pytest.raises(ControlError, match=r"this daemon has no overlay: add \[overlay\]"):
             await r.ask(command="show", what="peers")
         with pytest.raises(ControlError, match=r"show: 'what' is required"):

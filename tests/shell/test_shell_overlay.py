@@ -298,7 +298,8 @@ async def test_show_peers_and_stats_over_the_control_socket(backend, tmp_path):
                                     "rx-bytes", "rx-refused"]
         assert lines[2].split() == ["10.244.2.0/24", f"10.99.0.2:{lease['port']}", p["vtep_mac"] or "-", "3",
                                     str(p["tx_bytes"]), "3", str(p["rx_bytes"]), "0"]
-        assert lines[3:] == ["1 peer", "refused: 1 overlay-no-lease"]
+        assert lines[3:] == ["1 peer", "leases: static (the config's [[overlay.peers]])", "refused: 1 overlay-no-lease"]
+        assert shown["source"] == {"source": "static"}
 
         stats = await client.request(path, {"command": "show", "what": "stats"})
         assert stats["overlay"] == {"encapsulated": 3, "decapsulated": 3, "icmp_sent": {}, "icmp_rate_limited": 0}

@@ -61,9 +61,8 @@ class Cluster:
         sh("ip", "-n", self.lan, "link", "set", "br0", "up")
         self.etcd = EtcdServer(netns=self.lan, host=LAN)
         self.etcd.start()
-        init = subprocess.run([sys.executable, "-m", "vswitch", "network", "init", "--etcd", self.etcd.endpoint,
-                               "--network", NETWORK, "--backend", "vxlan"], capture_output=True, text=True,
-                              timeout=30)
+        init = in_ns(self.lan, sys.executable, "-m", "vswitch", "network", "init", "--etcd", self.etcd.endpoint,
+                     "--network", NETWORK, "--backend", "vxlan", check=False)
         assert init.returncode == 0, init.stderr
         self.vms: dict[int, str] = {}
         self.containers: dict[int, str] = {}

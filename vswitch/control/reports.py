@@ -32,6 +32,14 @@ Row = dict[str, Any]
 T = TypeVar("T")
 
 
+class LeaseView(Protocol):
+    """What the reports read of an etcd lease source (:class:`vswitch.overlay.shell.leases.EtcdLeases`)."""
+
+    def describe(self) -> dict[str, object]: ...
+
+    async def leases(self) -> list[dict[str, object]]: ...
+
+
 class NodeView(Protocol):
     """What the reports read of a node (:class:`vswitch.daemon.Node` is one)."""
 
@@ -51,14 +59,6 @@ class NodeView(Protocol):
     def leases(self) -> LeaseView | None: ...
 
     def port_config(self, name: str) -> PortConfig | None: ...
-
-
-class LeaseView(Protocol):
-    """What the reports read of an etcd lease source (:class:`vswitch.overlay.shell.leases.EtcdLeases`)."""
-
-    def describe(self) -> dict[str, object]: ...
-
-    async def leases(self) -> list[dict[str, object]]: ...
 
 
 def show_ports(node: NodeView) -> list[Row]:

@@ -166,7 +166,9 @@ class Node:
         if keys:
             raise ValueError(f"{', '.join(keys)} changed: a restart takes those (peers reload alone)")
         self.config = attrs.evolve(self.config, overlay=config.overlay)
-        return await self.set_peers(await StaticLeases(config.overlay, self.vtep_mac).peer_leases())
+        changes = await self.set_peers(await StaticLeases(config.overlay, self.vtep_mac).peer_leases())
+        log.info("reloaded leases: %s", changes)
+        return changes
 
     async def set_peers(self, leases: list[Lease]) -> LeaseChanges:
         """Make the peer table hold ``leases``, the one path by which peers change (a reload, an etcd watch):
@@ -175,9 +177,6 @@ class Node:
         changes = self.overlay.set_leases(leases)
         if self.devices_open:
             await apply_lease_routes(self.config.overlay, changes)
-        if changes:
-            log.info("peers: %d added, %d removed, %d changed, %d unchanged",
-                     len(changes.added), len(changes.removed), len(changes.changed), changes.kept)
         return changes
 
     async def reload_file(self, path: str | None = None) -> LeaseChanges:
