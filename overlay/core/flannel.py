@@ -71,6 +71,8 @@ OTHER_BACKEND = "backend other"          # a BackendType flannel does not regist
 # "backend host-gw" and the like; any other type counts as OTHER_BACKEND, so the counters stay few.
 FLANNEL_BACKENDS = ("udp", "vxlan", "host-gw", "wireguard", "ipsec", "ipip", "alloc", "extension", "tencent-vpc",
                     "ali-vpc", "aws-vpc", "gce")
+REASONS = (MALFORMED_KEY, MALFORMED_VALUE, OVER_THE_LIMIT, OUTSIDE_THE_NETWORK, NO_VTEP_MAC, OTHER_VNI, CONFLICT,
+           *(f"backend {name}" for name in FLANNEL_BACKENDS), OTHER_BACKEND)   # every key LeaseBook.ignored can have
 
 
 class FlannelError(ValueError):

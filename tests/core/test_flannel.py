@@ -23,6 +23,7 @@ from vswitch.overlay.core.flannel import (
     OTHER_VNI,
     OUTSIDE_THE_NETWORK,
     OVER_THE_LIMIT,
+    REASONS,
     FlannelError,
     LeaseAttrs,
     LeaseBook,
@@ -645,6 +646,7 @@ def test_peers_match_their_definition_after_every_event():
                 book.own = net(own) if own else None
             assert peers_of(book) == expected_peers(state, book.own), (run, revision)
             table.update(book.peers())
+        assert set(book.ignored) <= set(REASONS)      # the counters shown are a known few
 
 
 def expected_peers(state: dict, own: Network | None) -> list[Lease]:
