@@ -173,6 +173,14 @@ def _cidr(text: str, key: str) -> Network:
     return Network.of(_ipv4(address, key), int(length))
 
 
+def _last(network: Network) -> int:
+    return network.address | (~network.mask & 0xFFFFFFFF)
+
+
+def _overlaps(a: Network, b: Network) -> bool:
+    return a.address <= _last(b) and b.address <= _last(a)
+
+
 # -- the network config --------------------------------------------------------------------------
 
 
@@ -199,7 +207,7 @@ class NetworkConfig:
     @property
     def subnet_count(self) -> int:
         """How many subnets lie from SubnetMin to SubnetMax."""
-        return max(0, (self.subnet_max.address - self.subnet_min.address) // self.subnet_size + 1)
+        return (self.subnet_max.address - self.subnet_min.address) // self.subnet_size + 1
 
     def subnets(self) -> Iterator[Network]:
         """Every subnet from SubnetMin to SubnetMax, in order."""
@@ -246,9 +254,8 @@ def parse_network_config(data: bytes) -> NetworkConfig:
     else:
         subnet_len = 24 if prefix <= 22 else prefix + 2
     size = 1 << (32 - subnet_len)
-    last = network.address | (~network.mask & 0xFFFFFFFF)
     bounds = []
-    for name, default in (("SubnetMin", network.address + size), ("SubnetMax", last + 1 - size)):
+    for name, default in (("SubnetMin", network.address + size), ("SubnetMax", _last(network) + 1 - size)):
         given = _string(obj, name, name)
         address = int.from_bytes(_ipv4(given, name), "big") if given is not None else 0
         if address == 0:   # Go's zero value: unset
@@ -313,14 +320,6 @@ def is_compatible(config: NetworkConfig, subnet: Network) -> bool:
     """flannel's isSubnetConfigCompat: a subnet the config would hand out (its length, from SubnetMin to SubnetMax)."""
     return (subnet.prefix_len == config.subnet_len
             and config.subnet_min.address <= subnet.address <= config.subnet_max.address)
-
-
-def _last(network: Network) -> int:
-    return network.address | (~network.mask & 0xFFFFFFFF)
-
-
-def overlaps(a: Network, b: Network) -> bool:
-    return a.address <= _last(b) and b.address <= _last(a)
 
 
 def free_subnets(config: NetworkConfig, taken: Iterable[Network], limit: int = FREE_CANDIDATES) -> list[Network]:
@@ -491,10 +490,6 @@ class Record:
     def reservation(self) -> bool:
         return self.lease_id == 0
 
-    @property
-    def lease(self) -> Lease:
-        return Lease(self.subnet, self.attrs.public_ip, self.attrs.vtep_mac)
-
 
 # -- acquiring ----------------------------------------------------------------------------------
 
@@ -547,7 +542,7 @@ def plan_acquire(config: NetworkConfig, records: Iterable[Record], public_ip: by
     if ours:
         return Reuse(next((r for r in ours if r.subnet == previous), ours[0]))
     taken = [r.subnet for r in records] + list(occupied)
-    if previous is not None and is_compatible(config, previous) and not any(overlaps(previous, t) for t in taken):
+    if previous is not None and is_compatible(config, previous) and not any(_overlaps(previous, t) for t in taken):
         return Take(previous)
     free = free_subnets(config, taken)
     if not free:
@@ -595,8 +590,8 @@ class LeaseBook:
             raise ValueError(f"max_leases must be at least 1, got {max_leases}")
         self.prefix = prefix
         self.config = config
-        self.public_ip = public_ip
-        self.vtep_mac = vtep_mac
+        self._public_ip = public_ip
+        self._vtep_mac = vtep_mac
         self.max_leases = max_leases
         self.records: dict[Network, Record] = {}
         self.unreadable: dict[Network, int] = {}        # subnet → mod_revision
@@ -611,6 +606,16 @@ class LeaseBook:
         self._contested: dict[Network, Record] = {}     # candidates that share an address or MAC, or overlap own
         self._peers: list[Lease] | None = None          # cached until a candidate or own changes
         self._conflicts: frozenset[Network] = frozenset()
+
+    @property
+    def public_ip(self) -> bytes | None:
+        """Ours: a lease of another's that claims it conflicts."""
+        return self._public_ip
+
+    @property
+    def vtep_mac(self) -> bytes | None:
+        """Ours (vxlan): a lease of another's that claims it conflicts."""
+        return self._vtep_mac
 
     @property
     def own(self) -> Network | None:
@@ -685,7 +690,7 @@ class LeaseBook:
         own = self._own
         if (len(self._by_address[address]) > 1 or address == self.public_ip
                 or mac is not None and (len(self._by_mac[mac]) > 1 or mac == self.vtep_mac)
-                or own is not None and overlaps(subnet, own)):
+                or own is not None and _overlaps(subnet, own)):
             self._contested[subnet] = record
         else:
             self._clean[subnet] = Lease(subnet, address, mac)
@@ -789,7 +794,7 @@ class LeaseBook:
         for record in sorted(self._contested.values(), key=lambda r: (r.mod_revision, r.subnet.address, r.subnet.mask)):
             subnet = record.subnet
             address, mac = self._keys(record)
-            if address in addresses or mac in macs or (own is not None and overlaps(subnet, own)):
+            if address in addresses or mac in macs or (own is not None and _overlaps(subnet, own)):
                 conflicts.add(subnet)
                 continue
             addresses.add(address)
