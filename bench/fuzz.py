@@ -13,16 +13,19 @@ default, 2,000 with ``--quick``), the same ones for the same seed, to:
 * the transforms the ports make on their own: :func:`coalesce_tcp4` on batches
   (as a TAP's ``_write_some`` calls it), :func:`segment_tcp4`,
   :func:`complete_checksum` and :func:`from_vnet` on virtio-net headers and
-  frames, the UDP GRO split, :func:`capture_frame` and the overlay codec.
+  frames, the UDP GRO split, :func:`capture_frame` and the overlay codec;
+* what comes from etcd (:mod:`vswitch.overlay.core.flannel`): the network
+  config, lease values and keys as parsed, and the lease book fed PUTs and
+  DELETEs, its peers given to a peer table after every batch.
 
 Inputs are seeds built with scapy (ARP, ICMP echo and errors quoting packets,
 TCP with options, UDP, fragments, IP options, VLAN and QinQ tags, flannel and
 VXLAN datagrams from the peers' addresses, TSO super-frames behind virtio-net
-headers) run through mutations — bit flips, bytes set to boundary values, cuts
+headers, flannel's JSON as flanneld writes it) run through mutations — bit flips, bytes set to boundary values, cuts
 at every header boundary, bad IHL, total length, fragment fields, TCP data
-offset, UDP length, random tails, splices — and floods: many source MACs,
+offset, UDP length, JSON values of the wrong type or range, random tails, splices — and floods: many source MACs,
 many connections, many ARP targets, forged datagrams (unknown peers, a foreign
-VNI, inner sources outside the sender's subnet).
+VNI, inner sources outside the sender's subnet), and leases in their thousands, sharing addresses and MACs.
 
 Lines: ``fuzz.inputs``; ``fuzz.exceptions`` (target 0); ``fuzz.over_bound``,
 tables that grew past their bound (target 0); one ``fuzz.exception.<n>`` per
@@ -36,6 +39,7 @@ campaign (at once, and once every timeout has run out); ``fuzz.rate``.
 """
 
 import random
+import re
 import struct
 import time
 import traceback
@@ -72,7 +76,7 @@ from vswitch.core.actions import Drop, Transmit
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.icmp import ICMP_PEERS
 from vswitch.core.nat import FRAGMENT_MEMORY
-from vswitch.core.wire.addr import BROADCAST_MAC, ip_from_str, mac_from_str
+from vswitch.core.wire.addr import BROADCAST_MAC, Network, ip_from_str, mac_from_str
 from vswitch.core.wire.arp import OP_REQUEST, Arp
 from vswitch.core.wire.checksum import internet_checksum
 from vswitch.core.wire.errors import WireError
@@ -111,6 +115,21 @@ from vswitch.overlay.core.codec import (
     parse_address,
 )
 from vswitch.overlay.core.dropin import DeviceOverlay
+from vswitch.overlay.core.flannel import (
+    DEFAULT_PREFIX,
+    REASONS,
+    FlannelError,
+    LeaseAttrs,
+    LeaseBook,
+    free_subnets,
+    is_compatible,
+    lease_value,
+    parse_lease_value,
+    parse_network_config,
+    parse_subnet_key,
+    subnet_key,
+)
+from vswitch.overlay.core.peers import PeerTable
 from vswitch.shell.ports.udp import SOL_UDP, UDP_GRO, split_gro
 
 from .common import Options, result
@@ -333,6 +352,7 @@ class Seeds:
     streams: tuple[tuple[Seed, ...], ...]   # runs of one TCP flow's segments, to coalesce
     capture: tuple[Seed, ...]      # datagrams as a capture of the underlay sees them, up to the largest
     gro: tuple[Seed, ...]          # GRO's segment size (4 bytes, little-endian) + the data of one read
+    flannel: dict[str, tuple[Seed, ...]]   # what etcd holds: "config", "lease", "key", "book" (key NUL value)
 
 
 def _packets() -> list[Any]:
@@ -530,7 +550,64 @@ def seeds() -> Seeds:
         Seed.of(address_header(_ip(PUBLIC[2]), 8285, 0) + bytes(MAX_PAYLOAD - 100), None, prefix=8),
     )
     return Seeds(tuple(inside), tuple(outside), tuple(ip), tuple(vtep_frames), datagrams, tuple(vnet), streams, capture,
-                 tuple(gro))
+                 tuple(gro), _flannel_seeds())
+
+
+# -- flannel's keys and JSON in etcd -------------------------------------------------------------
+
+FLANNEL_CONFIG = parse_network_config(b'{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
+FLANNEL_OWN = Network.parse("10.244.1.0/24")   # node 1's subnet: the book's own
+FLANNEL_MAX_LEASES = 256    # the book's bound (small, so that floods reach it)
+
+
+def _flannel_key(subnet: str) -> bytes:
+    return subnet_key(DEFAULT_PREFIX, Network.parse(subnet))
+
+
+def _flannel_lease(n: int, *, public: str | None = None) -> bytes:
+    """Node ``n``'s vxlan lease (its VTEP MAC 02:00:00:00:0n:ff, as VTEP's)."""
+    return lease_value(LeaseAttrs(_ip(public or PUBLIC[n]), "vxlan", 1, _mac(f"02:00:00:00:{n:02x}:ff")))
+
+
+def _json_seed(data: bytes) -> Seed:
+    """JSON, cut at its structure: before and after each bracket, colon, comma and quote."""
+    cuts = {i + d for i, byte in enumerate(data) if byte in b'{}[]:,"\0' for d in (0, 1)}
+    return Seed(data, cuts=tuple(sorted(c for c in cuts if 0 <= c < len(data))))
+
+
+def _flannel_seeds() -> dict[str, tuple[Seed, ...]]:
+    configs = [
+        b'{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1, "Port": 8472}}',
+        b'{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0",'
+        b'"Backend":{"Type":"udp","Port":7890}}',
+        b'{ "network": "10.3.0.0/16" }',
+        b'{"Network": "10.244.0.0/28", "SubnetLen": 30, "EnableIPv4": true, "EnableIPv6": false}',
+        b'{"Network": "10.244.0.0/23", "Backend": {"type": "vxlan", "vni": 4096, "GBP": false, "DirectRouting": false}}',
+        b'{"Network": "192.168.0.0/16", "Backend": {"Type": "host-gw"}, "IPv6Network": "fc00::/48"}',
+    ]
+    leases = [
+        _flannel_lease(2), _flannel_lease(3),
+        lease_value(LeaseAttrs(_ip(PUBLIC[2]))),
+        b'{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
+        b'"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}',            # flannel's docs
+        b'{"PublicIP":"10.99.0.4","PublicIPv6":"fc00::4","BackendType":"host-gw"}',
+        b'{"PublicIP":"10.99.0.5","BackendType":"wireguard","BackendData":{"PublicKey":"abc="},"BackendV6Data":null}',
+        b'{"publicip":"10.99.0.6","backendtype":"vxlan","backenddata":{"vni":1,"vtepmac":"02:00:00:00:06:ff"}}',
+    ]
+    keys = [_flannel_key(s) for s in ("10.244.2.0/24", "10.244.3.0/24", "10.244.0.0/16", "10.244.1.128/25")]
+    keys += [b"/coreos.com/network/subnets/10.244.4.0-24&fc00::-64", b"/coreos.com/network/config"]
+    book = [_flannel_key("10.244.2.0/24") + b"\0" + _flannel_lease(2),
+            _flannel_key("10.244.3.0/24") + b"\0" + _flannel_lease(3),
+            _flannel_key("10.244.1.0/24") + b"\0" + _flannel_lease(1),                 # our own
+            _flannel_key("10.244.5.0/24") + b"\0" + _flannel_lease(5, public=PUBLIC[2]),   # node 2's address again
+            _flannel_key("10.244.6.0/24") + b"\0" + _flannel_lease(6, public=PUBLIC[1]),   # ours
+            _flannel_key("10.244.1.128/25") + b"\0" + _flannel_lease(7, public="10.99.0.7"),   # inside our subnet
+            _flannel_key("10.244.7.0/24") + b"\0" + leases[2],                         # a udp lease
+            _flannel_key("10.244.8.0/24") + b"\0" + leases[4],                         # host-gw
+            _flannel_key("10.244.2.0/24"),                                            # a DELETE
+            _flannel_key("10.244.9.0/24")]
+    return {"config": tuple(_json_seed(d) for d in configs), "lease": tuple(_json_seed(d) for d in leases),
+            "key": tuple(_json_seed(k) for k in keys), "book": tuple(_json_seed(b) for b in book)}
 
 
 # -- mutations --------------------------------------------------------------------------------
@@ -542,6 +619,13 @@ _ADDRESSES = tuple(_ip(a) for a in (
 ))
 _ETHERTYPES = (0x0800, 0x0806, 0x8100, 0x88A8, 0x86DD, 0x0000, 0xFFFF)
 _GSO_SIZES = (0, 1, 8, 88, 536, 1000, 1448, 9000, 0xFFFF)
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|null')
+_JSON_VALUES = (
+    b"null", b"true", b"false", b"0", b"-1", b"1.0", b"1e2", b"1e999", b"30", b"31", b"4294967296", b"16777216",
+    b"9" * 30, b'""', b'"x"', b"[]", b"{}", b"[" * 64 + b"]" * 64, b'"10.244.0.0/16"', b'"10.244.1.0"', b'"0.0.0.0"',
+    b'"10.244.0.0/0"', b'"255.255.255.255"', b'"02:00:00:00:01:ff"', b'"ff:ff:ff:ff:ff:ff"', b'"vxlan"', b'"udp"',
+    b'"host-gw"', b'"VXLAN"', b'"\\u0000"', b'"\\ud800"', b'{"Type":"vxlan","VNI":1}', b'"Network"', b'"PublicIP"',
+)
 
 
 class Mutator:
@@ -701,6 +785,15 @@ class Mutator:
                 _mac(C2_MAC), _mac(EXT_MAC), self.rng.randbytes(6))
         where = at + self.rng.choice((0, 6))
         buf[where:where + 6] = self.rng.choice(macs)
+
+    # -- JSON --
+
+    def json_value(self, buf: bytearray, seed: Seed) -> None:
+        """A JSON value (or key) replaced by one of the wrong type, out of range, huge or deep."""
+        tokens = list(_JSON_TOKENS.finditer(buf))
+        if tokens:
+            token = self.rng.choice(tokens)
+            buf[token.start():token.end()] = self.rng.choice(_JSON_VALUES)
 
     # -- datagrams and virtio-net headers --
 
@@ -894,6 +987,25 @@ class Floods:
                 datagrams.append(address_header(peer, port, port) + payload)
             return datagrams
         return flood
+
+    def leases(self, count: int) -> list[bytes]:
+        """PUTs of leases all over the network and beyond (thousands of keys for a book of 256), sharing
+        addresses and MACs now and then, and DELETEs."""
+        rng = self.rng
+        ops = []
+        for _ in range(count):
+            length = rng.choice((24, 24, 24, 25, 23, 16))
+            subnet = Network.of(bytes((10, rng.choice((244, 244, 244, 245)), rng.randrange(256), rng.randrange(256))),
+                                length)
+            key = subnet_key(DEFAULT_PREFIX, subnet)
+            if rng.random() < 0.2:
+                ops.append(key)
+                continue
+            shared = rng.random() < 0.3
+            public = bytes((10, 99, 0, rng.randrange(1, 4))) if shared else bytes((10, 99, *rng.randbytes(2)))
+            vtep = b"\x02\x00\x00\x00" + (bytes((rng.randrange(1, 4), 0xFF)) if shared else rng.randbytes(2))
+            ops.append(key + b"\0" + lease_value(LeaseAttrs(public, "vxlan", 1, vtep)))
+        return ops
 
     def device(self, backend: str) -> Generator:
         """flannel's device: packets to many cluster addresses, leased or not, some whose TTL runs out."""
@@ -1089,6 +1201,81 @@ def _codec(batch: Batch) -> None:
                     raise Invariant("a VXLAN source port outside Linux's range")
 
 
+def _parsed(parse: Callable[[bytes], Any], inputs: Sequence[bytes]) -> Iterator[Any]:
+    """What ``parse`` makes of each input it does not refuse with a FlannelError (anything else it raises is a finding)."""
+    for data in inputs:
+        try:
+            yield parse(data)
+        except FlannelError:
+            pass
+
+
+def _flannel_config(batch: Batch) -> None:
+    """The network config as parsed: FlannelError, or a config whose range lies in its network."""
+    for config in _parsed(parse_network_config, batch.inputs):
+        network = config.network
+        if not (is_compatible(config, config.subnet_min) and is_compatible(config, config.subnet_max)
+                and config.subnet_min.address & network.mask == network.address
+                and config.subnet_max.address & network.mask == network.address
+                and free_subnets(config, [], 1) == [config.subnet_min]):
+            raise Invariant(f"a config whose subnets do not lie in its network: {config}")
+
+
+def _flannel_lease_value(batch: Batch) -> None:
+    """A lease value as parsed: FlannelError, or a lease that (if vswitch could have written it) writes back."""
+    for lease in _parsed(parse_lease_value, batch.inputs):
+        ours = lease.backend == "" or (lease.backend == "vxlan" and lease.vtep_mac is not None
+                                        and lease.vni is not None and lease.vni < 1 << 24)
+        if ours and parse_lease_value(lease_value(lease)) != lease:
+            raise Invariant(f"a lease that does not survive being written: {lease}")
+
+
+def _flannel_subnet_key(batch: Batch) -> None:
+    """A key as parsed: None, or a subnet whose key is exactly the one parsed."""
+    for key in batch.inputs:
+        subnet = parse_subnet_key(DEFAULT_PREFIX, key)
+        if subnet is not None and subnet_key(DEFAULT_PREFIX, subnet) != key:
+            raise Invariant(f"{key!r} parsed as {subnet}, whose key is another")
+
+
+class LeaseBookTarget:
+    """The lease book as the etcd shell drives it: each input a PUT (``key NUL value``) or a DELETE (a key
+    alone), every fourth a reservation; after each batch its peers go to a peer table, as they do in the
+    daemon, which refuses (raises on) a set with a conflict."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.book = LeaseBook(DEFAULT_PREFIX, FLANNEL_CONFIG, public_ip=_ip(PUBLIC[1]), vtep_mac=_mac(VTEP[1]),
+                              max_leases=FLANNEL_MAX_LEASES)
+        self.book.own = FLANNEL_OWN
+        self.peers = PeerTable(port=PORTS["vxlan"])
+        self.revision = 0
+
+    def feed(self, batch: Batch) -> list[Any]:
+        book = self.book
+        for op in batch.inputs:
+            self.revision += 1
+            key, put, value = op.partition(b"\0")
+            if put:
+                reason = book.put(key, value, self.revision % 4, self.revision)
+                if reason is not None and reason not in REASONS:
+                    raise Invariant(f"an ignore reason that is not one of REASONS: {reason!r}")
+            else:
+                book.delete(key)
+        leases = book.peers()
+        self.peers.update(leases)
+        if any(lease.subnet == FLANNEL_OWN or lease.subnet not in book.records for lease in leases):
+            raise Invariant("a peer that is our own subnet, or no record's")
+        return []
+
+    def tables(self) -> Iterator[tuple[str, int, int]]:
+        book = self.book
+        yield "flannel.keys", len(book), book.max_leases
+        yield "flannel.index", max(len(book._by_address), len(book._by_mac)), book.max_leases
+        yield "flannel.peers", len(self.peers), book.max_leases
+        yield "flannel.reasons", len(book.ignored), len(REASONS)
+
+
 # -- what each target is fed ----------------------------------------------------------------------
 
 @attrs.frozen
@@ -1143,9 +1330,17 @@ def specs(seed: int, rng: random.Random) -> list[Spec]:
         ("capture_frame", _capture, Feed(s.capture, ("datagram_header",)), 2.0),
         ("codec", _codec, Feed(s.datagrams["udp"] + s.datagrams["vxlan"] + s.ip, ("datagram_header", "vxlan_header")), 3.0),
     )
+    json_feed = ("json_value", "json_value")   # twice as likely as any other mutation
+    transforms += (
+        ("flannel-config", _flannel_config, Feed(s.flannel["config"], json_feed), 1.5),
+        ("flannel-lease", _flannel_lease_value, Feed(s.flannel["lease"], json_feed), 1.5),
+        ("flannel-key", _flannel_subnet_key, Feed(s.flannel["key"] + s.flannel["book"][-2:]), 1.0),
+    )
     for name, apply, feed, weight in transforms:
         result.append(Spec(name, lambda name=name, apply=apply: TransformTarget(name, apply), {"-": feed}, weight,
                            streams=name == "coalesce_tcp4"))
+    result.append(Spec("flannel-book", lambda: LeaseBookTarget("flannel-book"),
+                       {"-": Feed(s.flannel["book"], json_feed, (floods.leases,))}, 1.5))
     return result
 
 

@@ -71,6 +71,8 @@ OTHER_BACKEND = "backend other"          # a BackendType flannel does not regist
 # "backend host-gw" and the like; any other type counts as OTHER_BACKEND, so the counters stay few.
 FLANNEL_BACKENDS = ("udp", "vxlan", "host-gw", "wireguard", "ipsec", "ipip", "alloc", "extension", "tencent-vpc",
                     "ali-vpc", "aws-vpc", "gce")
+REASONS = (MALFORMED_KEY, MALFORMED_VALUE, OVER_THE_LIMIT, OUTSIDE_THE_NETWORK, NO_VTEP_MAC, OTHER_VNI, CONFLICT,
+           *(f"backend {name}" for name in FLANNEL_BACKENDS), OTHER_BACKEND)   # every key LeaseBook.ignored can have
 
 
 class FlannelError(ValueError):
@@ -171,6 +173,14 @@ def _cidr(text: str, key: str) -> Network:
     return Network.of(_ipv4(address, key), int(length))
 
 
+def _last(network: Network) -> int:
+    return network.address | (~network.mask & 0xFFFFFFFF)
+
+
+def _overlaps(a: Network, b: Network) -> bool:
+    return a.address <= _last(b) and b.address <= _last(a)
+
+
 # -- the network config --------------------------------------------------------------------------
 
 
@@ -197,7 +207,7 @@ class NetworkConfig:
     @property
     def subnet_count(self) -> int:
         """How many subnets lie from SubnetMin to SubnetMax."""
-        return max(0, (self.subnet_max.address - self.subnet_min.address) // self.subnet_size + 1)
+        return (self.subnet_max.address - self.subnet_min.address) // self.subnet_size + 1
 
     def subnets(self) -> Iterator[Network]:
         """Every subnet from SubnetMin to SubnetMax, in order."""
@@ -244,9 +254,8 @@ def parse_network_config(data: bytes) -> NetworkConfig:
     else:
         subnet_len = 24 if prefix <= 22 else prefix + 2
     size = 1 << (32 - subnet_len)
-    last = network.address | (~network.mask & 0xFFFFFFFF)
     bounds = []
-    for name, default in (("SubnetMin", network.address + size), ("SubnetMax", last + 1 - size)):
+    for name, default in (("SubnetMin", network.address + size), ("SubnetMax", _last(network) + 1 - size)):
         given = _string(obj, name, name)
         address = int.from_bytes(_ipv4(given, name), "big") if given is not None else 0
         if address == 0:   # Go's zero value: unset
@@ -311,14 +320,6 @@ def is_compatible(config: NetworkConfig, subnet: Network) -> bool:
     """flannel's isSubnetConfigCompat: a subnet the config would hand out (its length, from SubnetMin to SubnetMax)."""
     return (subnet.prefix_len == config.subnet_len
             and config.subnet_min.address <= subnet.address <= config.subnet_max.address)
-
-
-def _last(network: Network) -> int:
-    return network.address | (~network.mask & 0xFFFFFFFF)
-
-
-def overlaps(a: Network, b: Network) -> bool:
-    return a.address <= _last(b) and b.address <= _last(a)
 
 
 def free_subnets(config: NetworkConfig, taken: Iterable[Network], limit: int = FREE_CANDIDATES) -> list[Network]:
@@ -489,10 +490,6 @@ class Record:
     def reservation(self) -> bool:
         return self.lease_id == 0
 
-    @property
-    def lease(self) -> Lease:
-        return Lease(self.subnet, self.attrs.public_ip, self.attrs.vtep_mac)
-
 
 # -- acquiring ----------------------------------------------------------------------------------
 
@@ -545,7 +542,7 @@ def plan_acquire(config: NetworkConfig, records: Iterable[Record], public_ip: by
     if ours:
         return Reuse(next((r for r in ours if r.subnet == previous), ours[0]))
     taken = [r.subnet for r in records] + list(occupied)
-    if previous is not None and is_compatible(config, previous) and not any(overlaps(previous, t) for t in taken):
+    if previous is not None and is_compatible(config, previous) and not any(_overlaps(previous, t) for t in taken):
         return Take(previous)
     free = free_subnets(config, taken)
     if not free:
@@ -580,6 +577,11 @@ class LeaseBook:
 
     ``ignored`` counts why keys did not become peers: each put (or newly listed key) once,
     and each record when it starts to conflict (seen when :meth:`peers` next looks).
+
+    :meth:`peers` is asked after every watch batch, with thousands of leases: a record whose
+    public address and VTEP MAC no other holds can conflict with nothing, so the book keeps
+    those apart (``_clean``, indexed by address and MAC as they come and go) and sorts out
+    only the few that share one (``_contested``), and only after a change.
     """
 
     def __init__(self, prefix: str, config: NetworkConfig, *, public_ip: bytes | None = None,
@@ -588,17 +590,32 @@ class LeaseBook:
             raise ValueError(f"max_leases must be at least 1, got {max_leases}")
         self.prefix = prefix
         self.config = config
-        self.public_ip = public_ip
-        self.vtep_mac = vtep_mac
+        self._public_ip = public_ip
+        self._vtep_mac = vtep_mac
         self.max_leases = max_leases
         self.records: dict[Network, Record] = {}
         self.unreadable: dict[Network, int] = {}        # subnet → mod_revision
         self.ignored: Counter[str] = Counter()
         self._head = subnets_prefix(prefix)
-        self._candidates: dict[Network, Record] = {}    # the records that pass every test but conflicts
+        self._vxlan = config.backend == "vxlan"
         self._own: Network | None = None
+        self._candidates: dict[Network, Record] = {}    # the records that pass every test but conflicts
+        self._by_address: dict[bytes, set[Network]] = {}   # the candidates by public address ...
+        self._by_mac: dict[bytes, set[Network]] = {}       # ... and by VTEP MAC
+        self._clean: dict[Network, Lease] = {}          # candidates that share nothing: peers
+        self._contested: dict[Network, Record] = {}     # candidates that share an address or MAC, or overlap own
         self._peers: list[Lease] | None = None          # cached until a candidate or own changes
         self._conflicts: frozenset[Network] = frozenset()
+
+    @property
+    def public_ip(self) -> bytes | None:
+        """Ours: a lease of another's that claims it conflicts."""
+        return self._public_ip
+
+    @property
+    def vtep_mac(self) -> bytes | None:
+        """Ours (vxlan): a lease of another's that claims it conflicts."""
+        return self._vtep_mac
 
     @property
     def own(self) -> Network | None:
@@ -609,6 +626,8 @@ class LeaseBook:
     def own(self, subnet: Network | None) -> None:
         if subnet != self._own:
             self._own = subnet
+            for candidate in self._candidates:
+                self._settle(candidate)
             self._peers = None
 
     def __len__(self) -> int:
@@ -625,12 +644,78 @@ class LeaseBook:
         attrs = record.attrs
         if attrs.kind != self.config.backend:
             return _backend_reason(attrs.kind)
-        if self.config.backend == "vxlan":
+        if self._vxlan:
             if attrs.vtep_mac is None:
                 return NO_VTEP_MAC
             if attrs.vni != self.config.tunnel_vni:
                 return OTHER_VNI
         return None
+
+    # -- the candidates, and who shares what --
+
+    def _keys(self, record: Record) -> tuple[bytes, bytes | None]:
+        return record.attrs.public_ip, record.attrs.vtep_mac if self._vxlan else None
+
+    def _index(self, record: Record, add: bool) -> None:
+        """Add a candidate to the address and MAC indexes, or take it out; settle whoever shares either."""
+        subnet = record.subnet
+        affected = {subnet}
+        for index, value in zip((self._by_address, self._by_mac), self._keys(record)):
+            if value is None:
+                continue
+            group = index.setdefault(value, set())
+            if add:
+                group.add(subnet)
+            else:
+                group.discard(subnet)
+                if not group:
+                    del index[value]
+            affected |= group
+        if add:
+            self._candidates[subnet] = record
+        else:
+            del self._candidates[subnet]
+        for other in affected:
+            self._settle(other)
+        self._peers = None
+
+    def _settle(self, subnet: Network) -> None:
+        """File a candidate as clean or contested (or neither: ours, or no longer a candidate)."""
+        self._clean.pop(subnet, None)
+        self._contested.pop(subnet, None)
+        record = self._candidates.get(subnet)
+        if record is None or subnet == self._own:
+            return
+        address, mac = self._keys(record)
+        own = self._own
+        if (len(self._by_address[address]) > 1 or address == self.public_ip
+                or mac is not None and (len(self._by_mac[mac]) > 1 or mac == self.vtep_mac)
+                or own is not None and _overlaps(subnet, own)):
+            self._contested[subnet] = record
+        else:
+            self._clean[subnet] = Lease(subnet, address, mac)
+
+    def _hold(self, record: Record) -> None:
+        """``records`` and the candidates say what ``record``'s key now says."""
+        subnet = record.subnet
+        old = self.records.get(subnet)
+        if old == record:
+            return
+        self.records[subnet] = record
+        if old is not None and subnet in self._candidates:
+            self._index(old, add=False)
+        if self._unusable(record) is None:
+            self._index(record, add=True)
+
+    def _forget(self, subnet: Network) -> bool:
+        record = self.records.pop(subnet, None)
+        if record is None:
+            return self.unreadable.pop(subnet, None) is not None
+        if subnet in self._candidates:
+            self._index(record, add=False)
+        return True
+
+    # -- what etcd says --
 
     def _store(self, subnet: Network, value: bytes, lease_id: int, mod_revision: int) -> str | None:
         """Hold what ``subnet``'s key now says; the reason it is no peer (conflicts aside), None if it may be."""
@@ -643,22 +728,8 @@ class LeaseBook:
             self.unreadable[subnet] = mod_revision
             return MALFORMED_VALUE
         self.unreadable.pop(subnet, None)
-        reason = self._unusable(record)
-        if self.records.get(subnet) != record:
-            self.records[subnet] = record
-            if reason is None:
-                self._candidates[subnet] = record
-                self._peers = None
-            elif self._candidates.pop(subnet, None) is not None:
-                self._peers = None
-        return reason
-
-    def _forget(self, subnet: Network) -> bool:
-        if self.records.pop(subnet, None) is None:
-            return self.unreadable.pop(subnet, None) is not None
-        if self._candidates.pop(subnet, None) is not None:
-            self._peers = None
-        return True
+        self._hold(record)
+        return self._unusable(record)
 
     def put(self, key: bytes, value: bytes, lease_id: int, mod_revision: int) -> str | None:
         """A key was written (the watch's PUT); the reason it is no peer, counted, or None."""
@@ -678,8 +749,9 @@ class LeaseBook:
         events in between would have left it. Keys held already keep their place under the limit; a key
         counts in ``ignored`` only if it is new or changed (another mod_revision)."""
         before = {subnet: r.mod_revision for subnet, r in self.records.items()} | self.unreadable
-        self.records, self.unreadable = {}, {}
-        self._candidates, self._peers = {}, None
+        self.records, self.unreadable, self._candidates = {}, {}, {}
+        self._by_address, self._by_mac, self._clean, self._contested = {}, {}, {}, {}
+        self._peers = None
         fresh: list[tuple[Network, bytes, int, int]] = []
         for key, value, lease_id, mod_revision in kvs:
             subnet = self._subnet(key)
@@ -698,34 +770,42 @@ class LeaseBook:
             if reason is not None:
                 self.ignored[reason] += 1
 
+    # -- the peers --
+
     def peers(self) -> list[Lease]:
-        """The leases the peer table should hold, by subnet; a set PeerTable.update always accepts."""
+        """The leases the peer table should hold (in no particular order): a set PeerTable.update accepts."""
         if self._peers is None:
-            self._peers = self._resolve()
+            self._peers = list(self._clean.values()) + self._resolve()
         return list(self._peers)
 
     def _resolve(self) -> list[Lease]:
-        own, vxlan = self._own, self.config.backend == "vxlan"
-        addresses = {self.public_ip} if self.public_ip is not None else set()
-        macs = {self.vtep_mac} if self.vtep_mac is not None else set()
-        leases: list[Lease] = []
+        """The contested candidates that stay: the oldest first takes its address and MAC."""
+        addresses, macs = {self.public_ip}, {self.vtep_mac}
+        ours = self._candidates.get(self._own) if self._own is not None else None
+        if ours is not None:
+            address, mac = self._keys(ours)
+            addresses.add(address)
+            macs.add(mac)
+        addresses.discard(None)
+        macs.discard(None)
+        own = self._own
+        winners: list[Lease] = []
         conflicts: set[Network] = set()
-        for record in sorted(self._candidates.values(), key=lambda r: (r.mod_revision, r.subnet.address, r.subnet.mask)):
-            subnet, attrs = record.subnet, record.attrs
-            if subnet == own:
-                continue
-            mac = attrs.vtep_mac if vxlan else None
-            if attrs.public_ip in addresses or mac in macs or (own is not None and overlaps(subnet, own)):
+        for record in sorted(self._contested.values(), key=lambda r: (r.mod_revision, r.subnet.address, r.subnet.mask)):
+            subnet = record.subnet
+            address, mac = self._keys(record)
+            if address in addresses or mac in macs or (own is not None and _overlaps(subnet, own)):
                 conflicts.add(subnet)
                 continue
-            addresses.add(attrs.public_ip)
+            addresses.add(address)
             if mac is not None:
                 macs.add(mac)
-            leases.append(Lease(subnet, attrs.public_ip, mac))
-        self.ignored[CONFLICT] += len(conflicts - self._conflicts)
+            winners.append(Lease(subnet, address, mac))
+        new = conflicts - self._conflicts
+        if new:
+            self.ignored[CONFLICT] += len(new)
         self._conflicts = frozenset(conflicts)
-        leases.sort(key=lambda lease: (lease.subnet.address, lease.subnet.mask))
-        return leases
+        return winners
 
     @property
     def conflicts(self) -> frozenset[Network]:

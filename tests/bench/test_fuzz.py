@@ -147,3 +147,29 @@ def test_command_line_count_and_seed() -> None:
     bad = subprocess.run([sys.executable, "-m", "bench", "fuzz", "--count", "0"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "--count" in bad.stderr
+
+
+# -- what comes from etcd ----------------------------------------------------------------------------------
+
+
+def test_the_slice_feeds_what_etcd_holds(report: fuzz.Report) -> None:
+    assert {"flannel-config", "flannel-lease", "flannel-key", "flannel-book"} <= set(report.by_target)
+    size, bound = report.tables["flannel-book", "flannel.keys"]
+    assert size == bound == fuzz.FLANNEL_MAX_LEASES          # the floods fill the lease book to its bound
+    assert report.tables["flannel-book", "flannel.peers"][0] > 0
+
+
+def test_a_lease_book_whose_peers_conflict_is_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Plant a bug: the book forgets to drop the younger of two leases claiming one address or MAC. The peer
+    # table, fed its peers after each batch as the daemon feeds it, refuses the set: a finding on the book.
+    from vswitch.overlay.core.flannel import LeaseBook
+    from vswitch.overlay.core.peers import Lease
+
+    def everyone(self):
+        return [Lease(r.subnet, *self._keys(r)) for r in self._contested.values()]
+
+    monkeypatch.setattr(LeaseBook, "_resolve", everyone)
+    report = fuzz.campaign(6000, seed=fuzz.DEFAULT_SEED)
+    (finding,) = [f for f in report.findings.values() if f.target == "flannel-book"]
+    assert finding.exception.startswith("ValueError: leases ") and "conflict" in finding.exception
+    assert finding.site.startswith("overlay/core/peers.py:") and finding.site.endswith("in update")
