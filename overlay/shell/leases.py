@@ -197,7 +197,8 @@ class EtcdLeases:
             listing = await self.client.list_prefix(self.subnets)
             book = self._book(config)
             book.replace((kv.key, kv.value, kv.lease, kv.mod_revision) for kv in listing.kvs)
-            plan = plan_acquire(config, book.records.values(), self.public_ip, previous, self.rng.choice)
+            plan = plan_acquire(config, book.records.values(), self.public_ip, previous, self.rng.choice,
+                                occupied=book.unreadable)
             if isinstance(plan, Stale):
                 log.info("the lease %s holds our address but not the network config's shape: deleting it",
                          plan.record.subnet)
@@ -493,7 +494,8 @@ class EtcdLeases:
         acquired, book = self.acquired, self.book
         return {
             "source": "etcd", **attrs.asdict(self.status), "since": _when(self.status.since),
-            "prefix": self.settings.prefix, "ignored": dict(book.ignored) if book else {},
+            "prefix": self.settings.prefix,
+            "ignored": {reason: n for reason, n in sorted(book.ignored.items()) if n} if book else {},
             "lease_id": acquired.lease_id if acquired else None,
             "expires": _when(acquired.expires) if acquired and acquired.expires else None,
         }
