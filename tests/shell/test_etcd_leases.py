@@ -188,3 +188,18 @@ async def test_network_init_writes_once_and_refuses_a_different_config_without_f
         assert await write_network_config(client, "/t/init", other, force=True)
         assert (await client.get(b"/t/init/config")).value == other
 
+
+
+@pytest.mark.skipif(etcd_missing(tls=True) is not None, reason=etcd_missing(tls=True) or "")
+async def test_leases_over_tls_with_a_client_certificate(tmp_path):
+    with EtcdServer(tls=True) as secure:
+        secure.etcdctl("put", "/tls/config", network_config_json(NETWORK).decode())
+        files = {"ca_file": str(secure.ca_file), "cert_file": str(secure.cert_file), "key_file": str(secure.key_file)}
+        node = EtcdLeases(EtcdConfig((secure.endpoint,), "/tls", **files), public_ip=ip_from_str("10.99.0.1"),
+                          state=StateDir(str(tmp_path / "a")))
+        acquired = await node.acquire(udp("10.99.0.1"))
+        assert acquired.subnet in NETWORK and acquired.lease_id
+        unverified = EtcdLeases(EtcdConfig((secure.endpoint,), "/tls"), public_ip=ip_from_str("10.99.0.2"),
+                                state=StateDir(str(tmp_path / "b")))
+        with pytest.raises(LeaseError, match="no earlier lease"):
+            await unverified.acquire(udp("10.99.0.2"))
