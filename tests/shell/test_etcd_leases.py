@@ -198,7 +198,7 @@ async def test_leases_over_tls_with_a_client_certificate(tmp_path):
         node = EtcdLeases(EtcdConfig((secure.endpoint,), "/tls", **files), public_ip=ip_from_str("10.99.0.1"),
                           state=StateDir(str(tmp_path / "a")))
         acquired = await node.acquire(udp("10.99.0.1"))
-        assert acquired.subnet in NETWORK and acquired.lease_id
+        assert acquired.subnet.network in NETWORK and acquired.lease_id
         unverified = EtcdLeases(EtcdConfig((secure.endpoint,), "/tls"), public_ip=ip_from_str("10.99.0.2"),
                                 state=StateDir(str(tmp_path / "b")))
         with pytest.raises(LeaseError, match="no earlier lease"):

@@ -319,6 +319,27 @@ def test_a_compacted_watch_lists_again_and_misses_nothing(cluster):
     cluster.etcd.etcdctl("del", lease_key("10.244.203.0/24"))
 
 
+def test_attach_without_an_address_gives_the_next_one_of_the_lease(cluster):
+    container = cluster.spaces.create("vc")
+    name = unique("t")
+    attached = cluster.daemons[2].cli("attach", container, "--name", name)
+    subnet = cluster.subnet(2)
+    match = re.fullmatch(rf"attached {name} in netns {container} as ({subnet.rsplit('.', 1)[0]}\.\d+)/24\n",
+                         attached.stdout)
+    assert match, attached.stdout + attached.stderr
+    address = match.group(1)
+    assert address != cluster.address(2)
+    port = next(p for p in cluster.daemons[2].show("ports") if p["name"] == name)
+    assert (port["netns"], port["address"]) == (container, f"{address}/24")
+    code, output = ping(cluster.containers[5], address, count=2)   # from another node: the default route is set
+    assert code == 0, output + cluster.logs()
+    saved = json.loads((cluster.tmp / "state2" / "addresses.json").read_text())
+    assert saved["addresses"][name] == address
+    cluster.daemons[2].cli("detach", name)
+    saved = json.loads((cluster.tmp / "state2" / "addresses.json").read_text())
+    assert name not in saved["addresses"]
+
+
 def test_deleting_a_nodes_own_lease_stops_it_with_a_clear_message(cluster):
     daemon = cluster.daemons[7]
     cluster.etcd.etcdctl("del", lease_key(cluster.subnet(7)))

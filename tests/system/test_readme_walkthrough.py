@@ -1,6 +1,6 @@
-"""The README's step-by-step overlay between two namespaces runs as printed.
+"""The README's step-by-step walkthroughs run as printed: the overlay between two namespaces, and a cluster on etcd.
 
-The block is taken from the README itself; only its names are made unique
+Each block is taken from the README itself; only its names are made unique
 (namespaces, devices, control sockets) so that it cannot meet anything else
 on the machine, and `vswitch` is this checkout's.
 """
@@ -16,6 +16,7 @@ import pytest
 from netkit import requires_root
 
 from vswitch.testing import sh, unique
+from vswitch.testing.etcd import etcd_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "<!-- the test tests/system/test_readme_walkthrough.py runs this block -->"
@@ -24,21 +25,18 @@ NAMES = ("vm1", "vm2", "ct1", "ct2", "under1", "under2")
 pytestmark = requires_root
 
 
-def walkthrough() -> str:
+def walkthrough(which: int = 0) -> str:
+    """The README's ``which``-th marked block: 0 the overlay's, 1 the etcd cluster's."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(re.escape(MARK) + r"\n```sh\n(.*?)\n```", text, re.S)
-    assert block, "the README's walkthrough block (after its marker) is gone"
-    return block.group(1)
+    blocks = re.findall(re.escape(MARK) + r"\n```sh\n(.*?)\n```", text, re.S)
+    assert len(blocks) == 2, "the README's two walkthrough blocks (after their markers) are not both there"
+    return blocks[which]
 
 
-def test_the_overlay_walkthrough_runs_as_printed(tmp_path):
-    prefix = unique("w")                               # 7 characters: "w" and 6 hex digits
-    script = walkthrough()
-    for name in NAMES:
-        script = re.sub(rf"\b{name}\b", prefix + name, script)
-    script = re.sub(r"\b(vm|ct|under)\$n\b", rf"{prefix}\1$n", script)
+def run(script: str, tmp_path: Path, prefix: str, namespaces: list[str]) -> str:
+    """Run ``script`` with this checkout's vswitch; kill what it left running and delete ``namespaces`` after."""
     script = script.replace("/run/vswitch/", f"{tmp_path}/")
-    assert prefix + "vm1" in script and f"{prefix}ct$n" in script and "/run/vswitch" not in script
+    assert "/run/vswitch" not in script
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "vswitch").write_text(f"#!/bin/sh\nexec {sys.executable} -m vswitch \"$@\"\n")
@@ -52,15 +50,39 @@ def test_the_overlay_walkthrough_runs_as_printed(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        for name in NAMES[:4]:
+        for name in namespaces:
             sh("ip", "netns", "del", prefix + name, check=False)
     assert proc.returncode == 0, err
+    left = sh("ip", "netns", "list").stdout
+    assert prefix not in left, "the walkthrough's cleanup removes its namespaces"
+    return out
+
+
+def test_the_overlay_walkthrough_runs_as_printed(tmp_path):
+    prefix = unique("w")                               # 7 characters: "w" and 6 hex digits
+    script = walkthrough()
+    for name in NAMES:
+        script = re.sub(rf"\b{name}\b", prefix + name, script)
+    script = re.sub(r"\b(vm|ct|under)\$n\b", rf"{prefix}\1$n", script)
+    assert prefix + "vm1" in script and f"{prefix}ct$n" in script
+    out = run(script, tmp_path, prefix, list(NAMES[:4]))
     assert "3 packets transmitted, 3 received" in out
     assert re.search(r"10\.244\.2\.0/24\s+10\.99\.0\.2:8472\s+02:00:00:00:02:ff\s+[1-9]", out), out
     assert re.search(r"10\.244\.1\.2 → 10\.244\.2\.2 +ICMP .*Echo \(ping\) request", out), out
     assert re.search(r"10\.244\.2\.2 → 10\.244\.1\.2 +ICMP .*Echo \(ping\) reply", out), out
-    left = sh("ip", "netns", "list").stdout
-    assert prefix not in left, "the walkthrough's cleanup removes its namespaces"
+
+
+@pytest.mark.skipif(etcd_missing() is not None, reason=etcd_missing() or "")
+def test_the_etcd_cluster_walkthrough_runs_as_printed(tmp_path):
+    prefix = unique("w")
+    script = re.sub(r"\b(lan|vm|ct)(?=[\d$]|\b)", rf"{prefix}\1", walkthrough(1))
+    assert f"{prefix}vm$n" in script and f"ip netns exec {prefix}ct1 ping" in script and f"{prefix}lan$n" in script
+    out = run(script, tmp_path, prefix, ["lan", *(f"{kind}{n}" for kind in ("vm", "ct") for n in range(1, 5))])
+    leases = re.findall(r"^[* ] (10\.244\.\d+\.0/24)\s+10\.99\.0\.(\d)\s+vxlan\s", out, re.M)
+    assert sorted(n for _, n in leases) == ["1", "2", "3"] and out.count("\n* 10.244.") == 1, out
+    assert out.count("2 packets transmitted, 2 received") == 3, out
+    node3 = dict((n, subnet) for subnet, n in leases)["3"]
+    assert out.rstrip().endswith("2 peers") and node3 not in out.split("leases (* this node's)")[1], out
 
 
 @pytest.mark.parametrize("name", NAMES)
