@@ -38,6 +38,7 @@ campaign (at once, and once every timeout has run out); ``fuzz.rate``.
 :func:`campaign` is the engine, for tests: ``campaign(20_000)`` is CI's slice.
 """
 
+import json
 import random
 import re
 import struct
@@ -75,6 +76,7 @@ from vswitch.config import loads
 from vswitch.core.actions import Drop, Transmit
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.icmp import ICMP_PEERS
+from vswitch.core.l3.ipam import AddressPool
 from vswitch.core.nat import FRAGMENT_MEMORY
 from vswitch.core.wire.addr import BROADCAST_MAC, Network, ip_from_str, mac_from_str
 from vswitch.core.wire.arp import OP_REQUEST, Arp
@@ -606,8 +608,15 @@ def _flannel_seeds() -> dict[str, tuple[Seed, ...]]:
             _flannel_key("10.244.8.0/24") + b"\0" + leases[4],                         # host-gw
             _flannel_key("10.244.2.0/24"),                                            # a DELETE
             _flannel_key("10.244.9.0/24")]
+    pool = AddressPool(Network.parse(IPAM_SUBNET), reserved=[_ip(GW)])
+    for owner in ("c1", "c2", "cni-0123456789abcdef", "c3"):
+        pool.allocate(owner)
+    pool.release("c2")
+    ipam = [json.dumps(pool.state()).encode(),
+            b'{"subnet":"10.244.1.0/24","last":"10.244.1.254","addresses":{"a":"10.244.1.2","b":"10.244.1.2"}}']
     return {"config": tuple(_json_seed(d) for d in configs), "lease": tuple(_json_seed(d) for d in leases),
-            "key": tuple(_json_seed(k) for k in keys), "book": tuple(_json_seed(b) for b in book)}
+            "key": tuple(_json_seed(k) for k in keys), "book": tuple(_json_seed(b) for b in book),
+            "ipam": tuple(_json_seed(d) for d in ipam)}
 
 
 # -- mutations --------------------------------------------------------------------------------
@@ -1238,6 +1247,28 @@ def _flannel_subnet_key(batch: Batch) -> None:
             raise Invariant(f"{key!r} parsed as {subnet}, whose key is another")
 
 
+IPAM_SUBNET = "10.244.1.0/24"
+
+
+def _ipam_state(batch: Batch) -> None:
+    """A state dir's addresses.json as the daemon reads it back (JSON, then AddressPool.restore): refused
+    entries are listed, never raised, and what is taken back gives no address twice and none reserved."""
+    for data in batch.inputs:
+        try:
+            state = json.loads(data)
+        except ValueError:   # StateDir.read: a damaged file is logged and treated as absent
+            continue
+        if not isinstance(state, dict):
+            continue
+        pool = AddressPool(Network.parse(IPAM_SUBNET), reserved=[_ip(GW)])
+        pool.restore(state)
+        given = list(pool.allocations.values())
+        if len(set(given)) != len(given) or _ip(GW) in given or any(a not in pool.subnet for a in given):
+            raise Invariant(f"a restored pool that gives {given} for {data[:200]!r}")
+        if len(given) < pool.capacity and pool.allocate("one more") in given:
+            raise Invariant(f"a restored pool gives an address it had given already: {data[:200]!r}")
+
+
 class LeaseBookTarget:
     """The lease book as the etcd shell drives it: each input a PUT (``key NUL value``) or a DELETE (a key
     alone), every fourth a reservation; after each batch its peers go to a peer table, as they do in the
@@ -1335,6 +1366,7 @@ def specs(seed: int, rng: random.Random) -> list[Spec]:
         ("flannel-config", _flannel_config, Feed(s.flannel["config"], json_feed), 1.5),
         ("flannel-lease", _flannel_lease_value, Feed(s.flannel["lease"], json_feed), 1.5),
         ("flannel-key", _flannel_subnet_key, Feed(s.flannel["key"] + s.flannel["book"][-2:]), 1.0),
+        ("ipam-state", _ipam_state, Feed(s.flannel["ipam"], json_feed), 1.0),
     )
     for name, apply, feed, weight in transforms:
         result.append(Spec(name, lambda name=name, apply=apply: TransformTarget(name, apply), {"-": feed}, weight,
