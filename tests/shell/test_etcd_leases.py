@@ -203,3 +203,22 @@ async def test_leases_over_tls_with_a_client_certificate(tmp_path):
                                 state=StateDir(str(tmp_path / "b")))
         with pytest.raises(LeaseError, match="no earlier lease"):
             await unverified.acquire(udp("10.99.0.2"))
+
+
+async def test_a_lease_that_expired_while_etcd_was_away_is_taken_back(server, prefix, tmp_path):
+    node = source(server, prefix, "10.99.0.1", tmp_path)
+    acquired = await node.acquire(udp("10.99.0.1"))
+    server.stop()
+    away = source(server, prefix, "10.99.0.1", tmp_path)   # a restart while etcd is away: from the state dir
+    assert (await away.acquire(udp("10.99.0.1"))).subnet == acquired.subnet
+    assert away.describe()["state"] == "cached"
+    server.start()
+    server.etcdctl("lease", "revoke", format(acquired.lease_id, "x"))   # it ran out meanwhile
+    async with trio.open_nursery() as nursery:
+        await nursery.start(away.run, Peers())
+        with trio.fail_after(10):
+            while away.describe()["state"] != "connected" or away.acquired.lease_id == acquired.lease_id:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert away.acquired.subnet == acquired.subnet
+    assert value(server, f"{prefix}/subnets/{str(acquired.subnet).replace('/', '-')}")["lease"] == away.acquired.lease_id
