@@ -21,7 +21,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netkit import Daemon, Namespaces, in_ns, requires_root, sh, unique, wait_until
+from netkit import (
+    Daemon,
+    Namespaces,
+    flannel_route,
+    in_ns,
+    kernel_flannel_node,
+    requires_root,
+    sh,
+    unique,
+    wait_until,
+)
 
 from vswitch.testing.etcd import EtcdServer, etcd_missing
 
@@ -38,15 +48,6 @@ KERNEL_CONTAINER = "10.244.200.2"
 # What flanneld's vxlan backend puts (Go's json.Marshal of LeaseAttrs).
 KERNEL_LEASE = ('{"PublicIP":"10.99.0.20","PublicIPv6":null,"BackendType":"vxlan",'
                 f'"BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP}"}}}}')
-
-TX_CHECKSUM_OFF = r"""
-import array, fcntl, socket, struct, sys
-value = array.array("B", struct.pack("II", 0x17, 0))     # ETHTOOL_STXCSUM, off
-ifreq = struct.pack("16sP", sys.argv[1].encode(), value.buffer_info()[0]).ljust(40, b"\0")
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-    fcntl.ioctl(s, 0x8946, ifreq)                          # SIOCETHTOOL
-"""
-
 
 def lease_key(subnet: str) -> str:
     return f"{PREFIX}/subnets/{subnet.replace('/', '-')}"
@@ -118,34 +119,11 @@ class Cluster:
         self.kernel, self.kernel_container = k, self.spaces.create("vc")
         lease = self.etcd.etcdctl("lease", "grant", "600").stdout.split()[1]
         self.etcd.etcdctl("put", "--lease", lease, lease_key(KERNEL_SUBNET), KERNEL_LEASE)
-        in_ns(k, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        in_ns(k, sys.executable, "-c", TX_CHECKSUM_OFF, "eth0")
-
-        def ipk(*args: str) -> None:
-            sh("ip", "-n", k, *args)
-
-        ipk("link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", KERNEL_PUBLIC, "dev", "eth0",
-            "dstport", "8472", "nolearning")
-        ipk("link", "set", "flannel.1", "mtu", "1450", "address", KERNEL_VTEP)
-        ipk("addr", "add", "10.244.200.0/32", "dev", "flannel.1")
-        ipk("link", "set", "flannel.1", "up")
+        kernel_flannel_node(k, self.kernel_container, public=KERNEL_PUBLIC, subnet=KERNEL_SUBNET, vtep=KERNEL_VTEP,
+                            address=KERNEL_CONTAINER)
         for lease in self.etcd_leases():
-            if lease["PublicIP"] == KERNEL_PUBLIC:
-                continue
-            gateway, mac = lease["subnet"].split("/")[0], lease["BackendData"]["VtepMAC"]
-            ipk("neigh", "replace", gateway, "lladdr", mac, "dev", "flannel.1", "nud", "permanent")
-            sh("bridge", "-n", k, "fdb", "append", mac, "dev", "flannel.1", "dst", lease["PublicIP"])
-            ipk("route", "replace", lease["subnet"], "via", gateway, "dev", "flannel.1", "onlink")
-        ipk("link", "add", "cni0", "type", "bridge")
-        ipk("addr", "add", "10.244.200.1/24", "dev", "cni0")
-        ipk("link", "set", "cni0", "up")
-        ipk("link", "add", "vethk", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450",
-            "netns", self.kernel_container)
-        ipk("link", "set", "vethk", "master", "cni0", "up")
-        c = self.kernel_container
-        sh("ip", "-n", c, "addr", "add", f"{KERNEL_CONTAINER}/24", "dev", "eth0")
-        sh("ip", "-n", c, "link", "set", "eth0", "up")
-        sh("ip", "-n", c, "route", "add", "default", "via", "10.244.200.1")
+            if lease["PublicIP"] != KERNEL_PUBLIC:
+                flannel_route(k, subnet=lease["subnet"], vtep=lease["BackendData"]["VtepMAC"], public=lease["PublicIP"])
 
     def etcd_leases(self) -> list[dict]:
         """Every lease under subnets/, as etcdctl reads it: the value's JSON with the subnet added."""

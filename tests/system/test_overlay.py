@@ -33,7 +33,9 @@ import pytest
 from netkit import (
     Daemon,
     Namespaces,
+    flannel_route,
     in_ns,
+    kernel_flannel_node,
     ping,
     requires_root,
     sh,
@@ -387,16 +389,6 @@ def test_subnet_env_is_flanneld_s(net):
 KERNEL_VTEP = VTEP[2]
 
 
-# `ethtool -K DEVICE tx off` without ethtool: the legacy ETHTOOL_STXCSUM ioctl.
-TX_CHECKSUM_OFF = r"""
-import array, fcntl, socket, struct, sys
-value = array.array("B", struct.pack("II", 0x17, 0))     # ETHTOOL_STXCSUM, off
-ifreq = struct.pack("16sP", sys.argv[1].encode(), value.buffer_info()[0]).ljust(40, b"\0")
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-    fcntl.ioctl(s, 0x8946, ifreq)                          # SIOCETHTOOL
-"""
-
-
 class KernelTopology:
     """vm1: a vswitch node (vxlan, router mode) with container c1; vmk: flannel.1 + cni0 with container ck."""
 
@@ -407,38 +399,9 @@ class KernelTopology:
         self.c1, self.ck = spaces.create("vc"), spaces.create("vc")
         config = tmp / "node1.toml"
         config.write_text(node_config(tmp, 1, "vxlan", [(unique("t"), self.c1, C1A, None)], [2]))
-        self._flannel_node()
+        kernel_flannel_node(self.vmk, self.ck, public=PUBLIC[2], subnet="10.244.2.0/24", vtep=KERNEL_VTEP, address=C2A)
+        flannel_route(self.vmk, subnet="10.244.1.0/24", vtep=VTEP[1], public=PUBLIC[1])
         self.daemon = Daemon(config, netns=self.vm1).start()
-
-    def _flannel_node(self) -> None:
-        """What flanneld's vxlan backend and the flannel CNI plugin (bridge cni0) make on a node."""
-        k = self.vmk
-
-        def ipk(*args: str) -> None:
-            sh("ip", "-n", k, *args)
-
-        in_ns(k, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        # A NIC puts complete checksums on the wire; a veth passes the kernel's unfinished ones (CHECKSUM_PARTIAL)
-        # into the next namespace, where a userspace VTEP's socket gets inner TCP segments with only the
-        # pseudo-header sum in their checksum field. Turn the veth's offload off, as a NIC would finish them.
-        in_ns(k, sys.executable, "-c", TX_CHECKSUM_OFF, "eth0")
-        ipk("link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", PUBLIC[2], "dev", "eth0",
-            "dstport", "8472", "nolearning")
-        ipk("link", "set", "flannel.1", "mtu", "1450", "address", KERNEL_VTEP)
-        ipk("addr", "add", "10.244.2.0/32", "dev", "flannel.1")
-        ipk("link", "set", "flannel.1", "up")
-        ipk("neigh", "replace", "10.244.1.0", "lladdr", VTEP[1], "dev", "flannel.1", "nud", "permanent")
-        sh("bridge", "-n", k, "fdb", "append", VTEP[1], "dev", "flannel.1", "dst", PUBLIC[1])
-        ipk("route", "replace", "10.244.1.0/24", "via", "10.244.1.0", "dev", "flannel.1", "onlink")
-        ipk("link", "add", "cni0", "type", "bridge")
-        ipk("addr", "add", "10.244.2.1/24", "dev", "cni0")
-        ipk("link", "set", "cni0", "up")
-        ipk("link", "add", "vethk", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450",
-            "netns", self.ck)
-        ipk("link", "set", "vethk", "master", "cni0", "up")
-        sh("ip", "-n", self.ck, "addr", "add", f"{C2A}/24", "dev", "eth0")
-        sh("ip", "-n", self.ck, "link", "set", "eth0", "up")
-        sh("ip", "-n", self.ck, "route", "add", "default", "via", "10.244.2.1")
 
 
 @pytest.fixture(scope="module")

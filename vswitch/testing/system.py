@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["Daemon", "Namespaces", "can_run", "in_ns", "link_exists", "link_mac", "outside_link", "ping", "sh",
-           "tap_config", "unique", "uplink_config"]
+__all__ = ["Daemon", "Namespaces", "can_run", "flannel_route", "in_ns", "kernel_flannel_node", "link_exists",
+           "link_mac", "outside_link", "ping", "sh", "tap_config", "unique", "uplink_config"]
 
 def can_run() -> str | None:
     """None if namespaces and TAP devices can be used here, else the reason why not."""
@@ -213,3 +213,53 @@ out = "ext"
 exclude = ["10.244.0.0/16"]
 """
     return text
+
+
+# `ethtool -K DEVICE tx off` without ethtool: the legacy ETHTOOL_STXCSUM ioctl.
+TX_CHECKSUM_OFF = r"""
+import array, fcntl, socket, struct, sys
+value = array.array("B", struct.pack("II", 0x17, 0))     # ETHTOOL_STXCSUM, off
+ifreq = struct.pack("16sP", sys.argv[1].encode(), value.buffer_info()[0]).ljust(40, b"\0")
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    fcntl.ioctl(s, 0x8946, ifreq)                          # SIOCETHTOOL
+"""
+
+
+def kernel_flannel_node(vm: str, container: str, *, public: str, subnet: str, vtep: str, address: str) -> None:
+    """What flanneld's vxlan backend and the flannel CNI plugin (bridge cni0) make on node ``vm``: flannel.1
+    with VTEP MAC ``vtep`` on ``public`` (its eth0), the subnet's network address on it, cni0 with the subnet's
+    first address, and ``container`` on cni0 at ``address``. Peers come with :func:`flannel_route`."""
+    network, prefix = subnet.split("/")
+    gateway = network.rsplit(".", 1)[0] + ".1"
+
+    def ipk(*args: str) -> None:
+        sh("ip", "-n", vm, *args)
+
+    in_ns(vm, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    # A NIC puts complete checksums on the wire; a veth passes the kernel's unfinished ones (CHECKSUM_PARTIAL)
+    # into the next namespace, where a userspace VTEP's socket gets inner TCP segments with only the
+    # pseudo-header sum in their checksum field. Turn the veth's offload off, as a NIC would finish them.
+    in_ns(vm, sys.executable, "-c", TX_CHECKSUM_OFF, "eth0")
+    ipk("link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", public, "dev", "eth0", "dstport", "8472",
+        "nolearning")
+    ipk("link", "set", "flannel.1", "mtu", "1450", "address", vtep)
+    ipk("addr", "add", f"{network}/32", "dev", "flannel.1")
+    ipk("link", "set", "flannel.1", "up")
+    ipk("link", "add", "cni0", "type", "bridge")
+    ipk("addr", "add", f"{gateway}/{prefix}", "dev", "cni0")
+    ipk("link", "set", "cni0", "up")
+    ipk("link", "add", "vethk", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450",
+        "netns", container)
+    ipk("link", "set", "vethk", "master", "cni0", "up")
+    sh("ip", "-n", container, "addr", "add", f"{address}/{prefix}", "dev", "eth0")
+    sh("ip", "-n", container, "link", "set", "eth0", "up")
+    sh("ip", "-n", container, "route", "add", "default", "via", gateway)
+
+
+def flannel_route(vm: str, *, subnet: str, vtep: str, public: str) -> None:
+    """What flanneld's vxlan backend adds on ``vm`` for a peer's lease: a permanent neighbour (the subnet's
+    network address at the peer's VTEP MAC), its FDB entry (that MAC at its public address), an on-link route."""
+    gateway = subnet.split("/")[0]
+    sh("ip", "-n", vm, "neigh", "replace", gateway, "lladdr", vtep, "dev", "flannel.1", "nud", "permanent")
+    sh("bridge", "-n", vm, "fdb", "append", vtep, "dev", "flannel.1", "dst", public)
+    sh("ip", "-n", vm, "route", "replace", subnet, "via", gateway, "dev", "flannel.1", "onlink")
