@@ -36,7 +36,13 @@ from vswitch.overlay.core.flannel import (
     subnets_prefix,
 )
 from vswitch.overlay.core.peers import Lease
-from vswitch.overlay.shell.etcd import Compacted, EtcdClient, EtcdError, EtcdUnavailable, Event
+from vswitch.overlay.shell.etcd import (
+    Compacted,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    Event,
+)
 from vswitch.overlay.shell.subnet_env import read_subnet_env
 from vswitch.shell.state import StateDir
 
@@ -44,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 class LeaseSource(Protocol):
-    """Where leases come from: the config now, etcd next."""
+    """Where leases come from: the config (:class:`StaticLeases`), or etcd (:class:`EtcdLeases`)."""
 
     async def own_lease(self) -> Lease:
         """This node's lease (acquired, or renewed)."""
@@ -131,17 +137,16 @@ class EtcdLeases:
     """
 
     def __init__(self, settings: EtcdConfig, *, public_ip: bytes, state: StateDir, subnet_env: str | None = None,
-                 backend: str | None = None, client: EtcdClient | None = None,
-                 rng: random.Random | None = None) -> None:
+                 backend: str | None = None) -> None:
         self.settings = settings
         self.public_ip = public_ip
         self.state = state
         self.subnet_env = subnet_env
         self.backend = backend                     # [overlay] backend, if written: enough to start from subnet.env
-        self.client = client or EtcdClient(
+        self.client = EtcdClient(
             settings.endpoints, ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file,
             username=settings.username, password=settings.password)
-        self.rng = rng or random.Random()
+        self.rng = random.Random()   # which of the free subnets, as flannel picks: at random
         self.status = SourceStatus(endpoint=self.client.endpoint)
         self.config_key = f"{settings.prefix}/config".encode()
         self.subnets = subnets_prefix(settings.prefix)
@@ -177,8 +182,14 @@ class EtcdLeases:
             log.warning("etcd unreachable (%s): starting with the lease %s and %d peer(s) saved in %s; retrying",
                         exc, acquired.subnet, len(self.book.peers()) if self.book else 0, self.state.path)
             self.status.enter("cached")
+        except EtcdError as exc:   # etcd answered, but not what a lease can be taken with
+            raise LeaseError(f"etcd: {exc}") from None
         self.acquired = acquired
-        self.save()
+        try:
+            self.save()
+        except OSError as exc:
+            raise LeaseError(f"cannot save the lease in {self.state.path} ({exc.strerror}): set [node] state_dir to"
+                             " a directory the daemon can write") from None
         return acquired
 
     async def _acquire(self, lease_attrs: Callable[[NetworkConfig], LeaseAttrs]) -> Acquired:
@@ -273,7 +284,7 @@ class EtcdLeases:
                 config_json = network_config_json(network, backend=self.backend, subnet_len=subnet.prefix_len)
                 config = parse_network_config(config_json)
                 acquired, records, revision = Acquired(config, config_json, subnet, 0, None), [], 0
-        except (KeyError, TypeError, ValueError) as exc:   # FlannelError is a ValueError
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:   # FlannelError is a ValueError
             log.warning("the saved lease cannot be used (%s)", exc)
             return None
         self._our_value(lease_attrs(config))
@@ -310,7 +321,9 @@ class EtcdLeases:
                 nursery.start_soon(self._watch_loop, apply)
                 task_status.started()
         finally:
-            self.save()   # what the last second of changes brought; the lease itself stays in etcd
+            with trio.CancelScope(shield=True):
+                await self.client.aclose()
+            self._save()   # what the last second of changes brought; the lease itself stays in etcd
 
     async def _watch_loop(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
         delay = WATCH_BACKOFF[0]
@@ -481,11 +494,14 @@ class EtcdLeases:
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
-            try:
-                self.save()
-            except OSError as exc:
-                log.warning("cannot save the lease state in %s: %s", self.state.path, exc)
+            self._save()
             await trio.sleep(SAVE_INTERVAL)
+
+    def _save(self) -> None:
+        try:
+            self.save()
+        except OSError as exc:
+            log.warning("cannot save the lease state in %s: %s", self.state.path, exc)
 
     # -- what `show` reports --
 

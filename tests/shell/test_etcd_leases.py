@@ -13,7 +13,12 @@ from vswitch.core.wire.addr import Network, ip_from_str
 from vswitch.overlay.core.flannel import LeaseAttrs, network_config_json
 from vswitch.overlay.core.peers import Lease
 from vswitch.overlay.shell.etcd import EtcdClient
-from vswitch.overlay.shell.leases import EtcdLeases, LeaseError, LeaseLost, write_network_config
+from vswitch.overlay.shell.leases import (
+    EtcdLeases,
+    LeaseError,
+    LeaseLost,
+    write_network_config,
+)
 from vswitch.shell.state import StateDir
 from vswitch.testing.etcd import EtcdServer, etcd_missing
 

@@ -140,7 +140,6 @@ def _run(path: str) -> int:
     first and its pcap files last: :func:`vswitch.daemon.serve`).
     """
     from vswitch import config as config_mod
-    from vswitch import daemon
     from vswitch.control.client import daemon_listening
     from vswitch.errors import ControlError
     from vswitch.overlay.shell.leases import LeaseError
