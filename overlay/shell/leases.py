@@ -119,6 +119,7 @@ class SourceStatus:
     last_error: str | None = None
     reconnects: int = 0
     relists: int = 0                      # full listings after a compaction
+    apply_failures: int = 0               # peer sets the node could not take (a bug: logged with its traceback)
 
     def enter(self, state: str, error: str | None = None) -> None:
         if state != self.state:
@@ -460,8 +461,15 @@ class EtcdLeases:
         await self._apply(apply)
 
     async def _apply(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
+        """Hand the peers on. A failure there (a bug: the book hands on only a set the peer table takes) costs
+        this change, logged and counted, not the watch: the next change tries again."""
         assert self.book is not None
-        changes = await apply(self.book.peers())
+        try:
+            changes = await apply(self.book.peers())
+        except Exception:
+            self.status.apply_failures += 1
+            log.exception("applying the peers from etcd failed; the peer table stays as it was")
+            return
         if changes:
             log.info("peers from etcd: %s", changes)
         self._dirty.set()

@@ -227,3 +227,27 @@ async def test_a_lease_that_expired_while_etcd_was_away_is_taken_back(server, pr
         nursery.cancel_scope.cancel()
     assert away.acquired.subnet == acquired.subnet
     assert value(server, f"{prefix}/subnets/{str(acquired.subnet).replace('/', '-')}")["lease"] == away.acquired.lease_id
+
+
+async def test_a_failure_to_apply_the_peers_costs_that_change_not_the_watch(server, prefix, tmp_path):
+    class Failing(Peers):
+        async def __call__(self, leases: list[Lease]) -> None:
+            if not self.leases and leases and not getattr(self, "failed", False):
+                self.failed = True
+                raise RuntimeError("a bug in the node")
+            await super().__call__(leases)
+
+    node = source(server, prefix, "10.99.0.1", tmp_path)
+    await node.acquire(udp("10.99.0.1"))
+    peers = Failing()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run, peers)
+        first = await source(server, prefix, "10.99.0.2", tmp_path).acquire(udp("10.99.0.2"))
+        with trio.fail_after(5):
+            while not node.describe()["apply_failures"]:
+                await trio.sleep(0.02)
+        second = await source(server, prefix, "10.99.0.3", tmp_path).acquire(udp("10.99.0.3"))
+        await peers.until(lambda leases: len(leases) == 2)
+        assert peers.subnets == {str(first.subnet), str(second.subnet)}
+        assert node.describe()["state"] == "connected"
+        nursery.cancel_scope.cancel()

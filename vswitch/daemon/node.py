@@ -8,8 +8,8 @@ from ipaddress import IPv4Address
 import attrs
 import trio
 
-from vswitch.config import Config, PortConfig, load
-from vswitch.core.l3.ipam import AddressPool
+from vswitch.config import Config, ConfigError, PortConfig, load
+from vswitch.core.l3.ipam import AddressPool, PoolExhausted
 from vswitch.core.l3.router import Router
 from vswitch.core.wire.addr import mac_to_str
 from vswitch.overlay.core.backends import BACKENDS
@@ -235,7 +235,10 @@ async def prepare(config: Config, *, underlay: MemoryUnderlay | None = None, con
     pool = address_pool(config, source.state)
     if pool is not None:
         gw = gateway(config)
-        config = attrs.evolve(config, ports=tuple(addressed(p, pool, gw) for p in config.ports))
+        try:
+            config = attrs.evolve(config, ports=tuple(addressed(p, pool, gw) for p in config.ports))
+        except PoolExhausted as exc:
+            raise ConfigError("ports", f"more containers than the lease {pool.subnet} has addresses for: {exc}") from None
     node = build(config, underlay=underlay, config_path=config_path)
     node.leases, node.pool, node.state = source, pool, source.state
     assert node.overlay is not None

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from vswitch.core.wire.addr import Network, ip_to_str
 
 
-class PoolExhausted(Exception):
+class PoolExhausted(ValueError):
     """Every address of the subnet is given out."""
 
 
