@@ -29,6 +29,7 @@ from vswitch.overlay.core.flannel import (
     Stale,
     lease_value,
     network_config_json,
+    parse_lease_value,
     parse_network_config,
     parse_subnet_key,
     plan_acquire,
@@ -449,7 +450,7 @@ class EtcdLeases:
                 await self._reclaim()
             else:
                 await self._own_deleted()
-        elif own.value != self._value:
+        elif not self._holds(own.value):
             raise LeaseLost(f"our subnet {self.acquired.subnet} is now held by another node"
                             f" ({own.value.decode('utf-8', 'replace')[:200]}): stopping; a restart takes a new lease")
         elif own.lease != self.acquired.lease_id:
@@ -459,6 +460,13 @@ class EtcdLeases:
         self.book.replace((kv.key, kv.value, kv.lease, kv.mod_revision) for kv in listing.kvs)
         self.status.revision = listing.revision
         await self._apply(apply)
+
+    def _holds(self, value: bytes) -> bool:
+        """Whether a lease's value is ours: our public IP (flannel's test; the rest of it we put again on renewal)."""
+        try:
+            return parse_lease_value(value).public_ip == self.public_ip
+        except FlannelError:
+            return False
 
     async def _apply(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
         """Hand the peers on. A failure there (a bug: the book hands on only a set the peer table takes) costs
