@@ -66,7 +66,7 @@ from vswitch.overlay.shell.etcd import EtcdClient
 from vswitch.shell.ports.udp import MemoryUnderlay
 from vswitch.testing.etcd import EtcdServer, etcd_missing
 
-from .common import BATCH, Options, mac, profiled, rate_result, result
+from .common import BATCH, Options, best_rate, mac, profiled, rate_result, result
 
 ROOT = Path(__file__).parents[1]
 PREFIX = "/bench"
@@ -77,7 +77,13 @@ CONFIG_JSON = network_config_json(NETWORK, backend=BACKEND, subnet_len=SUBNET_LE
 CONFIG = parse_network_config(CONFIG_JSON)
 OWN_SUBNET = Network.parse("10.0.1.0/24")   # SubnetMin: the node's, by subnet.env; peer k has the (k + 2)th /24
 OWN_PUBLIC_IP = "192.0.2.1"
-HOST = "10.0.1.2"                           # the node's memory host, on its bridge; the gateway is 10.0.1.1
+HOST, GATEWAY = "10.0.1.2", "10.0.1.1"      # the node's memory host on its bridge, and the router's address there
+HOST_PORT = f"""
+[[ports]]
+name = "c1"
+type = "memory"
+host = {{ address = "{HOST}/24", gateway = "{GATEWAY}" }}
+"""
 LEASES, QUICK_LEASES = 1_000, 100
 FORWARD_PEERS = (2, 1_000)                  # the peer tables whose forwarding is compared
 LEASE_TTL = 3600
@@ -166,17 +172,12 @@ def node_config(endpoint: str, state: Path) -> Config:
     """Router mode on etcd leases, one memory host; subnet.env steers the lease to OWN_SUBNET (when free)."""
     state.mkdir(parents=True)
     env = state / "subnet.env"
-    env.write_text(f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET=10.0.1.1/24\nFLANNEL_MTU=1450\n")
+    env.write_text(f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={GATEWAY}/24\nFLANNEL_MTU=1450\n")
     return loads(f"""
 [node]
 name = "bench"
 state_dir = "{state}"
-
-[[ports]]
-name = "c1"
-type = "memory"
-host = {{ address = "{HOST}/24", gateway = "10.0.1.1" }}
-
+{HOST_PORT}
 [overlay]
 leases = "etcd"
 public_ip = "{OWN_PUBLIC_IP}"
@@ -332,15 +333,10 @@ async def _cluster(endpoint: str, workdir: Path, count: int, opts: Options) -> l
 
 def _forward_core(backend: str, peers: int) -> tuple[Callable[[], int], dict[str, Any]]:
     """The core of a router-mode node with ``peers`` leases, and a chunk of frames from its host to all of them."""
-    config = loads(f"""
-[[ports]]
-name = "c1"
-type = "memory"
-host = {{ address = "{HOST}/24", gateway = "10.0.1.1" }}
-
+    config = loads(f"""{HOST_PORT}
 [[router.interfaces]]
 name = "gw"
-address = "10.0.1.1/24"
+address = "{GATEWAY}/24"
 
 [overlay]
 backend = "{backend}"
@@ -381,32 +377,20 @@ public_ip = "{OWN_PUBLIC_IP}"
 
 
 def _interleaved(chunks: Sequence[Callable[[], int]], duration: float) -> list[float]:
-    """frames/s of each chunk over ``duration`` seconds of its own, run in SLICE-second turns: a load that comes
-    and goes on the machine falls on all of them alike."""
-    frames, spent = [0] * len(chunks), [0.0] * len(chunks)
-    perf_counter = time.perf_counter
-    turn = 0
-    while min(spent) < duration:
-        order = range(len(chunks)) if turn % 2 == 0 else reversed(range(len(chunks)))
-        for i in order:
-            chunk, count = chunks[i], 0
-            start = perf_counter()
-            deadline = start + SLICE
-            while True:
-                count += chunk()
-                now = perf_counter()
-                if now >= deadline:
-                    break
-            frames[i] += count
-            spent[i] += now - start
-        turn += 1
-    return [f / s for f, s in zip(frames, spent, strict=True)]
+    """frames/s of each chunk over about ``duration`` seconds of its own, run in SLICE-second turns (the mean of
+    its turns' rates): a load that comes and goes on the machine falls on all of them alike."""
+    rates: list[list[float]] = [[] for _ in chunks]
+    for turn in range(max(1, round(duration / SLICE))):
+        for i in range(len(chunks)) if turn % 2 == 0 else reversed(range(len(chunks))):
+            rates[i].append(best_rate(chunks[i], duration=SLICE, rounds=1, warmup=0)[0])
+    return [statistics.fmean(turns) for turns in rates]
 
 
 def _forward(backend: str, opts: Options) -> Iterator[dict[str, Any]]:
     tables = [_forward_core(backend, n) for n in FORWARD_PEERS]
     chunks = [chunk for chunk, _ in tables]
-    _interleaved(chunks, opts.warmup)
+    if opts.warmup:
+        _interleaved(chunks, opts.warmup)
     with profiled(opts.profile, f"etcd.forward.{backend}"):
         rounds = [_interleaved(chunks, opts.duration) for _ in range(opts.rounds)]
     for i, n in enumerate(FORWARD_PEERS):
