@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
-from . import core, fuzz, memory, nat, overlay, tap
+from . import core, etcd, fuzz, memory, nat, overlay, tap
 from .common import Options
 
 Suite = Callable[[Options], Iterable[dict[str, Any]]]
@@ -25,9 +25,12 @@ SUITES: dict[str, Suite] = {
     "nat": nat.run,  # the router's core always; its device part needs root and iperf3 (skipped with a note)
     "overlay": overlay.run,  # needs root, iperf3 and tincd: two VM namespaces, kernel vxlan and tinc baselines
     "fuzz": fuzz.run,  # mutated input through every core and port-side transform; --count, --seed
+    "etcd": etcd.run,  # needs etcd: a node's start and a churn with 1,000 leases, forwarding with 1,000 peers
 }
 # suite name -> why it cannot run on this machine (None when it can)
-UNAVAILABLE: dict[str, Callable[[], str | None]] = {"tap": tap.unavailable, "overlay": overlay.unavailable}
+UNAVAILABLE: dict[str, Callable[[], str | None]] = {
+    "tap": tap.unavailable, "overlay": overlay.unavailable, "etcd": etcd.unavailable,
+}
 
 
 def run_suites(names: Sequence[str], options: Options = Options(), out: TextIO | None = None) -> list[dict[str, Any]]:

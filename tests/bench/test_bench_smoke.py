@@ -170,6 +170,28 @@ def test_overlay_topology_and_tinc_are_removed_even_on_failure(tmp_path: Path) -
     assert not [name for name in names if name in listed]
 
 
+@pytest.mark.skipif(bool(bench.etcd.unavailable()), reason=str(bench.etcd.unavailable()))
+def test_etcd_suite_measures_start_churn_and_forwarding_with_many_peers() -> None:
+    out = io.StringIO()
+    lines = check_lines(bench.run_suites(["etcd"], QUICK, out) and out.getvalue())
+    values = {line["name"]: line for line in lines}
+    forward = {f"etcd.forward.{backend}.{what}" for backend in ("vxlan", "udp")
+               for what in ("2_peers", "1000_peers", "ratio")}
+    assert set(values) == {"etcd.start", "etcd.churn.write", "etcd.churn.apply", "etcd.churn.cpu", *forward}
+    start = values["etcd.start"]
+    assert start["leases"] == bench.etcd.QUICK_LEASES and len(start["rounds"]) == QUICK.rounds
+    assert start["value"] == start["rounds"][0] > start["prepare_rounds"][0] > 0
+    churn = [values[f"etcd.churn.{what}"] for what in ("write", "apply", "cpu")]
+    assert all(line["added"] == line["removed"] == bench.etcd.QUICK_LEASES for line in churn)
+    assert churn[0]["value"] > 0 and churn[0]["writer_cpu"] > 0 and churn[2]["value"] > 0
+    assert churn[1]["applies"] >= 1 and churn[1]["watch_reconnects"] == 0
+    for backend in ("vxlan", "udp"):
+        few, many, ratio = (values[f"etcd.forward.{backend}.{what}"] for what in ("2_peers", "1000_peers", "ratio"))
+        assert (few["peers"], few["peers_sent_to"], many["peers"], many["peers_sent_to"]) == (2, 2, 1000, 1000)
+        assert abs(ratio["value"] - many["rounds"][0] / few["rounds"][0]) < 0.01
+        assert ratio["meets_target"] == (ratio["value"] >= 0.9)
+
+
 def test_command_line_help() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
