@@ -136,7 +136,9 @@ class EtcdClient:
         self._credentials = None if username is None else {"name": username, "password": password}
         self._token: str | None = None
         # trust_env off: no proxy, netrc or SSL_CERT_FILE from the environment decides where cluster state comes from
-        transport = httpx.AsyncHTTPTransport(verify=tls_context(ca_file, cert_file, key_file),
+        # (plain http needs no context: loading the system's CAs costs some 40 ms of a node's start)
+        tls = any(endpoint.startswith("https://") for endpoint in self.endpoints)
+        transport = httpx.AsyncHTTPTransport(verify=tls_context(ca_file, cert_file, key_file) if tls else False,
                                              socket_options=KEEPALIVE, trust_env=False)
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False,
                                        headers={"Accept-Encoding": "identity"})  # read as sent: no decompression bomb

@@ -88,6 +88,7 @@ WATCH_BACKOFF = (0.1, 5.0)   # the watch reconnects after 100 ms, doubling to 5 
 WATCH_CHECK = 10.0           # while watching, etcd is asked this often whether it still answers (see _watch)
 RENEW_RETRY = 60.0           # flannel retries a failed renewal every minute
 SAVE_INTERVAL = 1.0          # the lease state is saved at most this often while leases churn
+APPLY_INTERVAL = 0.05        # the peers are handed on at most this often: a churn of events costs a few applies
 
 
 class LeaseError(Exception):
@@ -157,6 +158,7 @@ class EtcdLeases:
         self._attrs: LeaseAttrs | None = None      # our lease's value ...
         self._value = b""                          # ... as put
         self._dirty = trio.Event()                 # set when there is something new to save
+        self._changed = trio.Event()               # set when the peers changed and are not yet handed on
 
     # -- the LeaseSource protocol --
 
@@ -320,22 +322,23 @@ class EtcdLeases:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._renew_loop)
                 nursery.start_soon(self._save_loop)
-                nursery.start_soon(self._watch_loop, apply)
+                nursery.start_soon(self._apply_loop, apply)
+                nursery.start_soon(self._watch_loop)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self.client.aclose()
             self._save()   # what the last second of changes brought; the lease itself stays in etcd
 
-    async def _watch_loop(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
+    async def _watch_loop(self) -> None:
         delay = WATCH_BACKOFF[0]
         resync = self.status.state == "cached"   # started without etcd: check our lease and list once it answers
         while True:
             try:
                 if resync:
-                    await self._resync(apply)
+                    await self._resync()
                     resync = False
-                await self._watch(apply)
+                await self._watch()
             except Compacted as exc:
                 log.info("the watch's revision %d was compacted (etcd kept from %d): listing again",
                          self.status.revision + 1, exc.compact_revision)
@@ -353,7 +356,7 @@ class EtcdLeases:
                 await trio.sleep(delay)
                 delay = min(delay * 2, WATCH_BACKOFF[1])
 
-    async def _watch(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
+    async def _watch(self) -> None:
         """Follow the subnets from the revision after the last seen until the stream breaks.
 
         An idle watch hears nothing from etcd for minutes (its progress notices
@@ -388,7 +391,7 @@ class EtcdLeases:
                         if not events:   # a progress notice: everything up to `revision` has been seen
                             self.status.revision = max(self.status.revision, revision)
                         if changed:
-                            await self._apply(apply)
+                            self._changed.set()
             except (EtcdError, LeaseError) as exc:
                 failure.append(exc)
             nursery.cancel_scope.cancel()
@@ -437,7 +440,7 @@ class EtcdLeases:
         self.acquired = attrs.evolve(self.acquired, lease_id=lease_id, expires=expires)
         self._dirty.set()
 
-    async def _resync(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
+    async def _resync(self) -> None:
         """List everything again (after a compaction, or once etcd answers after a start from the state dir),
         check that our lease is still ours, and hand on the difference."""
         assert self.book is not None and self.acquired is not None
@@ -459,7 +462,7 @@ class EtcdLeases:
                                          expires=time.time() + left if left >= 0 else None)
         self.book.replace((kv.key, kv.value, kv.lease, kv.mod_revision) for kv in listing.kvs)
         self.status.revision = listing.revision
-        await self._apply(apply)
+        self._changed.set()
 
     def _holds(self, value: bytes) -> bool:
         """Whether a lease's value is ours: our public IP (flannel's test; the rest of it we put again on renewal)."""
@@ -468,19 +471,28 @@ class EtcdLeases:
         except FlannelError:
             return False
 
-    async def _apply(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
-        """Hand the peers on. A failure there (a bug: the book hands on only a set the peer table takes) costs
-        this change, logged and counted, not the watch: the next change tries again."""
+    async def _apply_loop(self, apply: Callable[[list[Lease]], Awaitable[object]]) -> None:
+        """Hand the peers on when they have changed, at most every APPLY_INTERVAL: a churn of a thousand events
+        costs the node a few dozen applies (each a pass over the whole peer table), not a thousand.
+
+        A failure there (a bug: the book hands on only a set the peer table
+        takes) costs that change, logged and counted, not the watch: the next
+        change tries again.
+        """
         assert self.book is not None
-        try:
-            changes = await apply(self.book.peers())
-        except Exception:
-            self.status.apply_failures += 1
-            log.exception("applying the peers from etcd failed; the peer table stays as it was")
-            return
-        if changes:
-            log.info("peers from etcd: %s", changes)
-        self._dirty.set()
+        while True:
+            await self._changed.wait()
+            self._changed = trio.Event()
+            try:
+                changes = await apply(self.book.peers())
+            except Exception:
+                self.status.apply_failures += 1
+                log.exception("applying the peers from etcd failed; the peer table stays as it was")
+            else:
+                if changes:
+                    log.info("peers from etcd: %s", changes)
+                self._dirty.set()
+            await trio.sleep(APPLY_INTERVAL)
 
     async def _renew_loop(self) -> None:
         while True:

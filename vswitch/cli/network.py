@@ -60,7 +60,10 @@ def network_init(args: argparse.Namespace) -> int:
 
     try:
         written = trio.run(write)
-    except (EtcdError, LeaseError, FlannelError) as exc:
+    except ValueError as exc:   # EtcdClient's refusal of an endpoint (FlannelError is one too, but comes earlier)
+        print(f"vswitch network init: --etcd: {exc}", file=sys.stderr)
+        return 2
+    except (EtcdError, LeaseError) as exc:
         print(f"vswitch network init: {exc}", file=sys.stderr)
         return 1
     print(f"{'wrote' if written else 'unchanged'} {args.prefix}/config: {data.decode()}")
