@@ -88,6 +88,7 @@ WATCH_BACKOFF = (0.1, 5.0)   # the watch reconnects after 100 ms, doubling to 5 
 WATCH_CHECK = 10.0           # while watching, etcd is asked this often whether it still answers (see _watch)
 RENEW_RETRY = 60.0           # flannel retries a failed renewal every minute
 SAVE_INTERVAL = 1.0          # the lease state is saved at most this often while leases churn
+TTL_BUDGET = 3.0             # `show leases` asks etcd each lease's time left for at most this long (of 10 s a request has)
 APPLY_INTERVAL = 0.05        # the peers are handed on at most this often: a churn of events costs a few applies
 
 
@@ -558,9 +559,10 @@ class EtcdLeases:
                 except EtcdError:
                     left[lease_id] = None   # etcd away: the listing stands, the expiry is unknown
 
-        async with trio.open_nursery() as nursery:
-            for lease_id in {r.lease_id for r in records if r.lease_id}:
-                nursery.start_soon(ask, lease_id)
+        with trio.move_on_after(TTL_BUDGET):   # thousands of leases: those not asked in time show no expiry
+            async with trio.open_nursery() as nursery:
+                for lease_id in {r.lease_id for r in records if r.lease_id}:
+                    nursery.start_soon(ask, lease_id)
         rows = []
         for r in records:
             seconds = left.get(r.lease_id)
