@@ -34,3 +34,7 @@ class PcapError(OSError):
 
 class ControlError(Exception):
     """A request the daemon refused, or a daemon that cannot be reached."""
+
+
+class DaemonNotRunning(ControlError):
+    """No daemon listens on the control socket (yet): a client may try again later."""

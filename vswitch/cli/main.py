@@ -50,6 +50,10 @@ def _command(argv: list[str] | None) -> int:
         from .network import network_init
 
         return network_init(args)
+    if args.command == "cni":
+        from .network import cni_install
+
+        return cni_install(args)
     return _talk(args)
 
 
@@ -109,9 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     _daemon_options(reload)
 
-    from .network import add_network_parser
+    from .network import add_cni_parser, add_network_parser
 
     add_network_parser(commands, common)
+    add_cni_parser(commands, common)
     return parser
 
 

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import trio
 
-from vswitch.errors import ControlError
+from vswitch.errors import ControlError, DaemonNotRunning
 
 from .protocol import (
     CLIENT_TIMEOUT,
@@ -47,7 +47,7 @@ async def connect(path: str) -> trio.SocketStream:
     try:
         return await trio.open_unix_socket(path)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise ControlError(not_listening(path)) from None
+        raise DaemonNotRunning(not_listening(path)) from None
     except PermissionError:
         raise ControlError(f"permission denied on {path}: the control socket belongs to the daemon's user; "
                            "run this as root (sudo)") from None
