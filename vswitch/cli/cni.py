@@ -199,13 +199,17 @@ async def _ask(control: str, message: dict[str, Any], *, unavailable: int = TRY_
 
 
 def install(*, bin_dir: str, conf_dir: str, control: str, network: str = "vswitch") -> tuple[str, str]:
-    """Write the plugin into ``bin_dir`` (as ``vswitch-cni``, running this Python) and a ``.conflist`` for
+    """Write the plugin into ``bin_dir`` (as ``vswitch-cni``, running this Python and vswitch) and a ``.conflist`` for
     ``network`` into ``conf_dir``; the two paths. Both are replaced whole (shell.state.write_atomic)."""
     from vswitch.shell.state import write_atomic
 
+    import vswitch
+
+    # The plugin runs this Python and this vswitch, wherever it is installed (runtimes pass plugins no PYTHONPATH).
+    home = os.path.dirname(os.path.dirname(os.path.abspath(vswitch.__file__)))
     plugin = os.path.join(bin_dir, "vswitch-cni")
-    write_atomic(plugin, f"#!{sys.executable}\nfrom vswitch.cli.cni import main\nraise SystemExit(main())\n",
-                 mode=0o755)
+    write_atomic(plugin, f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {home!r})\n"
+                         "from vswitch.cli.cni import main\nraise SystemExit(main())\n", mode=0o755)
     conflist = os.path.join(conf_dir, f"10-{network}.conflist")
     write_atomic(conflist, json.dumps({
         "cniVersion": "1.0.0", "name": network,
