@@ -19,7 +19,8 @@ from . import logs
 
 INTERRUPTED = 128 + signal.SIGINT   # the exit status of a command stopped by Ctrl-C, as shells report it
 ANSWERED = ("show", "attach", "detach", "reload")   # the commands whose answers --json prints
-ATTACH_FLAGS = {"netns": "NETNS", "name": "--name", "address": "--address", "gateway": "--gateway", "mtu": "--mtu"}
+ATTACH_FLAGS = {"netns": "NETNS", "pid": "--pid", "name": "--name", "ifname": "--ifname", "mac": "--mac",
+                "address": "--address", "gateway": "--gateway", "mtu": "--mtu"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     capture.add_argument("--count", type=int, metavar="N", help="stop after N frames")
     _daemon_options(capture)
 
-    attach = command("attach", "link a container: a new TAP port in network namespace NETNS")
-    attach.add_argument("netns", metavar="NETNS", help="an existing network namespace")
-    attach.add_argument("--name", required=True, metavar="N", help="the port and device name")
+    attach = command("attach", "link a container: a new TAP port in network namespace NETNS (or --pid's)")
+    attach.add_argument("netns", metavar="NETNS", nargs="?",
+                        help="an existing network namespace: an `ip netns` name or a path (/proc/PID/ns/net, a bind"
+                             " mount such as /var/run/netns/x)")
+    attach.add_argument("--pid", type=int, metavar="PID", help="the namespace of process PID, instead of NETNS")
+    attach.add_argument("--name", required=True, metavar="N", help="the port's name (and the device's, by default)")
+    attach.add_argument("--ifname", metavar="IF", help="the device's name inside the namespace, e.g. eth0")
+    attach.add_argument("--mac", metavar="MAC", help="the device's MAC (default: derived from the node and --name)")
     attach.add_argument("--address", metavar="A/L",
                         help="address/prefix inside the namespace (default, with etcd leases: the next free address"
                              " of the node's lease, with the default route via its gateway)")
@@ -287,11 +293,10 @@ async def _ask(path: str, args: argparse.Namespace) -> int:
         if args.config:   # the daemon may run elsewhere: the path it reads must not depend on our directory
             message["config"] = os.path.abspath(args.config)
     elif args.command == "attach":
-        message = {"command": "attach", "netns": args.netns, "name": args.name, "address": args.address}
-        if args.gateway:
-            message["gateway"] = args.gateway
-        if args.mtu is not None:
-            message["mtu"] = args.mtu
+        message = {"command": "attach", "name": args.name, "address": args.address}
+        for key in ("netns", "pid", "ifname", "mac", "gateway", "mtu"):
+            if getattr(args, key) is not None:
+                message[key] = getattr(args, key)
     else:
         message = {"command": "detach", "name": args.name}
     result = await client.request(path, message)

@@ -170,7 +170,7 @@ def _section(data: dict[str, Any], key: str, parse_fn: Callable[[dict[str, Any],
 
 
 def _parse_node(raw: dict[str, Any], key: str) -> NodeConfig:
-    _check_keys(raw, key, {"name", "control", "state_dir"})
+    _check_keys(raw, key, {"name", "control", "state_dir", "live_restore"})
     control = _get(raw, key, "control", str, None)
     if control is not None and len(os.fsencode(control)) > SUN_PATH_MAX:
         raise ConfigError(f"{key}.control", f"a Unix socket path holds at most {SUN_PATH_MAX} bytes, this one has"
@@ -179,6 +179,7 @@ def _parse_node(raw: dict[str, Any], key: str) -> NodeConfig:
         name=_get(raw, key, "name", str, NodeConfig().name),  # NodeConfig.name is the slot, not the default
         control=control,
         state_dir=_get(raw, key, "state_dir", str, None),
+        live_restore=_get(raw, key, "live_restore", bool, False),
     )
 
 
@@ -192,7 +193,8 @@ def _parse_bridge(raw: dict[str, Any], key: str) -> BridgeConfig:
 def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
     if not isinstance(raw, dict):
         raise ConfigError(key, "must be a table")
-    _check_keys(raw, key, {"name", "type", "netns", "address", "gateway", "mtu", "pcap", "device", "host"})
+    _check_keys(raw, key, {"name", "type", "netns", "address", "gateway", "mtu", "pcap", "device", "host", "ifname",
+                           "mac"})
     name = _device_name(_require(raw, key, "name", str), f"{key}.name")
     type_ = _require(raw, key, "type", str)
     if type_ not in PORT_TYPES:
@@ -229,9 +231,16 @@ def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
         raise ConfigError(f"{key}.gateway", "needs an address on the same port")
     if type_ == "memory" and (netns or address):
         raise ConfigError(f"{key}.{'netns' if netns else 'address'}", "memory ports have no device to configure")
+    ifname = _get(raw, key, "ifname", str, None)
+    mac = _get(raw, key, "mac", str, None)
+    for name_, value in (("ifname", ifname), ("mac", mac)):
+        if value is not None and type_ != "tap":
+            raise ConfigError(f"{key}.{name_}", "applies to tap ports only")
     return PortConfig(
         name=name, type=type_, netns=netns, address=address, gateway=gateway,
         mtu=mtu, pcap=_get(raw, key, "pcap", str, None), device=device, host=host,
+        ifname=_device_name(ifname, f"{key}.ifname") if ifname is not None else None,
+        mac=_mac(mac, f"{key}.mac") if mac is not None else None,
     )
 
 
@@ -643,10 +652,15 @@ def _device_name(name: str, key: str) -> str:
 
 
 def _netns_name(name: str, key: str) -> None:
-    """A network namespace name as `ip netns` takes it: a file name under /var/run/netns."""
+    """A network namespace as `ip netns` names it (a file name under /var/run/netns), or the absolute path of a
+    namespace file (``/proc/PID/ns/net``, a bind mount such as CNI's ``/var/run/netns/x``)."""
+    if name.startswith("/"):
+        if "\0" in name or len(os.fsencode(name)) > 4095:
+            raise ConfigError(key, f"{name!r} is not a network namespace path (no NUL, at most 4095 bytes)")
+        return
     if name in (".", "..") or "/" in name or "\0" in name or len(os.fsencode(name)) > 255:
-        raise ConfigError(key, f"{name!r} is not a network namespace name (a file name under /var/run/netns:"
-                          " no '/', not . or ..)")
+        raise ConfigError(key, f"{name!r} is not a network namespace name (a file name under /var/run/netns: no"
+                          " '/', not . or ..) nor the absolute path of one, such as /proc/PID/ns/net")
 
 
 def _seconds(raw: dict[str, Any], key: str, name: str, default: float, maximum: float) -> float:

@@ -70,6 +70,7 @@ class NodeConfig:
     name: str = "vswitch"
     control: str | None = None
     state_dir: str | None = None   # None: /var/lib/vswitch/<name> (NodeConfig.state_path)
+    live_restore: bool = False     # TAPs outlive the daemon and come back at its next start (Docker's live-restore)
 
     @property
     def state_path(self) -> str:
@@ -105,6 +106,8 @@ class PortConfig:
     pcap: str | None = None
     device: str | None = None
     host: HostConfig | None = None
+    ifname: str | None = None              # tap: the device's name inside netns (None: the port's name)
+    mac: bytes | None = None               # tap: None: derived from the node's and the port's names
 
 
 @attrs.frozen

@@ -99,10 +99,21 @@ def field(request: Request, key: str, type_: type, *, required: bool = True) -> 
 
 
 def attach_port(fields: dict[str, Any], *, default_mtu: int = 1500) -> config.PortConfig:
-    """An attach's fields (netns, name, address, gateway, mtu; None: absent) as the tap port they ask for, parsed
-    as the config parses a ``[[ports]]`` entry, so that a bad address or name is refused before iproute2 sees it:
-    the server checks them for every client, the command line before it asks. ConfigError's key is the field's."""
+    """An attach's fields (netns or pid, name, ifname, mac, address, gateway, mtu; None: absent) as the tap port
+    they ask for, parsed as the config parses a ``[[ports]]`` entry, so that a bad address or name is refused before
+    iproute2 sees it: the server checks them for every client, the command line before it asks. ``netns`` is an
+    `ip netns` name or a namespace file's path; ``pid`` stands for ``/proc/PID/ns/net``. ConfigError's key is the
+    field's."""
     port = {"type": "tap", "mtu": default_mtu, **{key: value for key, value in fields.items() if value is not None}}
+    pid = port.pop("pid", None)
+    if pid is not None:
+        if "netns" in port:
+            raise ConfigError("pid", "give a netns or a pid, not both")
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22:   # the kernel's PID_MAX_LIMIT
+            raise ConfigError("pid", f"must be a process ID (1 to {(1 << 22) - 1}), got {pid!r}")
+        port["netns"] = f"/proc/{pid}/ns/net"
+    elif "netns" not in port:
+        raise ConfigError("netns", "a network namespace (a name or a path) or a pid is required")
     try:
         return config.parse({"ports": [port]}).ports[0]
     except ConfigError as exc:

@@ -32,6 +32,7 @@ import attrs
 import trio
 
 from vswitch.config import SUN_PATH_MAX, PortConfig
+from vswitch.core.wire.addr import mac_to_str
 from vswitch.errors import ConfigError, ControlError
 from vswitch.overlay.core.peers import LeaseChanges
 from vswitch.shell.faults import FirstAtSite
@@ -378,9 +379,9 @@ async def _cmd_show(server: ControlServer, request: Request) -> object:
 
 async def _cmd_attach(server: ControlServer, request: Request) -> object:
     """A new TAP port in a network namespace; its fields are checked as the config checks a port's."""
-    fields = {key: field(request, key, str) for key in ("netns", "name")}
-    fields["address"] = field(request, "address", str, required=False)   # none: the next free one of the lease
-    fields["gateway"] = field(request, "gateway", str, required=False)
+    fields = {"name": field(request, "name", str), "pid": field(request, "pid", int, required=False)}
+    for key in ("netns", "ifname", "mac", "address", "gateway"):   # no address: the next free one of the pool
+        fields[key] = field(request, key, str, required=False)
     fields["mtu"] = field(request, "mtu", int, required=False)
     overlay = server.node.config.overlay
     try:
@@ -392,7 +393,9 @@ async def _cmd_attach(server: ControlServer, request: Request) -> object:
     except AttributeError:
         raise ControlError("attach is not available in this version of the daemon") from None
     port = await _call(attach, {"port": port}, "attach")
-    return {"name": port.name, "netns": port.netns, "address": str(port.address) if port.address else None,
+    return {"name": port.name, "netns": port.netns, "ifname": port.ifname,
+            "mac": mac_to_str(port.mac) if port.mac else None,
+            "address": str(port.address) if port.address else None,
             "gateway": str(port.gateway) if port.gateway else None}
 
 

@@ -54,21 +54,43 @@ def address_pool(config: Config, state: StateDir) -> AddressPool | None:
     oc = config.overlay
     if oc is None or oc.leases != "etcd" or oc.device is not None:
         return None
+    return _pool(config, oc.subnet, state)
+
+
+def static_pool(config: Config, state: StateDir | None) -> AddressPool | None:
+    """Without etcd, the addresses `attach` gives: those of the overlay's subnet, or else of the network of the
+    router's interface on the bridge, less the router's, the configured ports' and their simulated hosts'; None
+    without a router on the bridge (in drop-in mode too). Saved in ``state``, if given (live restore)."""
+    bridged = [i for i in config.router.interfaces if i.port is None]
+    oc = config.overlay
+    if not bridged or (oc is not None and oc.device is not None):
+        return None
+    if oc is not None:
+        subnet = oc.subnet
+    else:
+        subnet = Network.of(bridged[0].address.network.network_address.packed, bridged[0].address.network.prefixlen)
+    if subnet.prefix_len > 30 or not any(i.address.ip.packed in subnet for i in bridged):
+        return None
+    return _pool(config, subnet, state)
+
+
+def _pool(config: Config, subnet: Network, state: StateDir | None) -> AddressPool:
     reserved = [i.address.ip.packed for i in config.router.interfaces]
     reserved += [p.address.ip.packed for p in config.ports if p.address is not None]
-    pool = AddressPool(oc.subnet, reserved=reserved)
-    saved = state.read("addresses")
+    reserved += [p.host.address.ip.packed for p in config.ports if p.host is not None]
+    pool = AddressPool(subnet, reserved=reserved)
+    saved = state.read("addresses") if state is not None else None
     if saved is not None:
+        assert state is not None
         for refusal in pool.restore(saved):
             log.warning("%s/addresses.json: %s", state.path, refusal)
     return pool
 
 
-def gateway(config: Config) -> IPv4Address:
-    """The containers' gateway: the router's address on the bridge inside the lease's subnet."""
-    assert config.overlay is not None
+def gateway(config: Config, pool: AddressPool) -> IPv4Address:
+    """The containers' gateway: the router's address on the bridge inside the pool's subnet."""
     return next(i.address.ip for i in config.router.interfaces
-                if i.port is None and i.address.ip.packed in config.overlay.subnet)
+                if i.port is None and i.address.ip.packed in pool.subnet)
 
 
 def addressed(port: PortConfig, pool: AddressPool, gateway: IPv4Address) -> PortConfig:

@@ -12,6 +12,7 @@ from vswitch.config import Config, ConfigError, PortConfig, load
 from vswitch.core.l3.ipam import AddressPool, PoolExhausted
 from vswitch.core.l3.router import Router
 from vswitch.core.wire.addr import mac_to_str
+from vswitch.errors import DeviceError
 from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.peers import Lease, LeaseChanges
 from vswitch.overlay.core.tunnel import Overlay
@@ -36,6 +37,7 @@ from vswitch.shell.ports.udp import MemoryUnderlay, UdpPort
 from vswitch.shell.state import StateDir
 from vswitch.shell.switch import Switch
 
+from . import restore
 from .assemble import (
     UNDERLAY_PORT,
     build_core,
@@ -44,7 +46,7 @@ from .assemble import (
     open_device_port,
     with_pcap,
 )
-from .lease import address_pool, addressed, gateway, take_lease
+from .lease import address_pool, addressed, gateway, static_pool, take_lease
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class Node:
     pool: AddressPool | None = None          # with etcd leases: the addresses of our lease, given to containers
     state: StateDir | None = None            # where the pool's allocations are saved
     attached: dict[str, PortConfig] = attrs.Factory(dict)   # the ports `attach` added, as they were configured
+    taps: dict[str, TunTapPort] = attrs.Factory(dict)        # the containers' TAPs, by port name
+    links: dict[str, restore.Attachment] = attrs.Factory(dict)   # with live restore: what attachments.json holds
 
     def port_config(self, name: str) -> PortConfig | None:
         """How port ``name`` was configured: in the config, or by `attach`."""
@@ -90,22 +94,79 @@ class Node:
             return
         self.devices_open = True
         opened: list[Port] = []
+        created: list[TunTapPort] = []   # new persistent TAPs, which a refused start deletes again
+        saved = restore.load(self.state) if self.live_restore else {}
         try:
             for pc in self.config.ports:
                 if pc.type == "memory":
                     continue
-                port = await open_device_port(pc)
+                if pc.type == "tap":
+                    pc = restore.completed(pc, self.config.node.name)
+                    port, new = await self._open_tap(pc, "config", saved.pop(pc.name, None))
+                    created += [port] if new else []
+                else:
+                    port = await open_device_port(pc)
                 opened.append(port)
                 self.switch.add_port(with_pcap(port, pc, self.pcaps))
             if self.overlay is not None:
                 opened += await self._open_overlay()
+            for name, attachment in saved.items():
+                await self._restore_other(name, attachment)
         except BaseException:
             for port in opened:
                 with trio.CancelScope(shield=True):
-                    await port.aclose()
+                    await (restore.discard(port) if port in created else port.aclose())
             with trio.CancelScope(shield=True):
                 await self.remove_host_rules()
             raise
+
+    @property
+    def live_restore(self) -> bool:
+        return self.config.node.live_restore and self.state is not None
+
+    async def _open_tap(self, pc: PortConfig, origin: str, saved: restore.Attachment | None) -> tuple[TunTapPort, bool]:
+        """The TAP of ``pc`` (completed): the saved one taken back if it is the same link, else a new one
+        (persistent with live restore); with whether it is new."""
+        tap = None
+        if saved is not None and (saved.port.netns, saved.port.ifname) == (pc.netns, pc.ifname):
+            try:
+                tap = await restore.take_back(attrs.evolve(saved, port=pc))
+                log.info("took back %s (%s in netns %s)", pc.name, pc.ifname, pc.netns)
+            except DeviceError as exc:
+                log.warning("cannot take back %s, making it again: %s", pc.name, exc)
+        elif saved is not None:
+            await restore.delete(saved)   # moved to another namespace or name
+        new = tap is None
+        if tap is None:
+            tap = await restore.link_tap(pc, persist=self.live_restore)
+        self.taps[pc.name] = tap
+        if self.live_restore:
+            self.links[pc.name] = restore.Attachment(pc, origin, restore.netns_inode(pc.netns))
+        return tap, new
+
+    async def _restore_other(self, name: str, saved: restore.Attachment) -> None:
+        """A saved attachment the config does not have: an attached port comes back if its namespace is still
+        there; a config port since removed from the config has its device deleted. Either way a port whose
+        namespace went away is dropped, with its address."""
+        if saved.origin == "attach" and name not in self.switch.ports:
+            try:
+                tap = await restore.take_back(saved)
+            except DeviceError as exc:
+                log.warning("attached port %s dropped: %s", name, exc)
+            else:
+                self.switch.add_port(tap)
+                self.taps[name], self.links[name], self.attached[name] = tap, saved, saved.port
+                log.info("took back attached port %s (%s in netns %s)", name, saved.port.ifname, saved.port.netns)
+                return
+        else:
+            await restore.delete(saved)
+        if self.pool is not None and self.pool.release(name) is not None:
+            self.save_addresses()
+
+    def save_links(self) -> None:
+        if self.live_restore:
+            assert self.state is not None
+            restore.save(self.state, self.links)
 
     def open_pcaps(self) -> None:
         """Open (and so truncate) the config's pcap files: the last step of a start, once nothing can refuse it."""
@@ -197,14 +258,17 @@ class Node:
         if port.name in self.switch.ports:
             raise ValueError(f"port {port.name!r} already exists")
         if port.address is None and self.pool is not None:
-            port = addressed(port, self.pool, gateway(self.config))
+            port = addressed(port, self.pool, gateway(self.config, self.pool))
+        port = restore.completed(port, self.config.node.name)
         try:
-            device = await open_device_port(port)
+            device, _ = await self._open_tap(port, "attach", None)
             try:
                 self.switch.add_port(device)   # refused if a router interface on the bridge has that name
             except BaseException:
+                self.taps.pop(port.name, None)
+                self.links.pop(port.name, None)
                 with trio.CancelScope(shield=True):
-                    await device.aclose()
+                    await restore.discard(device)
                 raise
         except BaseException:
             if self.pool is not None:
@@ -212,15 +276,24 @@ class Node:
             raise
         self.attached[port.name] = port
         self.save_addresses()
+        self.save_links()
         log.info("attached %s in netns %s%s", port.name, port.netns, f" as {port.address}" if port.address else "")
         return port
 
     async def detach(self, name: str) -> None:
-        """Remove a port; closing a TAP's fd deletes the device, and its address goes back to the pool."""
+        """Remove a port; its TAP is deleted for good (persistent or not), and its address goes back to the pool."""
         if name not in self.switch.ports:
             raise KeyError(f"no port named {name!r}")
+        tap = self.taps.pop(name, None)
+        if tap is not None:
+            try:
+                tap.persist(False)   # the close that remove_port makes deletes it
+            except DeviceError as exc:
+                log.debug("%s", exc)
         await self.switch.remove_port(name)
         self.attached.pop(name, None)
+        if self.links.pop(name, None) is not None:
+            self.save_links()
         if self.pool is not None and self.pool.release(name) is not None:
             self.save_addresses()
         log.info("detached %s", name)
@@ -230,11 +303,14 @@ async def prepare(config: Config, *, underlay: MemoryUnderlay | None = None, con
     """:func:`build`, with etcd leases taken first: the lease completes the config (its subnet, the network and
     backend of ``<prefix>/config``), and the containers' ports without an address get one of the lease."""
     if config.etcd is None:
-        return build(config, underlay=underlay, config_path=config_path)
+        node = build(config, underlay=underlay, config_path=config_path)
+        node.state = StateDir(config.node.state_path) if config.node.live_restore else None
+        node.pool = static_pool(config, node.state)   # attach's addresses (the config's ports keep theirs)
+        return node
     config, source = await take_lease(config)
     pool = address_pool(config, source.state)
     if pool is not None:
-        gw = gateway(config)
+        gw = gateway(config, pool)
         try:
             config = attrs.evolve(config, ports=tuple(addressed(p, pool, gw) for p in config.ports))
         except PoolExhausted as exc:
@@ -300,6 +376,7 @@ async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
                     log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
                 node.open_pcaps()
                 node.save_addresses()
+                node.save_links()
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await node.switch.aclose()

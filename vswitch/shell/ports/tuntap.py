@@ -19,10 +19,13 @@ down. A write to a device whose link is down fails with EIO: that frame is a
 counted ``tx_dropped`` and the port stays.
 """
 
+import ctypes
 import errno
 import fcntl
 import os
+import socket
 import struct
+import threading
 from collections.abc import Sequence
 
 from vswitch.core.wire.offload import VNET_HDR_LEN, coalesce_tcp4
@@ -33,6 +36,8 @@ from .fd import READ_SIZE, FdPort
 
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+CLONE_NEWNET = 0x40000000
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -40,6 +45,55 @@ IFF_VNET_HDR = 0x4000
 _IFREQ = struct.Struct("16sH")
 
 
+def tap_flags(kind: str) -> int:
+    if kind not in ("tap", "tun"):
+        raise ValueError(f"kind must be 'tap' or 'tun', not {kind!r}")
+    return (IFF_TAP | IFF_VNET_HDR if kind == "tap" else IFF_TUN) | IFF_NO_PI
+
+
+def reopen_tun_device(netns: str | None, name: str, flags: int) -> int:
+    """Attach to the existing (persistent) TUN/TAP ``name`` in the namespace file ``netns`` (None: ours).
+
+    ``/dev/net/tun`` binds a device of the namespace it is opened in, so it
+    is opened by a thread of its own that joins ``netns`` first and then
+    ends: setns(2) moves only the calling thread, and a thread left in a
+    container's namespace must never run anything else. Blocking (run it
+    in a worker thread); DeviceError with ENOENT when the namespace or the
+    device is gone: TUNSETIFF would create a new device, which is not what
+    taking one back means.
+    """
+    outcome: list[int | BaseException] = []
+
+    def work() -> None:
+        try:
+            if netns is not None:
+                try:
+                    target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise DeviceError(errno.ENOENT, f"network namespace {netns!r} is gone ({exc.strerror})") from None
+                try:
+                    if _libc.setns(target, CLONE_NEWNET) != 0:
+                        err = ctypes.get_errno()
+                        raise DeviceError(err, f"cannot enter network namespace {netns!r}: {os.strerror(err)}")
+                finally:
+                    os.close(target)
+            try:
+                socket.if_nametoindex(name)   # the socket, and so the lookup, is in the thread's namespace
+            except OSError:
+                raise DeviceError(errno.ENOENT, f"device {name} is gone from {netns or 'the host'}") from None
+            outcome.append(open_tun_device(name, flags))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=work, name=f"reopen {name}", daemon=True)
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def open_tun_device(name: str, flags: int) -> int:
@@ -80,10 +134,15 @@ class TunTapPort(FdPort):
 
     @classmethod
     def open(cls, name: str, *, kind: str = "tap", mtu: int = DEFAULT_MTU) -> "TunTapPort":
-        if kind not in ("tap", "tun"):
-            raise ValueError(f"kind must be 'tap' or 'tun', not {kind!r}")
-        flags = (IFF_TAP | IFF_VNET_HDR if kind == "tap" else IFF_TUN) | IFF_NO_PI
-        return cls(name, open_tun_device(name, flags), kind=kind, mtu=mtu, vnet=kind == "tap")
+        return cls(name, open_tun_device(name, tap_flags(kind)), kind=kind, mtu=mtu, vnet=kind == "tap")
+
+    def persist(self, on: bool) -> None:
+        """Make the device outlive its fd (TUNSETPERSIST 1), or go with it again (0): what a daemon restart
+        keeps, and what a detach deletes."""
+        try:
+            fcntl.ioctl(self._fd, TUNSETPERSIST, int(on))
+        except OSError as exc:
+            raise DeviceError(exc.errno, f"cannot make {self.name} {'' if on else 'not '}persistent: {exc.strerror}")
 
     def _read_one(self, frames: list[bytes]) -> None:
         packet = os.read(self._fd, READ_SIZE)
