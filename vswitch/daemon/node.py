@@ -304,7 +304,9 @@ async def prepare(config: Config, *, underlay: MemoryUnderlay | None = None, con
     backend of ``<prefix>/config``), and the containers' ports without an address get one of the lease."""
     if config.etcd is None:
         node = build(config, underlay=underlay, config_path=config_path)
-        node.state = StateDir(config.node.state_path) if config.node.live_restore else None
+        # Without etcd, state is kept where it was asked for: a state_dir written, or live restore
+        keep = config.node.state_dir is not None or config.node.live_restore
+        node.state = StateDir(config.node.state_path) if keep else None
         node.pool = static_pool(config, node.state)   # attach's addresses (the config's ports keep theirs)
         return node
     config, source = await take_lease(config)
