@@ -27,11 +27,26 @@ from vswitch.core.actions import Action, Drop, Transmit
 from vswitch.core.datapath import Datapath, OnBridge, OnOverlay, OnPort
 from vswitch.core.l2.bridge import Bridge
 from vswitch.core.l3.router import Interface, Router
-from vswitch.core.trace import ECHO_IDENT, Flow, build_frame, build_packet, describe, frame_summary, packet_summary
+from vswitch.core.trace import (
+    ECHO_IDENT,
+    Flow,
+    build_frame,
+    build_packet,
+    describe,
+    frame_summary,
+    packet_summary,
+)
 from vswitch.core.wire import ipv4
 from vswitch.core.wire.addr import ip_to_str, mac_to_str
 
-from .codec import ADDRESS_LEN, VXLAN_HEADER_LEN, address_header, flow_source_port, parse_address, vxlan_header
+from .codec import (
+    ADDRESS_LEN,
+    VXLAN_HEADER_LEN,
+    address_header,
+    flow_source_port,
+    parse_address,
+    vxlan_header,
+)
 from .dropin import DeviceOverlay
 from .tunnel import Overlay
 
@@ -337,11 +352,6 @@ class _Tracer:
                     if after != before:
                         steps.append(Step("nat", f"translated: {_endpoint(*before[:2])} > {_endpoint(*before[2:])}"
                                                  f" became {_endpoint(*after[:2])} > {_endpoint(*after[2:])}"))
-        for action in actions:
-            if type(action) is Drop:
-                steps.append(Step("drop", f"at {action.port}: {action.reason}"))
-            else:
-                steps.append(Step("transmit", f"{len(action.frames)} frame(s) out of port {action.port}"))
         return steps
 
     def _port_medium(self, port: str) -> str:
