@@ -10,13 +10,14 @@ import pytest
 import trio
 from shellkit import host
 from test_shell_overlay import node_toml, vtep
-from test_shell_router import MASQUERADE, TOPOLOGY, running
+from test_shell_router import running
 
 from vswitch import config, daemon
 from vswitch.cli import format
 from vswitch.cli.main import main
 from vswitch.control import client
 from vswitch.errors import ControlError
+from vswitch.overlay.core.trace import MAX_COPIED
 from vswitch.shell.ports.udp import MemoryUnderlay
 
 TIMEOUT = 5.0
@@ -99,7 +100,7 @@ async def test_bridged_frames_are_forwarded_or_flooded_as_the_fdb_says(tmp_path)
         node.router.add_neighbour("gw1", b"\x0a\xf4\x01\x09", c2.mac)   # a wrong but static ARP entry: bridged to c2
         result = await trace(node, "c1", "udp 10.244.1.2:5000 > 10.244.1.9:53")
         assert result["frame"]["eth_dst"] == c2.mac.hex(":")
-        assert any(f"is on port c2 (learned FDB entry)" in s for s in texts(result))
+        assert any("is on port c2 (learned FDB entry)" in s for s in texts(result))
         assert list(transmitted(result)) == ["c2"]
 
 
@@ -184,3 +185,12 @@ async def test_bad_requests_are_refused_clearly(tmp_path, capsys):
         status = await trio.to_thread.run_sync(main, ["trace", "c1", "icmp 10.244.1.2 > 8.8.8.8", "--control", path])
         out = capsys.readouterr().out
         assert status == 0 and "router     no route to 8.8.8.8" in out and "drop at gw1: no-route" in out
+
+
+async def test_a_core_too_large_to_copy_is_refused(tmp_path):
+    async with running(tmp_path) as node:
+        fdb = node.switch.core.bridge.fdb
+        for i in range(MAX_COPIED + 1):
+            fdb.learn(b"\x02\x00\x00" + i.to_bytes(3, "big"), "c2", trio.current_time())
+        with pytest.raises(ControlError, match=f"hold {MAX_COPIED + 3} entries"):   # and the routers' two MACs
+            await trace(node, "c1", "icmp 10.244.1.2 > 10.244.2.2")
