@@ -200,6 +200,19 @@ def format_peers(result: Row) -> str:
     return "\n".join(lines)
 
 
+def format_trace(result: Row) -> str:
+    """The steps in order, then what leaves: each transmission's frames, each drop's reason."""
+    lines = [f"trace {result['flow']} on port {result['port']}"]
+    lines += [f"  {step['part']:<10} {step['text']}" for step in result["steps"]]
+    lines.append("result:" if result["actions"] else "result: nothing leaves")
+    for action in result["actions"]:
+        if action["action"] == "drop":
+            lines.append(f"  drop at {action['port']}: {action['reason']}")
+        else:
+            lines += [f"  transmit {action['port']}: {frame['text']}" for frame in action["frames"]]
+    return "\n".join(lines)
+
+
 def format_leases(result: list[Row]) -> str:
     rows = [
         [("* " if lease["ours"] else "  ") + lease["subnet"], lease["public_ip"], lease["backend"],

@@ -18,7 +18,7 @@ from vswitch.overlay.core.backends import BACKENDS
 from . import logs
 
 INTERRUPTED = 128 + signal.SIGINT   # the exit status of a command stopped by Ctrl-C, as shells report it
-ANSWERED = ("show", "attach", "detach", "reload")   # the commands whose answers --json prints
+ANSWERED = ("show", "attach", "detach", "reload", "trace")   # the commands whose answers --json prints
 ATTACH_FLAGS = {"netns": "NETNS", "pid": "--pid", "name": "--name", "ifname": "--ifname", "mac": "--mac",
                 "address": "--address", "gateway": "--gateway", "mtu": "--mtu"}
 
@@ -118,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
                   " -c names, which the daemon then runs from (SIGHUP reads it too), or with --control alone its own",
     )
     _daemon_options(reload)
+
+    trace = command("trace", "what the daemon would do with one packet arriving on PORT (a copy of its tables"
+                             " takes it; nothing changes)")
+    trace.add_argument("port", metavar="PORT", help="the port the packet arrives on")
+    trace.add_argument("flow", metavar="FLOW", help="'tcp A:p > B:q', 'udp A:p > B:q' or 'icmp A > B'")
+    _daemon_options(trace)
 
     from .network import add_cni_parser, add_network_parser
 
@@ -255,6 +261,13 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             return f"-c names the daemon's config FILE, as in every command; for the count, use --count {args.config}"
         if args.count is not None and args.count < 1:
             return "--count must be at least 1"
+    if args.command == "trace":
+        from vswitch.core.trace import parse_flow
+
+        try:
+            parse_flow(args.flow)
+        except ValueError as exc:
+            return str(exc)
     if args.command == "show" and args.all and args.what != "stats":
         return "--all applies to show stats"
     if args.command == "attach":
@@ -279,7 +292,7 @@ def _refused(args: argparse.Namespace, message: str) -> None:
 async def _ask(path: str, args: argparse.Namespace) -> int:
     from vswitch.control import client
 
-    from .format import FORMATTERS
+    from .format import FORMATTERS, format_trace
 
     message: dict[str, Any]
     if args.command == "show":
@@ -297,6 +310,8 @@ async def _ask(path: str, args: argparse.Namespace) -> int:
         for key in ("netns", "pid", "ifname", "mac", "gateway", "mtu"):
             if getattr(args, key) is not None:
                 message[key] = getattr(args, key)
+    elif args.command == "trace":
+        message = {"command": "trace", "in_port": args.port, "flow": args.flow}
     else:
         message = {"command": "detach", "name": args.name}
     result = await client.request(path, message)
@@ -311,6 +326,8 @@ async def _ask(path: str, args: argparse.Namespace) -> int:
         for kind in ("added", "removed", "changed"):
             for lease in result[kind]:
                 print(f"  {kind} {lease}")
+    elif args.command == "trace":
+        print(format_trace(result))
     elif args.command == "attach":
         print(f"attached {result['name']} in netns {result['netns']}"
               + (f" as {result['address']}" if result.get("address") else ""))

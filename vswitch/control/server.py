@@ -1,5 +1,5 @@
 """The server side of the control socket: a running daemon answers `vswitch show`, `capture`, `attach`,
-`detach` and `reload` over a Unix stream socket (the protocol: :mod:`vswitch.control.protocol`).
+`detach`, `reload` and `trace` over a Unix stream socket (the protocol: :mod:`vswitch.control.protocol`).
 
 Everything is bounded: the request line (``MAX_REQUEST`` bytes), the time a
 client has to send it and take its answer (``CLIENT_TIMEOUT``), and each
@@ -32,9 +32,11 @@ import attrs
 import trio
 
 from vswitch.config import SUN_PATH_MAX, PortConfig
+from vswitch.core.trace import parse_flow
 from vswitch.core.wire.addr import mac_to_str
 from vswitch.errors import ConfigError, ControlError
 from vswitch.overlay.core.peers import LeaseChanges
+from vswitch.overlay.core.trace import trace
 from vswitch.shell.faults import FirstAtSite
 from vswitch.shell.ports.pcap import SNAPLEN
 from vswitch.shell.switch import Monitor
@@ -422,6 +424,21 @@ async def _cmd_reload(server: ControlServer, request: Request) -> object:
     }
 
 
+async def _cmd_trace(server: ControlServer, request: Request) -> object:
+    """What the core would do with one packet (:mod:`vswitch.overlay.core.trace`): a copy of it takes the packet at
+    trio's time, the live tables stay as they are."""
+    port, spec = field(request, "in_port", str), field(request, "flow", str)
+    node = server.node
+    if port not in node.switch.ports:
+        raise ControlError(f"trace: no port named {port!r} (ports: {', '.join(node.switch.ports) or 'none'})")
+    try:
+        flow = parse_flow(spec)
+        known = {runner.host.ip: runner.host.mac for runner, _, _ in getattr(node, "hosts", ())}
+        return trace(node.switch.core, port, flow, trio.current_time(), known=known).as_dict()
+    except ValueError as exc:
+        raise ControlError(f"trace: {exc}") from None
+
+
 async def _call(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> Any:
     """Call a Node method that may be sync or async; its refusals become errors for the client."""
     try:
@@ -435,5 +452,5 @@ async def _call(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> An
 
 
 COMMANDS: dict[str, Handler] = {
-    "show": _cmd_show, "attach": _cmd_attach, "detach": _cmd_detach, "reload": _cmd_reload,
+    "show": _cmd_show, "attach": _cmd_attach, "detach": _cmd_detach, "reload": _cmd_reload, "trace": _cmd_trace,
 }
