@@ -46,6 +46,9 @@ def _command(argv: list[str] | None) -> int:
         return _run(args.config)
     if args.command == "demo":
         return _demo(args, quiet=level is None)
+    if args.command == "systemd-unit":
+        print(systemd_unit(), end="")
+        return 0
     if args.command == "network":
         from .network import network_init
 
@@ -109,10 +112,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     _daemon_options(reload)
 
+    command("systemd-unit", "print the systemd unit vswitch@.service (Type=notify; /etc/vswitch/NAME.toml runs as"
+                            " vswitch@NAME)")
+
     from .network import add_network_parser
 
     add_network_parser(commands, common)
     return parser
+
+
+def systemd_unit() -> str:
+    """The unit file that ships inside the package (contrib/vswitch@.service in the checkout)."""
+    from importlib.resources import files
+
+    return (files("vswitch") / "contrib" / "vswitch@.service").read_text()
 
 
 def _global_options() -> argparse.ArgumentParser:
