@@ -70,6 +70,7 @@ class NodeConfig:
     name: str = "vswitch"
     control: str | None = None
     state_dir: str | None = None   # None: /var/lib/vswitch/<name> (NodeConfig.state_path)
+    metrics: tuple[str, int] | None = None   # (host, port) of the /metrics and /healthz HTTP server
 
     @property
     def state_path(self) -> str:

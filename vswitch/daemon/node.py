@@ -308,6 +308,10 @@ async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
 
                     path = await nursery.start(ControlServer(node, node.config.node.control).run)
                     log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
+                if node.config.node.metrics:
+                    from vswitch.control.http import MetricsServer
+
+                    await nursery.start(MetricsServer(node, *node.config.node.metrics).run)
                 node.open_pcaps()
                 node.save_addresses()
             except BaseException:
