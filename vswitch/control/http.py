@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192          # bytes of request line and headers
 TIMEOUT = 5.0            # seconds for a client to send its head and take the answer
+MAX_LINGER = 65536       # bytes read and dropped after refusing a request, so the refusal reaches its client
 MAX_CONNECTIONS = 32     # connections served at once; Prometheus needs one
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            408: "Request Timeout", 431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
@@ -96,7 +97,7 @@ class MetricsServer:
         while b"\r\n\r\n" not in head and b"\n\n" not in head:
             if len(head) > MAX_HEAD:
                 self.stats.bad += 1
-                await self._answer(stream, 431, b"request head too large\n")
+                await self._answer(stream, 431, b"request head too large\n", linger=True)
                 return
             data = await stream.receive_some(4096)
             if not data:
@@ -105,11 +106,11 @@ class MetricsServer:
         request = head.split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
         if len(request) != 3 or not request[2].startswith(b"HTTP/1."):
             self.stats.bad += 1
-            await self._answer(stream, 400, b"bad request\n")
+            await self._answer(stream, 400, b"bad request\n", linger=True)
             return
         method, target, _ = request
         if method not in (b"GET", b"HEAD"):
-            await self._answer(stream, 405, b"only GET and HEAD\n", extra=b"Allow: GET, HEAD\r\n")
+            await self._answer(stream, 405, b"only GET and HEAD\n", extra=b"Allow: GET, HEAD\r\n", linger=True)
             return
         path = target.split(b"?", 1)[0]
         if path == b"/metrics":
@@ -122,8 +123,16 @@ class MetricsServer:
 
     async def _answer(self, stream: trio.SocketStream, status: int, body: bytes, *,
                       content_type: str = "text/plain; charset=utf-8", extra: bytes = b"",
-                      head_only: bool = False) -> None:
+                      head_only: bool = False, linger: bool = False) -> None:
+        """Send the answer; with ``linger`` (a request not read to its end) read and drop up to
+        :data:`MAX_LINGER` bytes more until the client closes, since closing a socket with unread input
+        resets the connection and the client may never see the answer."""
         self.stats.requests += 1
         head = (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + extra + b"\r\n"
         await stream.send_all(head if head_only else head + body)
+        if linger:
+            await stream.send_eof()
+            dropped = 0
+            while dropped < MAX_LINGER and (data := await stream.receive_some(4096)):
+                dropped += len(data)
