@@ -4,11 +4,13 @@ connection and nothing else."""
 import shutil
 import socket
 import subprocess
+import time
+import urllib.request
 
 import pytest
 import trio
 from shellkit import host
-from test_cli_startup import ROOT, VSWITCH, node_config
+from test_cli_startup import ROOT, VSWITCH, node_config, stop, wait_for
 
 from vswitch import config, daemon
 from vswitch.cli import demo
@@ -16,7 +18,7 @@ from vswitch.control.client import daemon_listening
 from vswitch.control.http import MAX_HEAD, MetricsServer
 from vswitch.control.metrics import CONTENT_TYPE, exposition
 from vswitch.shell.ports.udp import MemoryUnderlay
-from vswitch.testing.etcd import free_ports
+from vswitch.testing.etcd import EtcdServer, etcd_missing, free_ports
 
 TIMEOUT = 10
 
@@ -177,3 +179,47 @@ def test_the_exposition_escapes_labels_and_reports_nat_and_the_lease_source():
     for name in {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}:
         kind = next(line.split()[3] for line in text.splitlines() if line.startswith(f"# TYPE {name} "))
         assert name.endswith("_total") == (kind == "counter"), name
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return answer.status, answer.read().decode()
+
+
+def until(check, *, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(etcd_missing() is not None, reason=etcd_missing() or "")
+def test_the_lease_source_state_follows_etcd_and_healthz_stays_ok(tmp_path):
+    metrics, underlay = free_ports("127.0.0.1", 2)
+    with EtcdServer() as etcd:
+        subprocess.run([*VSWITCH, "network", "init", "--etcd", etcd.endpoint, "--prefix", "/m",
+                        "--network", "10.244.0.0/16", "--port", str(underlay)], check=True, capture_output=True,
+                       cwd=ROOT, timeout=30)
+        path = tmp_path / "node.toml"
+        path.write_text(f'[node]\nname = "n1"\nstate_dir = "{tmp_path / "state"}"\n'
+                        f'metrics = "127.0.0.1:{metrics}"\n'
+                        f'[overlay]\nleases = "etcd"\npublic_ip = "127.0.0.1"\n'
+                        f'[etcd]\nendpoints = ["{etcd.endpoint}"]\nprefix = "/m"\n')
+        proc = subprocess.Popen([*VSWITCH, "run", "-c", str(path)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, cwd=ROOT)
+        try:
+            wait_for(proc, "running")
+
+            def connected() -> float:
+                return samples(scrape(metrics)[1])["vswitch_lease_source_connected"]
+
+            until(lambda: connected() == 1)
+            assert samples(scrape(metrics)[1])["vswitch_lease_source_revision"] > 0
+            etcd.stop()
+            until(lambda: connected() == 0)
+            assert scrape(metrics, "/healthz") == (200, "ok\n"), "the node forwards on with the peers it last saw"
+            etcd.restart()
+            until(lambda: connected() == 1)
+        finally:
+            code, err = stop(proc)
+        assert code == 0, err.decode()
