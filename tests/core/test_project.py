@@ -57,6 +57,7 @@ def test_the_wheel_installs_one_name_with_its_overlay_examples_and_license(tmp_p
     assert {"vswitch/overlay/core/tunnel.py", "vswitch/overlay/shell/node.py"} <= set(names)
     examples = {Path(name).name for name in names if name.startswith("vswitch/examples/")}
     assert examples == {path.name for path in (ROOT / "config").glob("*.toml")}
+    assert "vswitch/contrib/vswitch@.service" in names, "`vswitch systemd-unit` prints it from the package"
     assert any(name.endswith("/LICENSE") for name in names)
 
 

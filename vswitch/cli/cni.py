@@ -201,9 +201,8 @@ async def _ask(control: str, message: dict[str, Any], *, unavailable: int = TRY_
 def install(*, bin_dir: str, conf_dir: str, control: str, network: str = "vswitch") -> tuple[str, str]:
     """Write the plugin into ``bin_dir`` (as ``vswitch-cni``, running this Python and vswitch) and a ``.conflist`` for
     ``network`` into ``conf_dir``; the two paths. Both are replaced whole (shell.state.write_atomic)."""
-    from vswitch.shell.state import write_atomic
-
     import vswitch
+    from vswitch.shell.state import write_atomic
 
     # The plugin runs this Python and this vswitch, wherever it is installed (runtimes pass plugins no PYTHONPATH).
     home = os.path.dirname(os.path.dirname(os.path.abspath(vswitch.__file__)))

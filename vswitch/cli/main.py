@@ -47,6 +47,9 @@ def _command(argv: list[str] | None) -> int:
         return _run(args.config)
     if args.command == "demo":
         return _demo(args, quiet=level is None)
+    if args.command == "systemd-unit":
+        print(systemd_unit(), end="")
+        return 0
     if args.command == "network":
         from .network import network_init
 
@@ -125,11 +128,21 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("flow", metavar="FLOW", help="'tcp A:p > B:q', 'udp A:p > B:q' or 'icmp A > B'")
     _daemon_options(trace)
 
+    command("systemd-unit", "print the systemd unit vswitch@.service (Type=notify; /etc/vswitch/NAME.toml runs as"
+                            " vswitch@NAME)")
+
     from .network import add_cni_parser, add_network_parser
 
     add_network_parser(commands, common)
     add_cni_parser(commands, common)
     return parser
+
+
+def systemd_unit() -> str:
+    """The unit file that ships inside the package (contrib/vswitch@.service in the checkout)."""
+    from importlib.resources import files
+
+    return (files("vswitch") / "contrib" / "vswitch@.service").read_text()
 
 
 def _global_options() -> argparse.ArgumentParser:

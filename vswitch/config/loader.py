@@ -170,7 +170,7 @@ def _section(data: dict[str, Any], key: str, parse_fn: Callable[[dict[str, Any],
 
 
 def _parse_node(raw: dict[str, Any], key: str) -> NodeConfig:
-    _check_keys(raw, key, {"name", "control", "state_dir", "live_restore"})
+    _check_keys(raw, key, {"name", "control", "state_dir", "live_restore", "metrics"})
     control = _get(raw, key, "control", str, None)
     if control is not None and len(os.fsencode(control)) > SUN_PATH_MAX:
         raise ConfigError(f"{key}.control", f"a Unix socket path holds at most {SUN_PATH_MAX} bytes, this one has"
@@ -180,7 +180,22 @@ def _parse_node(raw: dict[str, Any], key: str) -> NodeConfig:
         control=control,
         state_dir=_get(raw, key, "state_dir", str, None),
         live_restore=_get(raw, key, "live_restore", bool, False),
+        metrics=_host_port(_get(raw, key, "metrics", str, None), f"{key}.metrics"),
     )
+
+
+def _host_port(value: str | None, key: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` for an IPv6 address) as (host, port); port 0 takes any free one."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""   # a bare IPv6 address: the port cannot be told apart
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(key, f"must be host:port (\"127.0.0.1:9101\", \"[::1]:9101\"), got {value!r}")
+    return host, int(port)
 
 
 def _parse_bridge(raw: dict[str, Any], key: str) -> BridgeConfig:

@@ -71,6 +71,7 @@ class NodeConfig:
     control: str | None = None
     state_dir: str | None = None   # None: /var/lib/vswitch/<name> (NodeConfig.state_path)
     live_restore: bool = False     # TAPs outlive the daemon and come back at its next start (Docker's live-restore)
+    metrics: tuple[str, int] | None = None   # (host, port) of the /metrics and /healthz HTTP server
 
     @property
     def state_path(self) -> str:

@@ -2,7 +2,9 @@
 its config, attaching containers at run time."""
 
 import logging
+import os
 import signal
+import time
 from ipaddress import IPv4Address
 
 import attrs
@@ -36,6 +38,7 @@ from vswitch.shell.ports.tuntap import TunTapPort
 from vswitch.shell.ports.udp import MemoryUnderlay, UdpPort
 from vswitch.shell.state import StateDir
 from vswitch.shell.switch import Switch
+from vswitch.shell.systemd import Notifier, watchdog_interval
 
 from . import restore
 from .assemble import (
@@ -72,6 +75,8 @@ class Node:
     attached: dict[str, PortConfig] = attrs.Factory(dict)   # the ports `attach` added, as they were configured
     taps: dict[str, TunTapPort] = attrs.Factory(dict)        # the containers' TAPs, by port name
     links: dict[str, restore.Attachment] = attrs.Factory(dict)   # with live restore: what attachments.json holds
+    # when the config was last (re)read and whether that worked: the start counts as the first (metrics)
+    last_reload: tuple[float, bool] = attrs.Factory(lambda: (time.time(), True))
 
     def port_config(self, name: str) -> PortConfig | None:
         """How port ``name`` was configured: in the config, or by `attach`."""
@@ -247,7 +252,12 @@ class Node:
         path = path or self.config_path
         if path is None:
             raise ValueError("this daemon was not started from a config file")
-        changes = await self.reload(load(path))
+        try:
+            changes = await self.reload(load(path))
+        except Exception:
+            self.last_reload = (time.time(), False)
+            raise
+        self.last_reload = (time.time(), True)
         self.config_path = path
         return changes
 
@@ -376,6 +386,10 @@ async def serve(node: Node, *, task_status: trio.TaskStatus = trio.TASK_STATUS_I
 
                     path = await nursery.start(ControlServer(node, node.config.node.control).run)
                     log.info("control socket: %s (try `vswitch show ports --control %s`)", path, path)
+                if node.config.node.metrics:
+                    from vswitch.control.http import MetricsServer
+
+                    await nursery.start(MetricsServer(node, *node.config.node.metrics).run)
                 node.open_pcaps()
                 node.save_addresses()
                 node.save_links()
@@ -402,9 +416,14 @@ async def run_until_signal(node: Node) -> int:
 
     SIGHUP reads the config again and takes its peers (see :meth:`Node.reload_file`).
     """
+    notifier = Notifier.from_environ()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, node)
+            notifier.notify(READY=1, STATUS=f"serving {len(node.switch.ports)} port(s)", MAINPID=os.getpid())
+            interval = watchdog_interval()
+            if notifier.enabled and interval is not None:
+                await nursery.start(notifier.watchdog, interval)
             log.info(
                 "node %s running with %d port(s): %s", node.config.node.name, len(node.switch.ports),
                 ", ".join(node.switch.ports) or "none",
@@ -419,8 +438,12 @@ async def run_until_signal(node: Node) -> int:
                         await node.reload_file()
                     except (ValueError, OSError) as exc:
                         log.error("SIGHUP: reload refused, the running leases stay: %s", exc)
+                        notifier.notify(STATUS=f"reload refused: {exc}")
+                    else:
+                        notifier.notify(STATUS=f"reloaded; serving {len(node.switch.ports)} port(s)")
                     continue
                 log.info("%s: shutting down", signal.Signals(signum).name)
+                notifier.notify(STOPPING=1, STATUS=f"{signal.Signals(signum).name}: shutting down")
                 stopped_by = signum
                 break
             nursery.cancel_scope.cancel()
