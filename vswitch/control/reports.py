@@ -75,7 +75,10 @@ def show_ports(node: NodeView) -> list[Row]:
             "name": status.name,
             "type": switch.ports[status.name].kind,
             "netns": configured.netns if configured else None,
+            "ifname": configured.ifname if configured else None,
             "address": str(configured.address) if configured and configured.address else None,
+            # linked at run time (`attach`, the CNI plugin), not by the config: what CNI's GC may remove
+            "attached": configured is not None and all(p.name != status.name for p in node.config.ports),
             "up": status.up,
             "closed": status.closed,
             "rx": {"frames": dev.rx_frames, "bytes": dev.rx_bytes, "errors": dev.rx_errors,
