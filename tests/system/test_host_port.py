@@ -15,6 +15,7 @@ host's address, and the host the pods'.
 import json
 import shutil
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from netkit import (
     start_in_ns,
     stop,
 )
+
+from vswitch.testing.etcd import EtcdServer, etcd_missing
 
 pytestmark = [requires_root, pytest.mark.timeout(120)]
 
@@ -183,3 +186,44 @@ def test_with_live_restore_the_host_port_outlives_a_restart(net):
     assert ifindex(net.vm[1], "host0") == before
     assert {r["dst"]: r.get("gateway") for r in routes(net.vm[1])}[NETWORK] == "10.244.1.1"
     assert ping(net.vm[1], POD[2]) and ping(net.pod[2], HOST[1])
+
+
+@pytest.mark.skipif(etcd_missing() is not None, reason=etcd_missing() or "")
+def test_on_etcd_leases_the_host_port_takes_an_address_of_the_lease(tmp_path):
+    """No address in the config: the host port gets one of the node's lease, as a container does, and the
+    lease's gateway for its routes; the address is saved with the containers' and kept across a restart."""
+    spaces = Namespaces()
+    daemon = None
+    try:
+        vm, pod = spaces.create("vm"), spaces.create("vp")
+        sh("ip", "-n", vm, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")   # an underlay address
+        sh("ip", "-n", vm, "link", "set", "eth1", "up")
+        sh("ip", "-n", vm, "addr", "add", "10.99.0.1/24", "dev", "eth0")
+        sh("ip", "-n", vm, "link", "set", "eth0", "up")
+        sh("ip", "-n", vm, "link", "set", "lo", "up")
+        with EtcdServer(netns=vm) as etcd:
+            init = in_ns(vm, sys.executable, "-m", "vswitch", "network", "init", "--etcd", etcd.endpoint,
+                         "--network", NETWORK, "--backend", "vxlan", check=False)
+            assert init.returncode == 0, init.stderr
+            config = tmp_path / "node.toml"
+            config.write_text(
+                f'[node]\nname = "node1"\ncontrol = "{tmp_path / "n.sock"}"\nstate_dir = "{tmp_path / "state"}"\n\n'
+                f'[[ports]]\nname = "c1"\ntype = "tap"\nnetns = "{pod}"\n\n'
+                f'[[ports]]\nname = "host0"\ntype = "tap"\nroutes = ["{NETWORK}"]\n\n'
+                f'[overlay]\nleases = "etcd"\npublic_ip = "10.99.0.1"\n\n[etcd]\nendpoints = ["{etcd.endpoint}"]\n')
+            for round_ in (1, 2):
+                daemon = Daemon(config, netns=vm).start()
+                subnet = daemon.show("peers")["lease"]["subnet"]
+                prefix = subnet.rsplit(".", 1)[0]
+                addresses = {p["name"]: p["address"] for p in daemon.show("ports") if p.get("address")}
+                assert addresses == {"c1": f"{prefix}.2/24", "host0": f"{prefix}.3/24"}, (round_, addresses)
+                table = {r["dst"]: r for r in routes(vm)}
+                assert (table[NETWORK]["gateway"], table[NETWORK]["dev"]) == (f"{prefix}.1", "host0")
+                assert "default" not in table
+                assert ping(vm, f"{prefix}.2") and ping(pod, f"{prefix}.3")
+                assert daemon.stop() == 0
+            daemon = None
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        spaces.cleanup()
