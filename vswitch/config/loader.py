@@ -103,6 +103,15 @@ def _parse(data: dict[str, Any], *, resolved: bool) -> Config:
         if port.name in seen:
             raise ConfigError(f"ports[{i}].name", f"{port.name!r} is already used by {seen[port.name]}")
         seen[port.name] = f"ports[{i}]"
+    leased = etcd is not None or (overlay is not None and overlay.leases == "etcd")
+    dropin = (overlay is not None and overlay.device is not None) or (etcd is not None and "device" in etcd.overlay)
+    for i, port in enumerate(ports):
+        if port.routes and dropin:
+            raise ConfigError(f"ports[{i}].routes", "drop-in mode has no router to route through: the host reaches"
+                                                    " the pods through flannel's device")
+        if port.routes and port.address is None and not leased:
+            raise ConfigError(f"ports[{i}].address", "a port with routes needs an address and a gateway (only"
+                                                     " with etcd leases does it get them from the node's lease)")
     router = _section(data, "router", lambda raw, key: _parse_router(raw, key, ports, inside_mtu))
     nat = _section(data, "nat", lambda raw, key: _parse_nat(raw, key, router))
     if overlay is not None:
@@ -209,7 +218,7 @@ def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
     if not isinstance(raw, dict):
         raise ConfigError(key, "must be a table")
     _check_keys(raw, key, {"name", "type", "netns", "address", "gateway", "mtu", "pcap", "device", "host", "ifname",
-                           "mac"})
+                           "mac", "routes"})
     name = _device_name(_require(raw, key, "name", str), f"{key}.name")
     type_ = _require(raw, key, "type", str)
     if type_ not in PORT_TYPES:
@@ -248,15 +257,34 @@ def _parse_port(raw: Any, key: str, default_mtu: int = 1500) -> PortConfig:
         raise ConfigError(f"{key}.{'netns' if netns else 'address'}", "memory ports have no device to configure")
     ifname = _get(raw, key, "ifname", str, None)
     mac = _get(raw, key, "mac", str, None)
-    for name_, value in (("ifname", ifname), ("mac", mac)):
+    routes = _port_routes(raw, key)
+    for name_, value in (("ifname", ifname), ("mac", mac), ("routes", routes or None)):
         if value is not None and type_ != "tap":
             raise ConfigError(f"{key}.{name_}", "applies to tap ports only")
+    if routes and address is not None and gateway is None:
+        raise ConfigError(f"{key}.routes", "are routed via the port's gateway: set gateway (the router's address)")
     return PortConfig(
         name=name, type=type_, netns=netns, address=address, gateway=gateway,
         mtu=mtu, pcap=_get(raw, key, "pcap", str, None), device=device, host=host,
         ifname=_device_name(ifname, f"{key}.ifname") if ifname is not None else None,
-        mac=_mac(mac, f"{key}.mac") if mac is not None else None,
+        mac=_mac(mac, f"{key}.mac") if mac is not None else None, routes=routes,
     )
+
+
+MAX_PORT_ROUTES = 64
+
+
+def _port_routes(raw: dict[str, Any], key: str) -> tuple[Network, ...]:
+    """``routes``: networks such as the cluster's, which a port in the host namespace reaches via its gateway
+    (the daemon's router) while the host keeps its own default route."""
+    value = raw.get("routes", [])
+    if not isinstance(value, list) or len(value) > MAX_PORT_ROUTES:
+        raise ConfigError(f"{key}.routes", f"must be an array of at most {MAX_PORT_ROUTES} networks"
+                                           ' (["10.244.0.0/16"])')
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            raise ConfigError(f"{key}.routes[{i}]", "must be a network string like \"10.244.0.0/16\"")
+    return tuple(_core_network(_network(text, f"{key}.routes[{i}]")) for i, text in enumerate(value))
 
 
 def _parse_host(raw: dict[str, Any], key: str) -> HostConfig:

@@ -102,13 +102,14 @@ class PortConfig:
     type: str
     netns: str | None = None
     address: IPv4Interface | None = None   # configured on the device in its namespace
-    gateway: IPv4Address | None = None
+    gateway: IPv4Address | None = None    # the default route's, or with routes, theirs
     mtu: int = 1500
     pcap: str | None = None
     device: str | None = None
     host: HostConfig | None = None
     ifname: str | None = None              # tap: the device's name inside netns (None: the port's name)
     mac: bytes | None = None               # tap: None: derived from the node's and the port's names
+    routes: tuple[Network, ...] = ()       # tap: routed via gateway instead of a default route (a host port)
 
 
 @attrs.frozen

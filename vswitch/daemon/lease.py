@@ -94,9 +94,10 @@ def gateway(config: Config, pool: AddressPool) -> IPv4Address:
 
 
 def addressed(port: PortConfig, pool: AddressPool, gateway: IPv4Address) -> PortConfig:
-    """``port`` with the next free address of the lease (its own, if it had one before) and the default route
-    via the gateway; a port with an address, or outside a namespace, stays as it is."""
-    if port.address is not None or port.netns is None or port.type != "tap":
+    """``port`` with the next free address of the lease (its own, if it had one before) and its routes (the
+    default route, unless it names them) via the gateway; a port with an address, or in the host namespace without
+    routes (a host port has them), stays as it is."""
+    if port.address is not None or (port.netns is None and not port.routes) or port.type != "tap":
         return port
     address = pool.allocate(port.name)
     return attrs.evolve(port, address=IPv4Interface(f"{ip_to_str(address)}/{pool.subnet.prefix_len}"),

@@ -51,7 +51,8 @@ class Attachment:
         p = self.port
         return {"origin": self.origin, "inode": self.inode, "netns": p.netns, "ifname": p.ifname,
                 "mac": mac_to_str(p.mac) if p.mac else None, "mtu": p.mtu,
-                "address": str(p.address) if p.address else None, "gateway": str(p.gateway) if p.gateway else None}
+                "address": str(p.address) if p.address else None, "gateway": str(p.gateway) if p.gateway else None,
+                "routes": [str(route) for route in p.routes]}
 
 
 def completed(port: PortConfig, node: str) -> PortConfig:
@@ -74,7 +75,7 @@ def load(state: StateDir) -> dict[str, Attachment]:
             inode = entry.get("inode")
             if inode is not None and (not isinstance(inode, int) or isinstance(inode, bool) or inode < 0):
                 raise ConfigError("inode", "must be a non-negative integer")
-            fields = {key: entry[key] for key in ("netns", "ifname", "mac", "mtu", "address", "gateway")
+            fields = {key: entry[key] for key in ("netns", "ifname", "mac", "mtu", "address", "gateway", "routes")
                       if entry.get(key) is not None}
             port = config_module.parse({"ports": [{"name": name, "type": "tap", **fields}]}).ports[0]
         except (ConfigError, TypeError) as exc:
@@ -105,7 +106,7 @@ async def link_tap(port: PortConfig, *, persist: bool) -> TunTapPort:
         if persist:
             tap.persist(True)
         await configure_link(host_name, netns=port.netns, ifname=port.ifname, mac=mac_to_str(port.mac),
-                             address=port.address, gateway=port.gateway, mtu=port.mtu)
+                             address=port.address, gateway=port.gateway, mtu=port.mtu, routes=port.routes)
     except BaseException:
         with trio.CancelScope(shield=True):
             await discard(tap)
@@ -129,7 +130,7 @@ async def take_back(attachment: Attachment) -> TunTapPort:
     tap = TunTapPort(port.name, fd, mtu=port.mtu, vnet=True)
     try:
         await configure_link(port.ifname, netns=port.netns, mac=mac_to_str(port.mac), address=port.address,
-                             gateway=port.gateway, mtu=port.mtu, move=False)
+                             gateway=port.gateway, mtu=port.mtu, move=False, routes=port.routes)
     except BaseException:
         with trio.CancelScope(shield=True):
             await tap.aclose()

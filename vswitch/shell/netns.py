@@ -9,10 +9,12 @@ repeat exactly what the daemon did by hand.
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface
 
 import trio
 
+from vswitch.core.wire.addr import Network
 from vswitch.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,11 @@ async def netns_exists(netns: str) -> bool:
 async def configure_link(
     device: str, *, netns: str | None = None, address: str | IPv4Interface | None = None,
     gateway: str | IPv4Address | None = None, mtu: int | None = None, ifname: str | None = None,
-    mac: str | None = None, move: bool = True,
+    mac: str | None = None, move: bool = True, routes: Iterable[Network] = (),
 ) -> None:
     """Move ``device`` into ``netns`` (if given, and ``move``) and rename it ``ifname`` there, then set its MAC,
-    MTU, up, address and default route, and bring ``lo`` up; all of them are no-ops on a device that has them
+    MTU, up, address and the routes via ``gateway`` (the default route, unless ``routes`` names the networks),
+    and bring ``lo`` up; all of them are no-ops on a device that has them
     already (a device taken back after a restart, with ``move`` false).
 
     The daemon keeps its file descriptor across the move: a TAP stays ours.
@@ -85,7 +88,8 @@ async def configure_link(
     if address is not None:
         await ip("addr", "replace", str(address), "dev", device, netns=netns)
     if gateway is not None:
-        await ip("route", "replace", "default", "via", str(gateway), "dev", device, netns=netns)
+        for to in [str(route) for route in routes] or ["default"]:
+            await ip("route", "replace", to, "via", str(gateway), "dev", device, netns=netns)
     if netns is not None:
         await ip("link", "set", "dev", "lo", "up", netns=netns)
 
