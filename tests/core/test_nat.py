@@ -1310,7 +1310,7 @@ def test_a_port_a_mapping_holds_is_lent_until_the_mapping_ends():
 
 
 @pytest.mark.parametrize(("forward", "message"), [
-    (Forward(nat_module.TCP, 8080, ip_from_str(C), 81), "tcp port 8080 is forwarded already, to 10.0.0.3:80 (by cni0123)"),
+    (Forward(nat_module.TCP, 8080, ip_from_str(C), 81), "tcp port 8080 is forwarded already: tcp port 8080 to 10.0.0.3:80 (by cni0123)"),
     (Forward(nat_module.TCP, 8080, ip_from_str(C), 81, interface="wan"), "forwarded already"),
     (Forward(1, 8080, ip_from_str(C), 81), "only TCP and UDP"),
     (Forward(nat_module.TCP, 0, ip_from_str(C), 81), "between 1 and 65535"),

@@ -106,6 +106,11 @@ class Forward:
     interface: str | None = None
     owner: str = ""
 
+    def __str__(self) -> str:
+        on = f" on {self.interface}" if self.interface else ""
+        by = f" (by {self.owner})" if self.owner else ""
+        return f"{PROTOCOL_NAMES.get(self.protocol, str(self.protocol))} port {self.port}{on} to {ip_to_str(self.to)}:{self.to_port}{by}"
+
     def overlaps(self, other: "Forward") -> bool:
         """Whether both would take some packet: one protocol and port, and one interface or either on all."""
         return (self.protocol == other.protocol and self.port == other.port
@@ -223,8 +228,7 @@ class Nat:
             raise ValueError(f"there are {MAX_FORWARDS} port forwards already, the most there can be")
         taken = next((f for f in self.forwards if f.overlaps(forward)), None)
         if taken is not None:
-            raise ValueError(f"{PROTOCOL_NAMES[forward.protocol]} port {forward.port} is forwarded already, to "
-                             f"{ip_to_str(taken.to)}:{taken.to_port}{f' (by {taken.owner})' if taken.owner else ''}")
+            raise ValueError(f"{PROTOCOL_NAMES[forward.protocol]} port {forward.port} is forwarded already: {taken}")
         if not any(f.protocol == forward.protocol and f.port == forward.port for f in self.forwards):
             self.mappings.reserve(forward.protocol, forward.port)
         self.forwards += (forward,)
