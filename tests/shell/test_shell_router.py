@@ -279,6 +279,7 @@ async def test_unforward_by_port_or_owner_and_on_a_router_without_nat(tmp_path):
         await client.request(path, {"command": "forward", "port": 80, "to": "10.244.1.2"})
         removed = await client.request(path, {"command": "unforward", "protocol": "tcp", "port": 80})
         assert [(r["port"], r["to"], r["to_port"]) for r in removed["removed"]] == [(80, "10.244.1.2", 80)]
+        assert "owner" not in removed["removed"][0]   # added without one, as the config's forwards
 
 
 async def watch_for(seen: list, condition, timeout: float = TIMEOUT) -> None:

@@ -266,9 +266,13 @@ async def show_nat(node: NodeView, now: float, limit: int = NAT_LISTED) -> Row:
 
 
 def forward_row(f: Forward) -> Row:
-    """A port forward as `show nat`, `forward` and `unforward` list it (``owner``: "" for the config's)."""
-    return {"protocol": PROTOCOL_NAMES[f.protocol], "port": f.port, "to": ip_to_str(f.to), "to_port": f.to_port,
-            "interface": f.interface, "owner": f.owner}
+    """A port forward as `show nat`, `forward` and `unforward` list it; ``owner`` only for one added at run time
+    (the config's have none)."""
+    row: Row = {"protocol": PROTOCOL_NAMES[f.protocol], "port": f.port, "to": ip_to_str(f.to), "to_port": f.to_port,
+                "interface": f.interface}
+    if f.owner:
+        row["owner"] = f.owner
+    return row
 
 
 def _endpoints(key: bytes) -> Row:
