@@ -1237,3 +1237,184 @@ def test_a_forward_whose_answers_would_collide_with_a_tracked_connection_is_refu
     verdict = nat.process(tcp(S, 5555, WAN_ADDR, 8080, flags="S"), "wan", 1.0)
     assert (verdict.packet, verdict.drop) == (None, DropReason.NAT_INVALID)
     assert len(nat) == before
+
+
+# -- port forwards added and removed at run time (a CNI runtime's portMappings) --------------------------
+
+RUNTIME_WEB = Forward(nat_module.TCP, 8080, ip_from_str(B), 80, owner="cni0123")
+RUNTIME_DNS = Forward(nat_module.UDP, 5353, ip_from_str(B), 53, owner="cni0123")
+
+
+def test_a_forward_added_at_run_time_takes_new_connections():
+    nat = make_nat()
+    untouched = tcp(X, 40000, WAN_ADDR, 8080)
+    assert nat.process(untouched, "wan", 0.0).packet == untouched   # for the router: no forward yet
+    nat.add_forward(RUNTIME_WEB)
+    there = run(nat, tcp(X, 40001, WAN_ADDR, 8080), "wan", 1.0)
+    assert (there.dst, there[TCP].dport, there.src) == (B, 80, X)
+    back = run(nat, tcp(B, 80, X, 40001, "SA"), "lan", 1.5)
+    assert (back.src, back[TCP].sport) == (WAN_ADDR, 8080)
+    assert nat.forwards == (RUNTIME_WEB,)
+
+
+def test_a_nat_without_masquerade_forwards():
+    """A router with no [nat] gets a bare Nat when its first forward comes: forwarding works on its own."""
+    nat = Nat(FakeRouting(), rng=random.Random(1))
+    nat.add_forward(RUNTIME_DNS)
+    there = run(nat, udp(X, 4000, WAN_ADDR, 5353), "wan", 0.0)
+    assert (there.dst, there[UDP].dport) == (B, 53)
+    assert run(nat, udp(B, 53, X, 4000), "lan", 0.1)[UDP].sport == 5353
+    plain = udp(A, 1000, S, 53)
+    assert nat.process(plain, "lan", 0.2).packet == plain   # nothing masquerades
+
+
+def test_removing_a_forward_keeps_its_connections_and_stops_new_ones():
+    nat = make_nat()
+    nat.add_forward(RUNTIME_WEB)
+    run(nat, tcp(X, 40000, WAN_ADDR, 8080), "wan", 0.0)
+    run(nat, tcp(B, 80, X, 40000, "SA"), "lan", 0.1)
+    assert nat.remove_forwards(owner="cni0123") == (RUNTIME_WEB,)
+    assert nat.forwards == ()
+    # as iptables: the tracked connection lives on until it ends or times out
+    assert run(nat, tcp(X, 40000, WAN_ADDR, 8080, "A"), "wan", 0.2).dst == B
+    assert run(nat, tcp(B, 80, X, 40000, "A"), "lan", 0.3).src == WAN_ADDR
+    new = tcp(X, 40001, WAN_ADDR, 8080)
+    assert nat.process(new, "wan", 0.4).packet == new   # a new one is the router's own again
+
+
+def test_removing_frees_the_port_for_masquerade():
+    nat = make_nat()
+    nat.add_forward(RUNTIME_WEB)
+    assert run(nat, tcp(A, 8080, S, 80), "lan", 0.0)[TCP].sport != 8080
+    nat.remove_forwards(protocol=nat_module.TCP, port=8080)
+    assert run(nat, tcp(C, 8080, S, 80), "lan", 0.1)[TCP].sport == 8080
+
+
+def test_a_port_a_mapping_holds_is_lent_until_the_mapping_ends():
+    """Adding a forward over a live mapping's port: the mapping keeps it (its answers still come back), the
+    forward takes new connections, and when the mapping ends the port stays the forward's."""
+    nat = make_nat()
+    out = run(nat, udp(A, 8080, S, 53), "lan", 0.0)
+    assert out[UDP].sport == 8080
+    nat.add_forward(Forward(nat_module.UDP, 8080, ip_from_str(C), 80))
+    answer = run(nat, udp(S, 53, WAN_ADDR, 8080), "wan", 0.5)
+    assert (answer.dst, answer[UDP].dport) == (A, 8080)                  # the mapping's answer
+    forwarded = run(nat, udp(X, 999, WAN_ADDR, 8080), "wan", 0.6)
+    assert (forwarded.dst, forwarded[UDP].dport) == (C, 80)              # a new connection: forwarded
+    nat.handle_timer(1000.0)                                             # everything expires
+    assert len(nat.mappings) == 0
+    assert run(nat, udp(B, 8080, S, 53), "lan", 1001.0)[UDP].sport != 8080   # still reserved
+    nat.remove_forwards(protocol=nat_module.UDP, port=8080)
+    nat.handle_timer(3000.0)
+    assert run(nat, udp(B, 8080, S, 53), "lan", 3001.0)[UDP].sport == 8080   # free again
+
+
+@pytest.mark.parametrize(("forward", "message"), [
+    (Forward(nat_module.TCP, 8080, ip_from_str(C), 81), "tcp port 8080 is forwarded already: tcp port 8080 to 10.0.0.3:80 (by cni0123)"),
+    (Forward(nat_module.TCP, 8080, ip_from_str(C), 81, interface="wan"), "forwarded already"),
+    (Forward(1, 8080, ip_from_str(C), 81), "only TCP and UDP"),
+    (Forward(nat_module.TCP, 0, ip_from_str(C), 81), "between 1 and 65535"),
+    (Forward(nat_module.TCP, 81, ip_from_str(C), 65536), "between 1 and 65535"),
+    (Forward(nat_module.TCP, 81, b"\1\2\3", 80), "4 bytes"),
+])
+def test_refused_forwards(forward, message):
+    nat = make_nat()
+    nat.add_forward(RUNTIME_WEB)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        nat.add_forward(forward)
+    assert nat.forwards == (RUNTIME_WEB,)
+
+
+def test_one_port_on_two_interfaces_and_removal_by_port():
+    nat = make_nat()
+    wan = Forward(nat_module.TCP, 2222, ip_from_str(B), 22, interface="wan", owner="one")
+    lan = Forward(nat_module.TCP, 2222, ip_from_str(C), 22, interface="lan", owner="two")
+    nat.add_forward(wan)
+    nat.add_forward(lan)
+    assert run(nat, tcp(X, 1, WAN_ADDR, 2222), "wan", 0.0).dst == B
+    assert run(nat, tcp(A, 1, LAN_ADDR, 2222), "lan", 0.0).dst == C
+    assert nat.remove_forwards(owner="two") == (lan,)
+    assert run(nat, tcp(A, 2222, S, 80), "lan", 0.1)[TCP].sport != 2222   # wan's forward still reserves it
+    assert nat.remove_forwards(protocol=nat_module.TCP, port=2222) == (wan,)
+    assert nat.remove_forwards(owner="one") == ()                           # idempotent
+    with pytest.raises(ValueError, match="by owner, or by protocol and port"):
+        nat.remove_forwards(protocol=nat_module.TCP)
+
+
+def test_forwards_are_bounded():
+    nat = make_nat()
+    for port in range(1, nat_module.MAX_FORWARDS + 1):
+        nat.add_forward(Forward(nat_module.UDP, port, ip_from_str(B), 53))
+    with pytest.raises(ValueError, match=f"there are {nat_module.MAX_FORWARDS} port forwards already"):
+        nat.add_forward(Forward(nat_module.TCP, 1, ip_from_str(B), 53))
+    with pytest.raises(ValueError, match="at most"):
+        Nat(FakeRouting(), forwards=(RUNTIME_WEB,) * (nat_module.MAX_FORWARDS + 1))
+
+
+@given(
+    low=st.integers(0, 20), span=st.integers(1, 10),
+    ops=st.lists(st.tuples(st.sampled_from(["take", "random", "give", "reserve", "unreserve"]), st.integers(0, 40)),
+                 max_size=80),
+    seed=st.integers(0, 2**16),
+)
+def test_port_pool_reservations_against_a_model(low, span, ops, seed):
+    """Taken and reserved sets are the model: a reserved port is never handed out, a lent one comes back to
+    the reservation, an unreserved one to the free ports once nothing holds it."""
+    high = low + span - 1
+    pool = nat_mapping.PortPool(low, high)
+    rng = random.Random(seed)
+    taken: set[int] = set()      # held by mappings
+    reserved: set[int] = set()
+
+    def free(port: int) -> bool:
+        return port not in taken and port not in reserved
+
+    for op, port in ops:
+        if op == "take":
+            assert pool.take(port) == free(port)
+            if free(port):
+                taken.add(port)
+        elif op == "random":
+            got = pool.take_random(rng)
+            if any(free(p) for p in range(low, high + 1)):
+                assert got is not None and free(got)
+                taken.add(got)
+            else:
+                assert got is None
+        elif op == "give" and taken:
+            back = sorted(taken)[port % len(taken)]
+            pool.give_back(back)
+            taken.discard(back)
+        elif op == "reserve":
+            if port in reserved:
+                with pytest.raises(ValueError):
+                    pool.reserve(port)
+            else:
+                pool.reserve(port)
+                reserved.add(port)
+        elif op == "unreserve" and reserved:
+            gone = sorted(reserved)[port % len(reserved)]
+            pool.unreserve(gone)
+            reserved.discard(gone)
+        assert len(pool) == sum(free(p) for p in range(low, high + 1))
+        assert all(pool.is_free(p) == free(p) for p in range(0, 41))
+
+
+def test_unreserved_while_lent_is_freed_by_the_mapping():
+    pool = nat_mapping.PortPool(10, 12)
+    assert pool.take(11)
+    pool.reserve(11)              # lent to the mapping that holds it
+    pool.unreserve(11)            # no longer reserved; still held
+    assert not pool.is_free(11)
+    pool.give_back(11)
+    assert pool.is_free(11)
+    with pytest.raises(ValueError, match="was not taken"):
+        pool.give_back(11)
+
+
+def test_no_port_left_drop_is_unchanged_by_reservation(monkeypatch):
+    monkeypatch.setattr(nat_mapping, "PORT_RANGE", (2000, 2001))
+    nat = make_nat()
+    run(nat, udp(A, 2000, S, 53), "lan", 0.0)
+    nat.add_forward(Forward(nat_module.UDP, 2001, ip_from_str(B), 53))
+    assert nat.process(udp(B, 2000, S, 53), "lan", 0.0).drop is DropReason.NAT_NO_PORT

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vswitch.cli.cni import SUPPORTED_VERSIONS, port_name
+from vswitch.cli.cni import SUPPORTED_VERSIONS, port_mappings, port_name
 
 ROOT = Path(__file__).parents[2]
 CONFIG = {"cniVersion": "1.0.0", "name": "vswitch", "type": "vswitch-cni"}
@@ -86,3 +86,42 @@ def test_cni_install_writes_a_plugin_that_runs_and_a_conflist(tmp_path):
     version = subprocess.run([str(tmp_path / "bin" / "vswitch-cni")], env={"CNI_COMMAND": "VERSION"},
                              capture_output=True, text=True, timeout=30)   # no PYTHONPATH: runtimes pass none
     assert version.returncode == 0 and json.loads(version.stdout)["cniVersion"] == "1.1.0"
+
+
+ADD = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/proc/1/ns/net"}
+
+
+@pytest.mark.parametrize(("mappings", "says"), [
+    ({"hostPort": 8080}, "portMappings: must be a list"),
+    ([8080], r"portMappings[0]: must be an object"),
+    ([{"hostPort": 8080}], "portMappings[0].containerPort: must be a port between 1 and 65535, got None"),
+    ([{"hostPort": 0, "containerPort": 80}], "portMappings[0].hostPort: must be a port between 1 and 65535, got 0"),
+    ([{"hostPort": 70000, "containerPort": 80}], "hostPort: must be a port between 1 and 65535, got 70000"),
+    ([{"hostPort": True, "containerPort": 80}], "hostPort: must be a port between 1 and 65535, got True"),
+    ([{"hostPort": "8080", "containerPort": 80}], "hostPort: must be a port between 1 and 65535, got '8080'"),
+    ([{"hostPort": 8080, "containerPort": 80, "protocol": "sctp"}], "protocol: must be tcp or udp, got 'sctp'"),
+    ([{"hostPort": 8080, "containerPort": 80, "hostIP": "::1"}], "hostIP: '::1' is not an IPv4 address"),
+    ([{"hostPort": 8080, "containerPort": 80, "hostIP": 5}], "hostIP: must be a string, got 5"),
+    ([{"hostPort": 53, "containerPort": 53, "protocol": "udp"}, {"hostPort": 53, "containerPort": 5353,
+                                                                 "protocol": "UDP"}], "udp port 53 is mapped twice"),
+    ([{"hostPort": 1, "containerPort": 1}] * 1025, "at most 1024 mappings, got 1025"),
+])
+def test_bad_port_mappings_are_code_7_before_anything_is_attached(mappings, says, tmp_path):
+    """Checked before the daemon is asked anything: the socket here does not even exist."""
+    config = {**CONFIG, "control": str(tmp_path / "none.sock"), "runtimeConfig": {"portMappings": mappings}}
+    code, error = plugin(ADD, json.dumps(config))
+    assert code == 1 and error["code"] == 7 and says in error["msg"], error
+
+
+def test_port_mappings_as_podman_passes_them():
+    config = {"runtimeConfig": {"portMappings": [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
+        {"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": "0.0.0.0", "range": 1},
+        {"hostPort": 8443, "containerPort": 443, "hostIP": "192.0.2.1"},
+    ]}}
+    assert port_mappings(config) == [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
+        {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": ""},
+        {"hostPort": 8443, "containerPort": 443, "protocol": "tcp", "hostIP": "192.0.2.1"},
+    ]
+    assert port_mappings({}) == port_mappings({"runtimeConfig": {}}) == []

@@ -3,11 +3,12 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 import trio
-from scapy.layers.inet import ICMP
+from scapy.layers.inet import ICMP, UDP
 from scapy.layers.l2 import ARP, Ether
 from shellkit import host, watch
 
@@ -206,3 +207,82 @@ async def test_show_nat_without_nat_and_show_arp_without_router_say_what_to_add(
         with pytest.raises(ControlError, match=r"has no router: add \[\[router.interfaces\]\]"):
             await ask(node, "arp")
         nursery.cancel_scope.cancel()
+
+
+# -- port forwards at run time (`forward`, `unforward`: what the CNI plugin asks for a runtime's portMappings) --
+
+
+async def send_udp(node: daemon.Node, port: str, dst: str, dport: int, payload: bytes) -> None:
+    runner = host(node, port)
+    datagram = bytes(UDP(sport=40000, dport=dport, chksum=0) / payload)   # no checksum: UDP allows it
+    frames = runner.host.send_ip(IPv4Address(dst).packed, 17, datagram, trio.current_time())
+    assert frames, "the host knows the router's MAC (it pinged it)"
+    await runner.port.send_batch(frames)
+
+
+async def test_a_forward_added_at_run_time_reaches_the_container_and_goes_with_its_owner(tmp_path):
+    """No [nat] at all: the first `forward` gives the router its NAT; `unforward` and `detach` remove forwards."""
+    async with running(tmp_path, nat="") as node:
+        path = node.config.node.control
+        assert node.router.nat is None
+        added = await client.request(path, {"command": "forward", "protocol": "udp", "port": 5353,
+                                            "to": "10.244.1.2:53", "owner": "c1"})
+        row = {"protocol": "udp", "port": 5353, "to": "10.244.1.2", "to_port": 53, "interface": None, "owner": "c1"}
+        assert added == {"added": [row]}
+        assert (await ask(node, "nat"))["rules"]["forward"] == [row]
+        assert "forward udp port 5353 to 10.244.1.2:53 (c1)" in format.format_nat(await ask(node, "nat"))
+
+        seen = watch(node, "c1")
+        assert (await host(node, "uplink").ping("198.51.100.2", timeout=TIMEOUT)).received == 1
+        await send_udp(node, "uplink", "198.51.100.2", 5353, b"published")
+        await watch_for(seen, lambda p: UDP in p and bytes(p[UDP].payload) == b"published")
+        arrived = next(p for p in seen if UDP in p)
+        assert (arrived.src, arrived.dst, arrived[UDP].dport) == ("198.51.100.1", "10.244.1.2", 53)
+
+        with pytest.raises(ControlError, match=r"^forward: udp port 5353 is forwarded already: udp port 5353 to "
+                                               r"10.244.1.2:53 \(by c1\)$"):
+            await client.request(path, {"command": "forward", "protocol": "udp", "port": 5353, "to": "10.244.2.2"})
+        assert await client.request(path, {"command": "unforward", "owner": "c1"}) == {"removed": [row]}
+        assert await client.request(path, {"command": "unforward", "owner": "c1"}) == {"removed": []}   # idempotent
+
+        await client.request(path, {"command": "forward", "port": 8080, "to": "10.244.2.2:80", "owner": "c2",
+                                    "interface": "ext"})
+        await client.request(path, {"command": "detach", "name": "c2"})   # an attachment's forwards go with it
+        assert (await ask(node, "nat"))["rules"]["forward"] == []
+        assert format.format_nat(await ask(node, "nat")).startswith("no rules\n")
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    ({"port": 80}, r"^forward: 'to' is required$"),
+    ({"port": 80, "to": "10.244.1.2:http"}, r"needs a port between 1 and 65535 after the colon"),
+    ({"port": 80, "to": "10.244.1.2:99999999"}, r"needs a port between 1 and 65535 after the colon"),
+    ({"port": 80, "to": "10.244.1:80"}, r"is not address:port"),
+    ({"port": 0, "to": "10.244.1.2"}, r"^forward: ports must be between 1 and 65535"),
+    ({"port": 80, "to": "10.244.1.2", "protocol": "icmp"}, r"^protocol: 'icmp' is not one of tcp, udp$"),
+    ({"port": 80, "to": "10.244.1.2", "interface": "eth9"}, r"^forward: no router interface named 'eth9'"),
+    ({"port": 80, "to": "10.244.1.2", "owner": "x" * 65}, r"^owner: must be 1 to 64 printable bytes$"),
+    ({"port": "80", "to": "10.244.1.2"}, r"'port' must be an integer"),
+])
+async def test_forward_requests_are_checked(tmp_path, request_, message):
+    async with running(tmp_path) as node:
+        with pytest.raises(ControlError, match=message):
+            await client.request(node.config.node.control, {"command": "forward", **request_})
+        assert (await ask(node, "nat"))["rules"]["forward"] == []
+
+
+async def test_unforward_by_port_or_owner_and_on_a_router_without_nat(tmp_path):
+    async with running(tmp_path, nat="") as node:
+        path = node.config.node.control
+        assert await client.request(path, {"command": "unforward", "owner": "nobody"}) == {"removed": []}
+        with pytest.raises(ControlError, match="by owner, or by protocol and port, not both"):
+            await client.request(path, {"command": "unforward", "owner": "c1", "port": 80})
+        await client.request(path, {"command": "forward", "port": 80, "to": "10.244.1.2"})
+        removed = await client.request(path, {"command": "unforward", "protocol": "tcp", "port": 80})
+        assert [(r["port"], r["to"], r["to_port"]) for r in removed["removed"]] == [(80, "10.244.1.2", 80)]
+        assert "owner" not in removed["removed"][0]   # added without one, as the config's forwards
+
+
+async def watch_for(seen: list, condition, timeout: float = TIMEOUT) -> None:
+    with trio.fail_after(timeout):
+        while not any(condition(p) for p in seen):
+            await trio.sleep(0.005)

@@ -11,9 +11,17 @@ everything it keeps is in the daemon and its state dir.
 
 Everything a runtime passes is checked: the environment, the config's
 JSON and types, with the spec's codes for what is wrong.
+
+Port publishing (the ``portMappings`` capability, ``podman run -p 8080:80``):
+each of ``runtimeConfig.portMappings`` becomes a port forward on the node's
+router, from ``hostPort`` on its addresses (``hostIP``'s interface alone, if
+given) to the container's address and ``containerPort``, owned by the
+attachment's port, so that DEL (and a detach) removes them together. A
+mapping the daemon refuses undoes the whole ADD.
 """
 
 import hashlib
+import ipaddress
 import json
 import os
 import sys
@@ -28,6 +36,8 @@ MAX_CONFIG = 1 << 20         # a network config is a few hundred bytes; a megaby
 DEFAULT_CONTROL = "/run/vswitch/vswitch.sock"
 PORT_PREFIX = "cni"          # the daemon's name for a CNI attachment: cni + 12 hex digits of (container, ifname)
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+MAX_PORT_MAPPINGS = 1024     # a container publishing more ports than this is not one runtime's request
+ALL_ADDRESSES = ("", "0.0.0.0")   # a hostIP that publishes on every address of the node
 
 # The spec's well-known error codes; 100 and up are the plugin's own.
 INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, UNKNOWN_CONTAINER, BAD_ENVIRONMENT = 1, 2, 3, 4
@@ -119,6 +129,7 @@ async def run(command: str, config: dict[str, Any], env: Mapping[str, str]) -> d
     container, ifname = _env(env, "CNI_CONTAINERID"), _env(env, "CNI_IFNAME")
     name = port_name(container, ifname)
     if command == "DEL":
+        await _ask(control, {"command": "unforward", "owner": name})   # none is no error: DEL is idempotent
         try:
             await _ask(control, {"command": "detach", "name": name})
         except CniError as exc:
@@ -129,11 +140,93 @@ async def run(command: str, config: dict[str, Any], env: Mapping[str, str]) -> d
     if command == "CHECK":
         await _check(control, name, netns, config)
         return None
+    mappings = port_mappings(config)
+    interfaces = await _host_interfaces(control, mappings) if any(m["hostIP"] for m in mappings) else {}
     request: dict[str, Any] = {"command": "attach", "name": name, "netns": netns, "ifname": ifname}
     if "mtu" in config:
         request["mtu"] = config["mtu"]
     port = await _ask(control, request)
+    try:
+        await _publish(control, name, port, mappings, interfaces)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _undo(control, name)
+        raise
     return result(config, port, netns)
+
+
+def port_mappings(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``runtimeConfig.portMappings`` checked (7 if wrong): each with ``hostPort``, ``containerPort`` (1..65535),
+    ``protocol`` (tcp or udp, tcp if absent) and ``hostIP`` ("" for every address). Other keys are left alone."""
+    raw = config.get("runtimeConfig", {}).get("portMappings", [])
+    where = "runtimeConfig.portMappings"
+    if not isinstance(raw, list):
+        raise CniError(INVALID_CONFIG, f"{where}: must be a list")
+    if len(raw) > MAX_PORT_MAPPINGS:
+        raise CniError(INVALID_CONFIG, f"{where}: at most {MAX_PORT_MAPPINGS} mappings, got {len(raw)}")
+    mappings, seen = [], set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise CniError(INVALID_CONFIG, f"{where}[{i}]: must be an object")
+        for key in ("hostPort", "containerPort"):
+            value = item.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+                raise CniError(INVALID_CONFIG, f"{where}[{i}].{key}: must be a port between 1 and 65535, got {value!r}")
+        protocol = item.get("protocol", "tcp")
+        if not isinstance(protocol, str) or protocol.lower() not in ("tcp", "udp"):
+            raise CniError(INVALID_CONFIG, f"{where}[{i}].protocol: must be tcp or udp, got {protocol!r}")
+        host_ip = item.get("hostIP", "")
+        if not isinstance(host_ip, str):
+            raise CniError(INVALID_CONFIG, f"{where}[{i}].hostIP: must be a string, got {host_ip!r}")
+        if host_ip not in ALL_ADDRESSES:
+            try:
+                ipaddress.IPv4Address(host_ip)
+            except ValueError:
+                raise CniError(INVALID_CONFIG, f"{where}[{i}].hostIP: {host_ip!r} is not an IPv4 address") from None
+        mapping = {"hostPort": item["hostPort"], "containerPort": item["containerPort"],
+                   "protocol": protocol.lower(), "hostIP": "" if host_ip in ALL_ADDRESSES else host_ip}
+        key = (mapping["protocol"], mapping["hostPort"])
+        if key in seen:
+            raise CniError(INVALID_CONFIG, f"{where}[{i}]: {key[0]} port {key[1]} is mapped twice")
+        seen.add(key)
+        mappings.append(mapping)
+    return mappings
+
+
+async def _host_interfaces(control: str, mappings: list[dict[str, Any]]) -> dict[str, str]:
+    """The router interface of each mapping's ``hostIP`` (7 naming it if the node has no such address)."""
+    routes = await _ask(control, {"command": "show", "what": "routes"})
+    by_address = {i["address"].partition("/")[0]: i["name"] for i in routes["interfaces"]}
+    for m in mappings:
+        if m["hostIP"] and m["hostIP"] not in by_address:
+            raise CniError(INVALID_CONFIG, f"runtimeConfig.portMappings: hostIP {m['hostIP']} is not an address of "
+                                           f"this node's router (its addresses: {', '.join(by_address) or 'none'})")
+    return by_address
+
+
+async def _publish(control: str, name: str, port: Mapping[str, Any], mappings: list[dict[str, Any]],
+                   interfaces: Mapping[str, str]) -> None:
+    """A port forward per mapping to the container's address, owned by its port."""
+    if not mappings:
+        return
+    if not port.get("address"):
+        raise CniError(INVALID_CONFIG, "runtimeConfig.portMappings: the container got no address to forward to")
+    address = port["address"].partition("/")[0]
+    for m in mappings:
+        request = {"command": "forward", "protocol": m["protocol"], "port": m["hostPort"],
+                   "to": f"{address}:{m['containerPort']}", "owner": name}
+        if m["hostIP"]:
+            request["interface"] = interfaces[m["hostIP"]]
+        await _ask(control, request)
+
+
+async def _undo(control: str, name: str) -> None:
+    """Take back a failed ADD: its forwards and its port (a failure here is left to the runtime's DEL)."""
+    for request in ({"command": "unforward", "owner": name}, {"command": "detach", "name": name}):
+        try:
+            await _ask(control, request)
+        except CniError:
+            pass
 
 
 def result(config: Mapping[str, Any], port: Mapping[str, Any], netns: str) -> dict[str, Any]:

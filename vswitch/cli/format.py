@@ -158,15 +158,17 @@ def format_nat(result: Row) -> str:
 
 
 def _format_nat_rules(rules: Row) -> str:
-    """One line per rule (a NAT has at least one): what the connections below were translated by."""
+    """One line per rule: what the connections below were translated by (a NAT made for port forwards at run
+    time may have none left)."""
     lines = []
     for m in rules["masquerade"]:
         exclude = f" except to {', '.join(m['exclude'])}" if m["exclude"] else ""
         lines.append(f"masquerade {m['source']} out {m['out']}{exclude}")
     for f in rules["forward"]:
         where = f" on {f['interface']}" if f["interface"] else ""
-        lines.append(f"forward {f['protocol']} port {f['port']}{where} to {f['to']}:{f['to_port']}")
-    return "\n".join(lines)
+        owner = f" ({f['owner']})" if f.get("owner") else ""
+        lines.append(f"forward {f['protocol']} port {f['port']}{where} to {f['to']}:{f['to_port']}{owner}")
+    return "\n".join(lines) or "no rules"
 
 
 def format_peers(result: Row) -> str:

@@ -19,7 +19,7 @@ from vswitch.core.actions import DropReason
 from vswitch.core.l2.bridge import BridgeStatistics
 from vswitch.core.l2.fdb import Fdb
 from vswitch.core.l3.router import Router
-from vswitch.core.nat import PROTOCOL_NAMES, describe
+from vswitch.core.nat import PROTOCOL_NAMES, Forward, describe
 from vswitch.core.wire.addr import ip_to_str, mac_to_str
 from vswitch.errors import ControlError
 from vswitch.overlay.core.tunnel import Overlay
@@ -261,12 +261,21 @@ async def show_nat(node: NodeView, now: float, limit: int = NAT_LISTED) -> Row:
         "rules": {
             "masquerade": [{"source": str(m.source), "out": m.out, "exclude": [str(e) for e in m.exclude]}
                            for m in nat.masquerade],
-            "forward": [{"protocol": PROTOCOL_NAMES[f.protocol], "port": f.port, "to": ip_to_str(f.to),
-                         "to_port": f.to_port, "interface": f.interface} for f in nat.forwards],
+            "forward": [forward_row(f) for f in nat.forwards],
         },
         "connections": connections,
         "unlisted": len(nat) - len(connections),
     }
+
+
+def forward_row(f: Forward) -> Row:
+    """A port forward as `show nat`, `forward` and `unforward` list it; ``owner`` only for one added at run time
+    (the config's have none)."""
+    row: Row = {"protocol": PROTOCOL_NAMES[f.protocol], "port": f.port, "to": ip_to_str(f.to), "to_port": f.to_port,
+                "interface": f.interface}
+    if f.owner:
+        row["owner"] = f.owner
+    return row
 
 
 def _endpoints(key: bytes) -> Row:

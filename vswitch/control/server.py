@@ -1,5 +1,5 @@
 """The server side of the control socket: a running daemon answers `vswitch show`, `capture`, `attach`,
-`detach`, `reload` and `trace` over a Unix stream socket (the protocol: :mod:`vswitch.control.protocol`).
+`detach`, `forward`, `unforward`, `reload` and `trace` over a Unix stream socket (the protocol: :mod:`vswitch.control.protocol`).
 
 Everything is bounded: the request line (``MAX_REQUEST`` bytes), the time a
 client has to send it and take its answer (``CLIENT_TIMEOUT``), and each
@@ -32,8 +32,9 @@ import attrs
 import trio
 
 from vswitch.config import SUN_PATH_MAX, PortConfig
+from vswitch.core.nat import TCP, UDP, Forward
 from vswitch.core.trace import parse_flow
-from vswitch.core.wire.addr import mac_to_str
+from vswitch.core.wire.addr import ip_from_str, mac_to_str
 from vswitch.errors import ConfigError, ControlError
 from vswitch.overlay.core.peers import LeaseChanges
 from vswitch.overlay.core.trace import trace
@@ -70,6 +71,11 @@ class Node(reports.NodeView, Protocol):
     async def attach(self, port: PortConfig) -> PortConfig: ...
 
     async def detach(self, name: str) -> None: ...
+
+    def add_forward(self, forward: Forward) -> None: ...
+
+    def remove_forwards(self, *, owner: str | None = None, protocol: int | None = None,
+                        port: int | None = None) -> tuple[Forward, ...]: ...
 
     async def reload_file(self, path: str | None = None) -> LeaseChanges: ...
 
@@ -411,6 +417,68 @@ async def _cmd_detach(server: ControlServer, request: Request) -> object:
     return {"name": name}
 
 
+FORWARD_PROTOCOLS = {"tcp": TCP, "udp": UDP}
+MAX_OWNER = 64   # bytes in a forward's owner: a CNI port name is 15
+
+
+async def _cmd_forward(server: ControlServer, request: Request) -> object:
+    """A port forward at run time: ``protocol`` (tcp, the default, or udp) ``port`` on the router's addresses
+    (``interface``'s alone, if given) to ``to`` (``address:port``, or ``address`` for the same port), added by
+    ``owner`` (so that `unforward` removes an attachment's forwards together)."""
+    protocol, port = _protocol(request), field(request, "port", int)
+    to = field(request, "to", str)
+    host, colon, to_port_text = to.partition(":")
+    try:
+        address = ip_from_str(host)
+    except ValueError:
+        raise ControlError(f"forward: to: {to!r} is not address:port, like 10.244.1.5:80") from None
+    to_port = port
+    if colon:
+        if not to_port_text.isdigit() or len(to_port_text) > 5:
+            raise ControlError(f"forward: to: {to!r} needs a port between 1 and 65535 after the colon")
+        to_port = int(to_port_text)
+    forward = Forward(protocol, port, address, to_port, field(request, "interface", str, required=False),
+                      _owner(request) or "")
+    try:
+        add = server.node.add_forward
+    except AttributeError:
+        raise ControlError("forward is not available in this version of the daemon") from None
+    await _call(add, {"forward": forward}, "forward")
+    return {"added": [reports.forward_row(forward)]}
+
+
+async def _cmd_unforward(server: ControlServer, request: Request) -> object:
+    """Remove ``owner``'s port forwards, or those of ``protocol`` and ``port``; none is not an error (a CNI DEL
+    comes again)."""
+    owner = _owner(request)
+    if owner is not None:
+        if "port" in request:
+            raise ControlError("unforward: by owner, or by protocol and port, not both")
+        selector: dict[str, Any] = {"owner": owner}
+    else:
+        selector = {"protocol": _protocol(request), "port": field(request, "port", int)}
+    try:
+        remove = server.node.remove_forwards
+    except AttributeError:
+        raise ControlError("unforward is not available in this version of the daemon") from None
+    removed = await _call(remove, selector, "unforward")
+    return {"removed": [reports.forward_row(f) for f in removed]}
+
+
+def _protocol(request: Request) -> int:
+    name = field(request, "protocol", str, required=False) or "tcp"
+    if name not in FORWARD_PROTOCOLS:
+        raise ControlError(f"protocol: {name!r} is not one of {', '.join(FORWARD_PROTOCOLS)}")
+    return FORWARD_PROTOCOLS[name]
+
+
+def _owner(request: Request) -> str | None:
+    owner = field(request, "owner", str, required=False)
+    if owner is not None and not (0 < len(owner.encode()) <= MAX_OWNER and owner.isprintable()):
+        raise ControlError(f"owner: must be 1 to {MAX_OWNER} printable bytes")
+    return owner
+
+
 async def _cmd_reload(server: ControlServer, request: Request) -> object:
     """Read a config file again and take its peers, as SIGHUP does (:meth:`vswitch.daemon.Node.reload_file`):
     the file the request names, which the daemon runs from then on, or else the daemon's own."""
@@ -452,5 +520,6 @@ async def _call(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> An
 
 
 COMMANDS: dict[str, Handler] = {
-    "show": _cmd_show, "attach": _cmd_attach, "detach": _cmd_detach, "reload": _cmd_reload, "trace": _cmd_trace,
+    "show": _cmd_show, "attach": _cmd_attach, "detach": _cmd_detach, "forward": _cmd_forward,
+    "unforward": _cmd_unforward, "reload": _cmd_reload, "trace": _cmd_trace,
 }

@@ -129,6 +129,14 @@ def build_core(config: Config) -> tuple[Core, Router | None, Overlay | None, byt
     return datapath, router, overlay, vtep_mac
 
 
+def runtime_nat(router: Router, config: Config) -> Nat:
+    """The router's NAT; a router that had none (no ``[nat]``) gets a bare one, with the config's limits, when its
+    first port forward is added at run time."""
+    if router.nat is None:
+        router.nat = Nat(router, max_connections=config.nat.max_connections, max_per_source=config.nat.max_per_source)
+    return router.nat
+
+
 def memory_port(config: Config, pc: PortConfig, pcaps: list[PcapWriter]) -> tuple[Port, HostRunner]:
     assert pc.host is not None  # config validation guarantees it for memory ports
     port, far_end = MemoryPort.pair(pc.name, f"{pc.name}-host", mtu=pc.mtu)

@@ -13,6 +13,7 @@ import trio
 from vswitch.config import Config, ConfigError, PortConfig, load
 from vswitch.core.l3.ipam import AddressPool, PoolExhausted
 from vswitch.core.l3.router import Router
+from vswitch.core.nat import Forward
 from vswitch.core.wire.addr import mac_to_str
 from vswitch.errors import DeviceError
 from vswitch.overlay.core.backends import BACKENDS
@@ -47,6 +48,7 @@ from .assemble import (
     faults_pcap,
     memory_port,
     open_device_port,
+    runtime_nat,
     with_pcap,
 )
 from .lease import address_pool, addressed, gateway, static_pool, take_lease
@@ -301,12 +303,34 @@ class Node:
             except DeviceError as exc:
                 log.debug("%s", exc)
         await self.switch.remove_port(name)
+        self.remove_forwards(owner=name)   # a container's published ports go with it
         self.attached.pop(name, None)
         if self.links.pop(name, None) is not None:
             self.save_links()
         if self.pool is not None and self.pool.release(name) is not None:
             self.save_addresses()
         log.info("detached %s", name)
+
+    def add_forward(self, forward: Forward) -> None:
+        """A port forward at run time (a CNI runtime's portMappings): ValueError says why not."""
+        if self.router is None:
+            raise ValueError("this daemon has no router: port forwards need [[router.interfaces]]")
+        if forward.interface is not None and forward.interface not in self.router.interfaces:
+            raise ValueError(f"no router interface named {forward.interface!r} "
+                             f"(interfaces: {', '.join(self.router.interfaces)})")
+        runtime_nat(self.router, self.config).add_forward(forward)
+        log.info("forwarding %s", forward)
+
+    def remove_forwards(self, *, owner: str | None = None, protocol: int | None = None,
+                        port: int | None = None) -> tuple[Forward, ...]:
+        """Remove the port forwards of ``owner``, or of ``protocol`` and ``port``; the ones removed."""
+        nat = self.router.nat if self.router is not None else None
+        if nat is None:
+            return ()
+        removed = nat.remove_forwards(owner=owner, protocol=protocol, port=port)
+        for forward in removed:
+            log.info("no longer forwarding %s", forward)
+        return removed
 
 
 async def prepare(config: Config, *, underlay: MemoryUnderlay | None = None, config_path: str | None = None) -> Node:

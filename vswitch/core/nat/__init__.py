@@ -23,6 +23,7 @@ from .conntrack import (
 )
 from .translate import (
     FRAGMENT_MEMORY,
+    MAX_FORWARDS,
     Forward,
     Masquerade,
     Nat,
@@ -33,6 +34,6 @@ from .translate import (
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS", "ICMP", "MAX_CONNECTIONS", "PROTOCOL_NAMES", "TCP", "UDP", "Connection", "State",
-    "Timeouts", "describe", "invert", "make_key", "FRAGMENT_MEMORY", "Forward", "Masquerade", "Nat",
+    "Timeouts", "describe", "invert", "make_key", "FRAGMENT_MEMORY", "MAX_FORWARDS", "Forward", "Masquerade", "Nat",
     "NatStatistics", "Routing", "Verdict",
 ]

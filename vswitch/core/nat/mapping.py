@@ -33,11 +33,12 @@ class PortPool:
     into the free part at that very port. Taking a port moves the last free one into its place and shortens
     the free part; giving one back appends it. So a random choice is uniform over the free ports, as
     iptables' ``--random-fully``. Ports outside the range (a preserved port below 1024) are never chosen at
-    random: a set holds those taken. ``reserved`` ports (port forwards) are never free. Two ``array('H')``
+    random: a set holds those taken. ``reserved`` ports (port forwards) are never free; a port reserved while a
+mapping holds it is lent: the mapping keeps it, and its return leaves it reserved. Two ``array('H')``
     of one entry per port in the range: about 250 KiB for TCP's or UDP's, made when an address first needs one.
     """
 
-    __slots__ = ("low", "high", "_reserved", "_free", "_where", "_count", "_taken_outside")
+    __slots__ = ("low", "high", "_reserved", "_lent", "_free", "_where", "_count", "_taken_outside")
 
     def __init__(self, low: int, high: int, reserved: frozenset[int] = frozenset()) -> None:
         if not 0 <= low <= high <= 0xFFFF:
@@ -47,10 +48,11 @@ class PortPool:
         self._free = array("H", range(low, high + 1))
         self._where = array("H", range(span))
         self._count = span
-        self._reserved = reserved
+        self._reserved: set[int] = set()
+        self._lent: set[int] = set()   # reserved ports a mapping took before they were reserved
         self._taken_outside: set[int] = set()
         for port in reserved:
-            self.take(port)
+            self.reserve(port)
 
     def __len__(self) -> int:
         """Free ports in the random range."""
@@ -85,8 +87,29 @@ class PortPool:
         self._remove_at(where)
         return port
 
+    def reserve(self, port: int) -> None:
+        """Never give ``port`` out again (until :meth:`unreserve`); a mapping that holds it keeps it meanwhile."""
+        if port in self._reserved:
+            raise ValueError(f"port {port} is reserved already")
+        if not self.take(port):
+            self._lent.add(port)
+        self._reserved.add(port)
+
+    def unreserve(self, port: int) -> None:
+        """Make ``port`` free again, or, while a mapping still holds it, free when that mapping gives it back."""
+        self._reserved.remove(port)
+        if port in self._lent:
+            self._lent.discard(port)
+        else:
+            self.give_back(port)
+
     def give_back(self, port: int) -> None:
-        if self.is_free(port) or port in self._reserved:
+        if port in self._reserved:
+            if port not in self._lent:
+                raise ValueError(f"port {port} was not taken")
+            self._lent.discard(port)   # the mapping that held it is done; it stays reserved
+            return
+        if self.is_free(port):
             raise ValueError(f"port {port} was not taken")
         if not self.low <= port <= self.high:
             self._taken_outside.discard(port)
@@ -117,11 +140,12 @@ class Mapping:
 class Mappings:
     """Every mapping, found by its internal endpoint and by its external one, and the pools of free ports.
 
-    ``reserved`` are (protocol, port) pairs never given out: the ports of port forwards.
+    ``reserved`` are (protocol, port) pairs never given out: the ports of port forwards, which
+    :meth:`reserve` and :meth:`unreserve` change at run time.
     """
 
     def __init__(self, *, reserved: frozenset[tuple[int, int]] = frozenset(), rng: random.Random | None = None) -> None:
-        self._reserved = reserved
+        self._reserved = set(reserved)
         self._rng = rng or random.Random()
         self._by_internal: dict[bytes, Mapping] = {}   # proto + internal addr/port + external addr → mapping
         self._by_external: dict[bytes, Mapping] = {}   # proto + external addr/port → mapping
@@ -129,6 +153,21 @@ class Mappings:
 
     def __len__(self) -> int:
         return len(self._by_internal)
+
+    def reserve(self, proto: int, port: int) -> None:
+        """Give ``port`` to no new mapping on any address; a mapping holding it now keeps it while it lives."""
+        if (proto, port) in self._reserved:
+            raise ValueError(f"port {port} is reserved already")
+        self._reserved.add((proto, port))
+        for key, pool in self._pools.items():
+            if key[0] == proto:
+                pool.reserve(port)
+
+    def unreserve(self, proto: int, port: int) -> None:
+        self._reserved.remove((proto, port))
+        for key, pool in self._pools.items():
+            if key[0] == proto:
+                pool.unreserve(port)
 
     def external(self, proto: int, endpoint: bytes) -> Mapping | None:
         """The mapping whose external address and port is ``endpoint``."""

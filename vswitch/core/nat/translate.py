@@ -27,7 +27,7 @@ import attrs
 
 from vswitch.core.actions import DropReason
 from vswitch.core.wire import icmp, ipv4, tcp, udp
-from vswitch.core.wire.addr import Network
+from vswitch.core.wire.addr import Network, ip_to_str
 from vswitch.core.wire.checksum import adjust, delta, internet_checksum
 from vswitch.core.wire.field import at
 
@@ -44,6 +44,7 @@ from .conntrack import (
     KEY_SRC,
     MAX_CONNECTIONS,
     ORIG,
+    PROTOCOL_NAMES,
     TCP,
     UDP,
     Connection,
@@ -57,6 +58,7 @@ from .conntrack import (
 from .mapping import ENDPOINT_ADDRESS, ENDPOINT_PORT, Mapping, Mappings
 
 FRAGMENT_MEMORY = 1024        # first fragments remembered, to translate the rest of their datagram
+MAX_FORWARDS = 4096           # port forwards, from the config and added at run time
 
 # What the packet path reads for every packet, as module-level constants: a module's attribute costs a
 # lookup each time it is read.
@@ -94,6 +96,7 @@ class Forward:
     """Port forwarding (DNAT): ``protocol`` traffic to ``port`` on a router address goes to ``to:to_port``.
 
     ``interface`` limits the rule to that interface's address; by default every router address forwards.
+    ``owner`` names who added it at run time (a CNI attachment's port), so that all its forwards go together.
     """
 
     protocol: int
@@ -101,6 +104,17 @@ class Forward:
     to: bytes
     to_port: int
     interface: str | None = None
+    owner: str = ""
+
+    def __str__(self) -> str:
+        on = f" on {self.interface}" if self.interface else ""
+        by = f" (by {self.owner})" if self.owner else ""
+        return f"{PROTOCOL_NAMES.get(self.protocol, str(self.protocol))} port {self.port}{on} to {ip_to_str(self.to)}:{self.to_port}{by}"
+
+    def overlaps(self, other: "Forward") -> bool:
+        """Whether both would take some packet: one protocol and port, and one interface or either on all."""
+        return (self.protocol == other.protocol and self.port == other.port
+                and (self.interface is None or other.interface is None or self.interface == other.interface))
 
 
 class Routing(Protocol):
@@ -152,6 +166,8 @@ class Nat:
         if not 1 <= max_per_source <= max_connections:
             raise ValueError(
                 f"max_per_source must be between 1 and max_connections ({max_connections}), got {max_per_source}")
+        if len(forwards) > MAX_FORWARDS:
+            raise ValueError(f"at most {MAX_FORWARDS} port forwards, got {len(forwards)}")
         self.routing = routing
         self.masquerade = tuple(masquerade)
         self.forwards = tuple(forwards)
@@ -191,6 +207,50 @@ class Nat:
             created=conntrack.created, expired=conntrack.expired, early_dropped=conntrack.early_dropped,
             source_limited=conntrack.source_limited,
         )
+
+    # -- port forwards at run time ---------------------------------------------------
+
+    def add_forward(self, forward: Forward) -> None:
+        """Forward new connections to ``forward.port`` from now on.
+
+        Refused (ValueError) when a forward takes that protocol and port on the same interface (or either
+        on all), when the port is outside 1..65535, or when :data:`MAX_FORWARDS` are in place. A masquerade
+        mapping that holds the port now keeps it while its connections live, and their answers still reach
+        them; the port is given to no new mapping, and new connections to it are forwarded.
+        """
+        if forward.protocol not in (TCP, UDP):
+            raise ValueError(f"only TCP and UDP ports are forwarded, not protocol {forward.protocol}")
+        if not (1 <= forward.port <= 0xFFFF and 1 <= forward.to_port <= 0xFFFF):
+            raise ValueError(f"ports must be between 1 and 65535, got {forward.port} -> {forward.to_port}")
+        if len(forward.to) != 4:
+            raise ValueError(f"a forward's address is 4 bytes, got {len(forward.to)}")
+        if len(self.forwards) >= MAX_FORWARDS:
+            raise ValueError(f"there are {MAX_FORWARDS} port forwards already, the most there can be")
+        taken = next((f for f in self.forwards if f.overlaps(forward)), None)
+        if taken is not None:
+            raise ValueError(f"{PROTOCOL_NAMES[forward.protocol]} port {forward.port} is forwarded already: {taken}")
+        if not any(f.protocol == forward.protocol and f.port == forward.port for f in self.forwards):
+            self.mappings.reserve(forward.protocol, forward.port)
+        self.forwards += (forward,)
+
+    def remove_forwards(self, *, owner: str | None = None, protocol: int | None = None,
+                        port: int | None = None) -> tuple[Forward, ...]:
+        """Remove the forwards of ``owner``, or those of ``protocol`` and ``port``; the ones removed.
+
+        Like iptables' rules and conntrack: connections already forwarded live on until they end or time out;
+        only new ones are no longer forwarded.
+        """
+        if (owner is None) == (protocol is None or port is None):
+            raise ValueError("remove forwards by owner, or by protocol and port")
+        if owner is not None:
+            removed = tuple(f for f in self.forwards if f.owner == owner)
+        else:
+            removed = tuple(f for f in self.forwards if f.protocol == protocol and f.port == port)
+        self.forwards = tuple(f for f in self.forwards if f not in removed)
+        for key in {(f.protocol, f.port) for f in removed}:
+            if not any((f.protocol, f.port) == key for f in self.forwards):
+                self.mappings.unreserve(*key)
+        return removed
 
     # -- time -------------------------------------------------------------------
 
