@@ -196,3 +196,39 @@ def _ask(ns: str, host: str, port: int) -> tuple[str, str] | None:
         return ask_peer(ns, "tcp", host, port, timeout=2)
     except AssertionError:
         return None
+
+
+def test_published_ports_come_back_with_a_live_restore(tmp_path):
+    """With live restore a restart takes the container's TAP back, and its published port with it."""
+    spaces = Namespaces()
+    daemon = server = None
+    try:
+        vm, outside, container = spaces.create("vm"), spaces.create("vo"), spaces.create("vc")
+        sh("ip", "-n", vm, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", outside)
+        for ns, device in ((vm, "up0"), (outside, "eth0")):
+            in_ns(ns, "sysctl", "-qw", f"net.ipv6.conf.{device}.disable_ipv6=1")
+            sh("ip", "-n", ns, "link", "set", device, "up")
+        sh("ip", "-n", outside, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
+        control, config = tmp_path / "ctl.sock", tmp_path / "pub.toml"
+        text = uplink_config("pubr", control, [], "up0", gateway=GATEWAY, ext=EXT, outside=OUTSIDE, masquerade=False)
+        config.write_text(text.replace("[node]\n", f'[node]\nlive_restore = true\nstate_dir = "{tmp_path / "state"}"\n',
+                                       1))
+        daemon = Daemon(config, netns=vm).start()
+        node = Node(daemon, control, vm, outside, spaces)
+        assert cni(node, "ADD", "pubr1", container, [{"hostPort": 8088, "containerPort": 80}])[0] == 0
+        server = peer_server(container, "tcp", 80)
+        ask_peer(outside, "tcp", EXT, 8088)
+        assert daemon.stop() == 0
+        daemon = Daemon(config, netns=vm).start()
+        node = Node(daemon, control, vm, outside, spaces)
+        assert "took back attached port" in daemon.log
+        assert [(f["port"], f["owner"]) for f in forwards(node)] == [(8088, port_name("pubr1", "eth0"))]
+        ask_peer(outside, "tcp", EXT, 8088)
+        assert cni(node, "DEL", "pubr1", container)[0] == 0
+        assert forwards(node) == [] and refused(outside, "tcp", EXT, 8088)
+    finally:
+        if server is not None:
+            stop(server)
+        if daemon is not None:
+            daemon.kill()
+        spaces.cleanup()

@@ -14,7 +14,7 @@ from vswitch.config import Config, ConfigError, PortConfig, load
 from vswitch.core.l3.ipam import AddressPool, PoolExhausted
 from vswitch.core.l3.router import Router
 from vswitch.core.nat import Forward
-from vswitch.core.wire.addr import mac_to_str
+from vswitch.core.wire.addr import ip_from_str, ip_to_str, mac_to_str
 from vswitch.errors import DeviceError
 from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.peers import Lease, LeaseChanges
@@ -119,6 +119,8 @@ class Node:
                 opened += await self._open_overlay()
             for name, attachment in saved.items():
                 await self._restore_other(name, attachment)
+            if self.live_restore:
+                self._restore_forwards()
         except BaseException:
             for port in opened:
                 with trio.CancelScope(shield=True):
@@ -320,6 +322,7 @@ class Node:
                              f"(interfaces: {', '.join(self.router.interfaces)})")
         runtime_nat(self.router, self.config).add_forward(forward)
         log.info("forwarding %s", forward)
+        self._save_forwards()
 
     def remove_forwards(self, *, owner: str | None = None, protocol: int | None = None,
                         port: int | None = None) -> tuple[Forward, ...]:
@@ -330,7 +333,40 @@ class Node:
         removed = nat.remove_forwards(owner=owner, protocol=protocol, port=port)
         for forward in removed:
             log.info("no longer forwarding %s", forward)
+        if removed:
+            self._save_forwards()
         return removed
+
+    def _save_forwards(self) -> None:
+        """With live restore, the forwards added at run time (a container's published ports) are kept beside its
+        attachment, so a restart publishes them again."""
+        nat = self.router.nat if self.router is not None else None
+        if not self.live_restore or nat is None:
+            return
+        assert self.state is not None
+        try:
+            self.state.write("forwards", {"forwards": [
+                {"protocol": f.protocol, "port": f.port, "to": ip_to_str(f.to), "to_port": f.to_port,
+                 "interface": f.interface, "owner": f.owner} for f in nat.forwards if f.owner]})
+        except OSError as exc:
+            log.warning("cannot save the port forwards in %s: %s", self.state.path, exc)
+
+    def _restore_forwards(self) -> None:
+        """The saved run-time forwards whose owner came back (an attached port); the others are dropped. The file
+        is checked entry by entry, each as :meth:`add_forward` checks a new one."""
+        assert self.state is not None
+        saved = self.state.read("forwards") or {}
+        entries = saved.get("forwards")
+        for entry in entries if isinstance(entries, list) else ():
+            try:
+                forward = Forward(int(entry["protocol"]), int(entry["port"]), ip_from_str(str(entry["to"])),
+                                  int(entry["to_port"]), entry.get("interface"), str(entry["owner"]))
+                if forward.owner not in self.switch.ports:
+                    raise ValueError(f"its port {forward.owner} did not come back")
+                self.add_forward(forward)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("saved port forward %r dropped: %s", entry, exc)
+        self._save_forwards()
 
 
 async def prepare(config: Config, *, underlay: MemoryUnderlay | None = None, config_path: str | None = None) -> Node:
