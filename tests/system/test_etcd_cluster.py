@@ -242,7 +242,8 @@ def test_a_reservation_is_honoured(cluster):
 
 def test_etcd_away_for_30_seconds_loses_no_ping_and_a_node_joins_after(cluster):
     a, b = cluster.containers[1], cluster.address(5)
-    pinger = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-n", "-i", "0.2", "-w", "36", b],
+    # a count, not a deadline (-w), which would cut the last reply off: 170 pings at 0.2 s span the outage
+    pinger = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-n", "-i", "0.2", "-c", "170", "-W", "2", b],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(2)
@@ -262,7 +263,7 @@ def test_etcd_away_for_30_seconds_loses_no_ping_and_a_node_joins_after(cluster):
     finally:
         pinger.kill()
     sent, received = (int(x) for x in re.search(r"(\d+) packets transmitted, (\d+) received", output).groups())
-    assert sent >= 150 and received == sent, output[-500:] + cluster.logs()
+    assert sent == 170 and received == sent, output[-500:] + cluster.logs()
     for n in (1, 4, 5):
         wait_until(lambda: cluster.daemons[n].show("peers")["source"]["state"] == "connected", timeout=15,
                    what=f"node{n} reconnects")

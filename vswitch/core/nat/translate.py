@@ -58,7 +58,7 @@ from .conntrack import (
 from .mapping import ENDPOINT_ADDRESS, ENDPOINT_PORT, Mapping, Mappings
 
 FRAGMENT_MEMORY = 1024        # first fragments remembered, to translate the rest of their datagram
-MAX_FORWARDS = 4096           # port forwards, from the config and added at run time
+MAX_FORWARDS = 4096           # port forwards in all, beyond which none is added at run time (the config's are the operator's)
 
 # What the packet path reads for every packet, as module-level constants: a module's attribute costs a
 # lookup each time it is read.
@@ -166,8 +166,6 @@ class Nat:
         if not 1 <= max_per_source <= max_connections:
             raise ValueError(
                 f"max_per_source must be between 1 and max_connections ({max_connections}), got {max_per_source}")
-        if len(forwards) > MAX_FORWARDS:
-            raise ValueError(f"at most {MAX_FORWARDS} port forwards, got {len(forwards)}")
         self.routing = routing
         self.masquerade = tuple(masquerade)
         self.forwards = tuple(forwards)
