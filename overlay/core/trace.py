@@ -88,19 +88,27 @@ class Trace:
         }
 
 
-def trace(core: Core, port: str, flow: Flow, now: float, *, known: Mapping[bytes, bytes] | None = None) -> Trace:
-    """What ``core`` would do with ``flow``'s packet arriving on ``port`` at ``now``; ``core`` stays as it was.
+def trace(core: Core, port: str, flow: Flow, now: float, *, known: Mapping[bytes, bytes] | None = None,
+          in_place: bool = False) -> Trace:
+    """What ``core`` would do with ``flow``'s packet arriving on ``port`` at ``now``.
+
+    ``core`` stays as it was: the packet goes through a deep copy of it,
+    which takes time in proportion to its tables, so tables too large to
+    copy (:data:`MAX_COPIED`) are refused. With ``in_place`` the packet goes
+    through ``core`` itself, for a caller whose core is a copy already (the
+    daemon's forked snapshot, :mod:`vswitch.shell.forked`), with no limit.
 
     ``known`` maps IPv4 addresses to the MACs of hosts the caller knows
     beyond the router's neighbours (the daemon's simulated hosts). An
-    unknown port, a datagram no peer could have sent, or tables too large
-    to copy (:data:`MAX_COPIED`) are a ValueError.
+    unknown port or a datagram no peer could have sent is a ValueError.
     """
-    rows = _rows(core)
-    if rows > MAX_COPIED:
-        raise ValueError(f"the FDB and NAT tables hold {rows} entries; a trace copies them, which would hold up"
-                         f" forwarding: it is refused beyond {MAX_COPIED}")
-    tracer = _Tracer(copy.deepcopy(core), now, dict(known or {}))
+    if not in_place:
+        rows = _rows(core)
+        if rows > MAX_COPIED:
+            raise ValueError(f"the FDB and NAT tables hold {rows} entries; a trace copies them, which would hold up"
+                             f" forwarding: it is refused beyond {MAX_COPIED}")
+        core = copy.deepcopy(core)
+    tracer = _Tracer(core, now, dict(known or {}))
     medium = tracer.medium(port)
     frame = tracer.ingress(port, medium, flow)
     steps = tracer.explain(port, medium, flow, frame)

@@ -39,6 +39,7 @@ from vswitch.errors import ConfigError, ControlError
 from vswitch.overlay.core.peers import LeaseChanges
 from vswitch.overlay.core.trace import trace
 from vswitch.shell.faults import FirstAtSite
+from vswitch.shell.forked import ForkError, in_snapshot
 from vswitch.shell.ports.pcap import SNAPLEN
 from vswitch.shell.switch import Monitor
 
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 MAX_REQUESTS = 16                # concurrent connections that are not (yet) captures
 MAX_CAPTURES = 16                # concurrent captures, apart from the requests
+TRACE_TIMEOUT = 5.0              # seconds a trace's snapshot may take (a trace takes a few milliseconds)
 SHOWS = ("ports", "fdb", "arp", "routes", "nat", "peers", "leases", "stats")   # what `show` reports
 
 
@@ -502,8 +504,14 @@ async def _cmd_trace(server: ControlServer, request: Request) -> object:
     try:
         flow = parse_flow(spec)
         known = {runner.host.ip: runner.host.mac for runner, _, _ in getattr(node, "hosts", ())}
-        return trace(node.switch.core, port, flow, trio.current_time(), known=known).as_dict()
+        core, now = node.switch.core, trio.current_time()
+        # In a forked snapshot of the daemon: the packet changes the snapshot's tables only, and the daemon
+        # forwards on meanwhile, however large its tables are (a copy in process would hold it up).
+        return await in_snapshot(lambda: trace(core, port, flow, now, known=known, in_place=True).as_dict(),
+                                 timeout=TRACE_TIMEOUT)
     except ValueError as exc:
+        raise ControlError(f"trace: {exc}") from None
+    except ForkError as exc:
         raise ControlError(f"trace: {exc}") from None
 
 
