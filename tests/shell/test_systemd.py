@@ -119,3 +119,21 @@ def test_the_unit_ships_in_the_package_and_systemd_accepts_it(tmp_path):
     result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Unknown key" not in result.stderr and "Unknown lvalue" not in result.stderr, result.stderr
+
+
+def test_a_start_that_fails_says_stopping_with_its_reason(tmp_path):
+    """A node that cannot serve (here its metrics port is taken) tells systemd why, instead of leaving it waiting
+    for READY=1 until the start times out."""
+    address = str(tmp_path / "notify")
+    with listener(address) as sock, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        control = tmp_path / "ctl.sock"
+        config = node_config(tmp_path, pcap=tmp_path / "p1.pcap", control=control)
+        config.write_text(config.read_text().replace('name = "t1"',
+                                                     f'name = "t1"\nmetrics = "127.0.0.1:{taken.getsockname()[1]}"'))
+        result = subprocess.run([*VSWITCH, "run", "-c", str(config)], capture_output=True, cwd=ROOT, timeout=30,
+                                env={**os.environ, "NOTIFY_SOCKET": address})
+        assert result.returncode == 1
+        [last] = messages(sock, "STOPPING")
+        assert last["STOPPING"] == "1" and last["STATUS"].startswith("stopped: [node] metrics: cannot listen"), last

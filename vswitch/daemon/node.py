@@ -477,6 +477,20 @@ async def run_until_signal(node: Node) -> int:
     SIGHUP reads the config again and takes its peers (see :meth:`Node.reload_file`).
     """
     notifier = Notifier.from_environ()
+    try:
+        return await _serve_until_signal(node, notifier)
+    except BaseException as exc:   # a start refused, or a node that must stop (its etcd lease deleted)
+        notifier.notify(STOPPING=1, STATUS=f"stopped: {_first_line(exc)}")
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return (str(exc) or type(exc).__name__).splitlines()[0][:200]
+
+
+async def _serve_until_signal(node: Node, notifier: Notifier) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, node)
