@@ -120,3 +120,15 @@ def test_a_refused_start_leaves_no_new_device(tmp_path, namespaces):
                             timeout=30)
     assert result.returncode == 1 and "does not exist" in result.stderr
     assert not link_exists(a, port)
+
+
+def test_a_new_address_in_the_config_replaces_the_old_on_a_device_taken_back(tmp_path, namespaces, daemons):
+    a = namespaces.create()
+    port = unique("t")
+    daemon = daemons(_config(tmp_path, [{"name": port, "netns": a, "address": "10.78.0.2/24", "gateway": "10.78.0.1"}]))
+    index, mac, addresses = _link(a, port)
+    assert addresses == ["10.78.0.2/24"]
+    assert daemon.stop() == 0
+    daemon = daemons(_config(tmp_path, [{"name": port, "netns": a, "address": "10.78.0.9/24", "gateway": "10.78.0.1"}]))
+    assert f"took back {port}" in daemon.log
+    assert _link(a, port) == (index, mac, ["10.78.0.9/24"])

@@ -139,7 +139,7 @@ class Node:
         tap = None
         if saved is not None and (saved.port.netns, saved.port.ifname) == (pc.netns, pc.ifname):
             try:
-                tap = await restore.take_back(attrs.evolve(saved, port=pc))
+                tap = await restore.take_back(attrs.evolve(saved, port=pc), previous=saved.port.address)
                 log.info("took back %s (%s in netns %s)", pc.name, pc.ifname, pc.netns)
             except DeviceError as exc:
                 log.warning("cannot take back %s, making it again: %s", pc.name, exc)

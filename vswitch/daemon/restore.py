@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import secrets
+from ipaddress import IPv4Interface
 from typing import Any
 
 import attrs
@@ -21,7 +22,7 @@ from vswitch import config as config_module
 from vswitch.config import PortConfig
 from vswitch.core.wire.addr import mac_to_str
 from vswitch.errors import ConfigError, DeviceError
-from vswitch.shell.netns import configure_link, netns_path
+from vswitch.shell.netns import configure_link, ip, netns_path
 from vswitch.shell.ports.tuntap import (
     TunTapPort,
     open_tun_device,
@@ -114,9 +115,10 @@ async def link_tap(port: PortConfig, *, persist: bool) -> TunTapPort:
     return tap
 
 
-async def take_back(attachment: Attachment) -> TunTapPort:
+async def take_back(attachment: Attachment, *, previous: IPv4Interface | None = None) -> TunTapPort:
     """The TAP of a saved attachment, re-opened where it is, its configuration made sure of (no-ops when it
-    has it). DeviceError with ENOENT when its namespace or the device is gone."""
+    has it); ``previous``, the address it had, is removed when the attachment has another now. DeviceError
+    with ENOENT when its namespace or the device is gone."""
     port = attachment.port
     assert port.ifname is not None and port.mac is not None
     try:
@@ -129,6 +131,8 @@ async def take_back(attachment: Attachment) -> TunTapPort:
     fd = await trio.to_thread.run_sync(reopen_tun_device, path, port.ifname, tap_flags("tap"))
     tap = TunTapPort(port.name, fd, mtu=port.mtu, vnet=True)
     try:
+        if previous is not None and previous != port.address:
+            await ip("addr", "del", str(previous), "dev", port.ifname, netns=port.netns, check=False)
         await configure_link(port.ifname, netns=port.netns, mac=mac_to_str(port.mac), address=port.address,
                              gateway=port.gateway, mtu=port.mtu, move=False, routes=port.routes)
     except BaseException:
