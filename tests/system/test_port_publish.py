@@ -124,6 +124,9 @@ def test_port_mappings_publish_the_containers_ports_to_a_client_outside(node):
     assert sorted((f["protocol"], f["port"], f["to"], f["to_port"], f["interface"], f["owner"])
                   for f in forwards(node)) == [("tcp", 8080, address, 80, None, owner),
                                                ("udp", 5300, address, 53, "ext", owner)]
+    mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
+                {"hostPort": 5300, "containerPort": 53, "protocol": "udp", "hostIP": EXT}]
+    assert cni(node, "CHECK", "pubc1", container, mappings) == (0, {})   # CHECK verifies the published ports too
     servers = [peer_server(container, "tcp", 80), peer_server(container, "udp", 53)]
     try:
         local, seen = ask_peer(node.outside, "tcp", EXT, 8080)
@@ -131,6 +134,11 @@ def test_port_mappings_publish_the_containers_ports_to_a_client_outside(node):
         local, seen = ask_peer(node.outside, "udp", EXT, 5300)
         assert seen == local
 
+        subprocess.run([sys.executable, "-c", "import trio; from vswitch.control.client import request;"
+                        f" trio.run(request, {str(node.control)!r}, {{'command': 'unforward', 'protocol': 'udp',"
+                        " 'port': 5300})"], cwd=ROOT, check=True, timeout=30)
+        code, error = cni(node, "CHECK", "pubc1", container, mappings)
+        assert code == 1 and error["code"] == 101 and "udp port 5300 is not forwarded" in error["msg"], error
         code, error = cni(node, "DEL", "pubc1", container)
         assert code == 0, error
         assert forwards(node) == []

@@ -260,6 +260,26 @@ async def _check(control: str, name: str, netns: str, config: Mapping[str, Any])
     expected = [ip.get("address") for ip in config.get("prevResult", {}).get("ips", []) if isinstance(ip, dict)]
     if expected and port.get("address") not in expected:
         raise CniError(CHECK_FAILED, f"attachment {name} has {port.get('address')}, not {', '.join(map(str, expected))}")
+    mappings = port_mappings(config)
+    if mappings:
+        await _check_published(control, name, port, mappings)
+
+
+async def _check_published(control: str, name: str, port: Mapping[str, Any], mappings: list[dict[str, Any]]) -> None:
+    """Each of the runtime's port mappings is a forward of this attachment's, to its address and port."""
+    try:
+        nat = await _ask(control, {"command": "show", "what": "nat", "limit": 1})
+    except CniError as exc:
+        if exc.code != DAEMON_REFUSED:
+            raise
+        nat = {}   # a router without NAT: no forward at all
+    forwards = {(f["protocol"], f["port"]): f for f in nat.get("rules", {}).get("forward", []) if f.get("owner") == name}
+    address = str(port.get("address") or "").partition("/")[0]
+    for m in mappings:
+        forward = forwards.get((m["protocol"], m["hostPort"]))
+        if forward is None or (forward["to"], forward["to_port"]) != (address, m["containerPort"]):
+            raise CniError(CHECK_FAILED, f"attachment {name}: {m['protocol']} port {m['hostPort']} is not forwarded"
+                                         f" to {address}:{m['containerPort']}")
 
 
 async def _gc(control: str, config: Mapping[str, Any]) -> None:
