@@ -191,7 +191,7 @@ class EtcdLeases:
             raise LeaseError(f"etcd: {exc}") from None
         self.acquired = acquired
         try:
-            self.save()
+            self.save(strict=True)
         except OSError as exc:
             raise LeaseError(f"cannot save the lease in {self.state.path} ({exc.strerror}): set [node] state_dir to"
                              " a directory the daemon can write") from None
@@ -299,12 +299,13 @@ class EtcdLeases:
         self.status.revision = revision
         return acquired
 
-    def save(self) -> None:
-        """Remember the lease and the peers in the state dir, to start with should etcd be away next time."""
+    def save(self, *, strict: bool = False) -> None:
+        """Remember the lease and the peers in the state dir, to start with should etcd be away next time; an
+        OSError is raised with ``strict`` (at the start), logged otherwise."""
         acquired, book = self.acquired, self.book
         if acquired is None or book is None:
             return
-        self.state.write("lease", {
+        (self.state.write if strict else self.state.keep)("lease", {
             "network_config": acquired.config_json.decode(), "subnet": str(acquired.subnet),
             "lease_id": acquired.lease_id, "expires": acquired.expires, "public_ip": ip_to_str(self.public_ip),
             "revision": self.status.revision,
@@ -329,7 +330,7 @@ class EtcdLeases:
         finally:
             with trio.CancelScope(shield=True):
                 await self.client.aclose()
-            self._save()   # what the last second of changes brought; the lease itself stays in etcd
+            self.save()   # what the last second of changes brought; the lease itself stays in etcd
 
     async def _watch_loop(self) -> None:
         delay = WATCH_BACKOFF[0]
@@ -523,14 +524,8 @@ class EtcdLeases:
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
-            self._save()
-            await trio.sleep(SAVE_INTERVAL)
-
-    def _save(self) -> None:
-        try:
             self.save()
-        except OSError as exc:
-            log.warning("cannot save the lease state in %s: %s", self.state.path, exc)
+            await trio.sleep(SAVE_INTERVAL)
 
     # -- what `show` reports --
 

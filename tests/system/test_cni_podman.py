@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netkit import Daemon, Namespaces, requires_root, sh, unique
+from netkit import Daemon, Namespaces, requires_root, sh, underlay, unique
 
 pytestmark = [requires_root, pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("podman") is None or shutil.which("runc") is None
@@ -107,10 +107,7 @@ public_ip = "10.99.0.{peer}"
 class Setup:
     def __init__(self, tmp: Path, spaces: Namespaces) -> None:
         self.vm = {1: spaces.create("vm"), 2: spaces.create("vm")}
-        sh("ip", "-n", self.vm[1], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", self.vm[2])
-        for n in (1, 2):
-            sh("ip", "-n", self.vm[n], "addr", "add", f"10.99.0.{n}/24", "dev", "eth0")
-            sh("ip", "-n", self.vm[n], "link", "set", "eth0", "up")
+        underlay(self.vm[1], self.vm[2])
         self.podman = Podman(tmp)
         self.networks = {n: unique("vs") for n in (1, 2)}
         self.daemons = {}

@@ -31,6 +31,7 @@ from netkit import (
     sh,
     start_in_ns,
     stop,
+    underlay,
 )
 
 from vswitch.testing.etcd import EtcdServer, etcd_missing
@@ -88,12 +89,8 @@ class Topology:
     def __init__(self, tmp: Path, spaces: Namespaces) -> None:
         self.vm = {1: spaces.create("vm"), 2: spaces.create("vm")}
         self.pod = {1: spaces.create("vp"), 2: spaces.create("vp")}
-        sh("ip", "-n", self.vm[1], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", self.vm[2])
-        for n in (1, 2):
-            in_ns(self.vm[n], "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
-            sh("ip", "-n", self.vm[n], "addr", "add", f"10.99.0.{n}/24", "dev", "eth0")
-            sh("ip", "-n", self.vm[n], "link", "set", "eth0", "up")
-            # the VM's own default route, which the host port must leave alone
+        underlay(self.vm[1], self.vm[2])
+        for n in (1, 2):   # the VM's own default route, which the host port must leave alone
             sh("ip", "-n", self.vm[n], "route", "add", "default", "via", "10.99.0.254")
         self.configs = {n: tmp / f"node{n}.toml" for n in (1, 2)}
         self.daemons: dict[int, Daemon] = {}

@@ -41,6 +41,7 @@ from netkit import (
     sh,
     start_in_ns,
     stop,
+    underlay,
     unique,
     wait_until,
 )
@@ -85,15 +86,6 @@ def node_config(tmp: Path, n: int, backend: str, containers: list[tuple[str, str
     return text + "\n" + "\n".join(_peer(p, backend) for p in peers)
 
 
-def underlay(spaces: Namespaces, left: str, right: str) -> None:
-    """``eth0`` 10.99.0.1/24 in ``left`` and 10.99.0.2/24 in ``right``, one veth; no IPv6 chatter."""
-    sh("ip", "-n", left, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", right)
-    for i, vm in ((1, left), (2, right)):
-        in_ns(vm, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
-        sh("ip", "-n", vm, "addr", "add", f"10.99.0.{i}/24", "dev", "eth0")
-        sh("ip", "-n", vm, "link", "set", "eth0", "up")
-
-
 class Topology:
     """Two VMs, two daemons, four containers; what tests change (a restarted daemon, a config) they put back."""
 
@@ -101,7 +93,7 @@ class Topology:
         self.backend = backend
         self.tmp = tmp
         self.vm = {1: spaces.create("vm"), 2: spaces.create("vm")}
-        underlay(spaces, self.vm[1], self.vm[2])
+        underlay(self.vm[1], self.vm[2])
         sh("ip", "-n", self.vm[2], "addr", "add", f"{STRANGER}/24", "dev", "eth0")
         self.c1a, self.c1b, self.c2a, self.c2b = (spaces.create("vc") for _ in range(4))
         self.containers = {
@@ -395,7 +387,7 @@ class KernelTopology:
     def __init__(self, tmp: Path, spaces: Namespaces) -> None:
         self.tmp = tmp
         self.vm1, self.vmk = spaces.create("vm"), spaces.create("vk")
-        underlay(spaces, self.vm1, self.vmk)
+        underlay(self.vm1, self.vmk)
         self.c1, self.ck = spaces.create("vc"), spaces.create("vc")
         config = tmp / "node1.toml"
         config.write_text(node_config(tmp, 1, "vxlan", [(unique("t"), self.c1, C1A, None)], [2]))

@@ -20,6 +20,7 @@ attachment's port, so that DEL (and a detach) removes them together. A
 mapping the daemon refuses undoes the whole ADD.
 """
 
+import argparse
 import hashlib
 import ipaddress
 import json
@@ -308,7 +309,7 @@ async def _ask(control: str, message: dict[str, Any], *, unavailable: int = TRY_
         raise CniError(DAEMON_REFUSED, str(exc)) from None
 
 
-# -- `vswitch cni install` ----------------------------------------------------------------------------
+# -- `vswitch cni install`: the plugin and its config where runtimes look ------------------------------
 
 
 def install(*, bin_dir: str, conf_dir: str, control: str, network: str = "vswitch") -> tuple[str, str]:
@@ -328,6 +329,33 @@ def install(*, bin_dir: str, conf_dir: str, control: str, network: str = "vswitc
         "plugins": [{"type": "vswitch-cni", "control": control, "capabilities": {"portMappings": True}}],
     }, indent=2) + "\n")
     return plugin, conflist
+
+
+def add_cni_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    cni = commands.add_parser("cni", help="the CNI plugin that container runtimes call",
+                              description="the CNI plugin that container runtimes call")
+    actions = cni.add_subparsers(dest="action", required=True, metavar="ACTION")
+    install = actions.add_parser(
+        "install", parents=[common], help="write the plugin and a .conflist where runtimes look for them",
+        description="Write the plugin (vswitch-cni) into --bin-dir and a network config list into --conf-dir, so"
+                    " that podman, containerd or the kubelet link their containers through this node's daemon.")
+    install.add_argument("--bin-dir", default="/opt/cni/bin", help="where runtimes look for plugins (default /opt/cni/bin)")
+    install.add_argument("--conf-dir", default="/etc/cni/net.d",
+                         help="where runtimes look for network configs (default /etc/cni/net.d)")
+    install.add_argument("--control", default="/run/vswitch/vswitch.sock", metavar="PATH",
+                         help="the daemon's control socket, its [node] control (default /run/vswitch/vswitch.sock)")
+    install.add_argument("--network", default="vswitch", metavar="NAME", help="the network's name (default vswitch)")
+
+
+def cni_install(args: argparse.Namespace) -> int:
+    try:
+        plugin, conflist = install(bin_dir=args.bin_dir, conf_dir=args.conf_dir, control=args.control,
+                                   network=args.network)
+    except OSError as exc:
+        print(f"vswitch cni install: {exc.filename}: {exc.strerror} (run as root?)", file=sys.stderr)
+        return 1
+    print(f"wrote {plugin}\nwrote {conflist}")
+    return 0
 
 
 if __name__ == "__main__":   # python -m vswitch.cli.cni: the plugin from a checkout, as the tests run it

@@ -55,7 +55,7 @@ def _command(argv: list[str] | None) -> int:
 
         return network_init(args)
     if args.command == "cni":
-        from .network import cni_install
+        from .cni import cni_install
 
         return cni_install(args)
     return _talk(args)
@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     command("systemd-unit", "print the systemd unit vswitch@.service (Type=notify; /etc/vswitch/NAME.toml runs as"
                             " vswitch@NAME)")
 
-    from .network import add_cni_parser, add_network_parser
+    from .cni import add_cni_parser
+    from .network import add_network_parser
 
     add_network_parser(commands, common)
     add_cni_parser(commands, common)

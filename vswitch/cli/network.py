@@ -1,5 +1,4 @@
-"""``vswitch network init`` (flannel's network config into etcd, as an operator would with etcdctl) and
-``vswitch cni install`` (the CNI plugin and its config where runtimes look)."""
+"""``vswitch network init``: write flannel's network config into etcd, as an operator would with etcdctl."""
 
 import argparse
 import sys
@@ -33,35 +32,6 @@ def add_network_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                        ("--etcd-certfile", "our client certificate"), ("--etcd-keyfile", "its key"),
                        ("--etcd-username", "etcd's auth user"), ("--etcd-password", "its password")):
         init.add_argument(flag, metavar="VALUE", help=help)
-
-
-def add_cni_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    cni = commands.add_parser("cni", help="the CNI plugin that container runtimes call",
-                              description="the CNI plugin that container runtimes call")
-    actions = cni.add_subparsers(dest="action", required=True, metavar="ACTION")
-    install = actions.add_parser(
-        "install", parents=[common], help="write the plugin and a .conflist where runtimes look for them",
-        description="Write the plugin (vswitch-cni) into --bin-dir and a network config list into --conf-dir, so"
-                    " that podman, containerd or the kubelet link their containers through this node's daemon.")
-    install.add_argument("--bin-dir", default="/opt/cni/bin", help="where runtimes look for plugins (default /opt/cni/bin)")
-    install.add_argument("--conf-dir", default="/etc/cni/net.d",
-                         help="where runtimes look for network configs (default /etc/cni/net.d)")
-    install.add_argument("--control", default="/run/vswitch/vswitch.sock", metavar="PATH",
-                         help="the daemon's control socket, its [node] control (default /run/vswitch/vswitch.sock)")
-    install.add_argument("--network", default="vswitch", metavar="NAME", help="the network's name (default vswitch)")
-
-
-def cni_install(args: argparse.Namespace) -> int:
-    from .cni import install
-
-    try:
-        plugin, conflist = install(bin_dir=args.bin_dir, conf_dir=args.conf_dir, control=args.control,
-                                   network=args.network)
-    except OSError as exc:
-        print(f"vswitch cni install: {exc.filename}: {exc.strerror} (run as root?)", file=sys.stderr)
-        return 1
-    print(f"wrote {plugin}\nwrote {conflist}")
-    return 0
 
 
 def network_init(args: argparse.Namespace) -> int:

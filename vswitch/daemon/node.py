@@ -86,10 +86,7 @@ class Node:
 
     def save_addresses(self) -> None:
         if self.pool is not None and self.state is not None:
-            try:
-                self.state.write("addresses", self.pool.state())
-            except OSError as exc:
-                log.warning("cannot save the containers' addresses in %s: %s", self.state.path, exc)
+            self.state.keep("addresses", self.pool.state())
 
     async def open_devices(self) -> None:
         """Open the device ports of the config and link them into their namespaces (once).
@@ -344,12 +341,9 @@ class Node:
         if not self.live_restore or nat is None:
             return
         assert self.state is not None
-        try:
-            self.state.write("forwards", {"forwards": [
-                {"protocol": f.protocol, "port": f.port, "to": ip_to_str(f.to), "to_port": f.to_port,
-                 "interface": f.interface, "owner": f.owner} for f in nat.forwards if f.owner]})
-        except OSError as exc:
-            log.warning("cannot save the port forwards in %s: %s", self.state.path, exc)
+        self.state.keep("forwards", {"forwards": [
+            {"protocol": f.protocol, "port": f.port, "to": ip_to_str(f.to), "to_port": f.to_port,
+             "interface": f.interface, "owner": f.owner} for f in nat.forwards if f.owner]})
 
     def _restore_forwards(self) -> None:
         """The saved run-time forwards whose owner came back (an attached port); the others are dropped. The file

@@ -87,10 +87,7 @@ def load(state: StateDir) -> dict[str, Attachment]:
 
 
 def save(state: StateDir, attachments: dict[str, Attachment]) -> None:
-    try:
-        state.write("attachments", {"ports": {name: a.to_json() for name, a in sorted(attachments.items())}})
-    except OSError as exc:
-        log.warning("cannot save the attachments in %s: %s", state.path, exc)
+    state.keep("attachments", {"ports": {name: a.to_json() for name, a in sorted(attachments.items())}})
 
 
 def netns_inode(netns: str | None) -> int | None:

@@ -67,3 +67,11 @@ class StateDir:
     def write(self, name: str, value: dict[str, Any]) -> None:
         write_atomic(self.path / f"{name}.json", json.dumps(value, indent=1, sort_keys=True) + "\n", mode=0o600,
                      dir_mode=0o700)
+
+    def keep(self, name: str, value: dict[str, Any]) -> None:
+        """:meth:`write`, for state kept while the daemon runs: a failure (a full disk, a read-only mount) is
+        logged and costs only that save, never the forwarding; the next change saves again."""
+        try:
+            self.write(name, value)
+        except OSError as exc:
+            log.warning("cannot save %s.json in %s: %s", name, self.path, exc.strerror or exc)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 __all__ = ["Daemon", "Namespaces", "can_run", "flannel_route", "in_ns", "kernel_flannel_node", "link_exists",
-           "link_mac", "outside_link", "ping", "sh", "tap_config", "unique", "uplink_config"]
+           "link_mac", "outside_link", "ping", "sh", "tap_config", "underlay", "unique", "uplink_config"]
 
 def can_run() -> str | None:
     """None if namespaces and TAP devices can be used here, else the reason why not."""
@@ -166,6 +166,16 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def underlay(left: str, right: str) -> None:
+    """Two "VMs" on one network: ``eth0`` 10.99.0.1/24 in namespace ``left`` and 10.99.0.2/24 in ``right``,
+    one veth; no IPv6 chatter."""
+    sh("ip", "-n", left, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", right)
+    for i, vm in ((1, left), (2, right)):
+        in_ns(vm, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
+        sh("ip", "-n", vm, "addr", "add", f"10.99.0.{i}/24", "dev", "eth0")
+        sh("ip", "-n", vm, "link", "set", "eth0", "up")
 
 
 def tap_config(name: str, control: Path, ports: list[dict]) -> str:
