@@ -100,10 +100,12 @@ from vswitch.core.wire.offload import (
     GSO_UDP,
     VNET_HDR,
     VNET_HDR_LEN,
-    VNET_HDR_NONE,
+    SuperFrame,
     coalesce_tcp4,
     complete_checksum,
     from_vnet,
+    read_vnet,
+    segment,
     segment_tcp4,
 )
 from vswitch.core.wire.tcp import ACK, FIN, PSH, RST, SYN, build_tcp
@@ -1145,7 +1147,7 @@ def _coalesce(batch: Batch) -> None:
         if not 1 <= count <= len(frames) - start:
             raise Invariant(f"coalesce_tcp4 used {count} frames of {len(frames) - start}")
         if count == 1:
-            if joined != VNET_HDR_NONE + frames[start]:
+            if joined is not frames[start]:
                 raise Invariant("a lone frame came back changed")
         else:
             _check_join(joined, frames[start:start + count])
@@ -1155,7 +1157,7 @@ def _coalesce(batch: Batch) -> None:
 def _check_join(joined: bytes, frames: Sequence[bytes]) -> None:
     headers = 34 + (frames[0][46] >> 4) * 4
     wanted = b"".join(f[headers:14 + int.from_bytes(f[16:18], "big")] for f in frames)
-    segments = from_vnet(joined)
+    segments = segment(joined)
     if b"".join(s[headers:] for s in segments) != wanted:
         raise Invariant(f"{len(frames)} frames joined into a super-frame that segments into other payload")
 
@@ -1174,9 +1176,17 @@ def _vnet_call(call: Callable[[bytes, tuple[int, ...]], object]) -> Callable[[Ba
 
 
 def _from_vnet(batch: Batch) -> None:
+    """As a port reads: segmenting at once (from_vnet), or taking a super-frame whole (read_vnet), which must
+    then cut as well, or be refused as malformed."""
     for packet in batch.inputs:
         try:
             from_vnet(packet)
+        except WireError:
+            pass
+        try:
+            frame = read_vnet(packet)
+            if type(frame) is SuperFrame:
+                segment(frame)
         except WireError:
             pass
 

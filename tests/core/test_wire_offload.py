@@ -6,7 +6,17 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.all import IP, TCP, UDP, Dot1Q, Ether, IPOption_Router_Alert, raw
+from scapy.all import (
+    IP,
+    TCP,
+    UDP,
+    Dot1Q,
+    Ether,
+    IPOption_Router_Alert,
+    IPv6,
+    IPv6ExtHdrHopByHop,
+    raw,
+)
 
 from vswitch.core.wire import Malformed, Truncated
 from vswitch.core.wire.ipv4 import pseudo_header_sum
@@ -14,14 +24,21 @@ from vswitch.core.wire.offload import (
     F_NEEDS_CSUM,
     GSO_ECN,
     GSO_TCPV4,
+    GSO_TCPV6,
     GSO_UDP,
     VNET_HDR,
-    VNET_HDR_NONE,
+    SuperFrame,
     UnsupportedOffload,
     coalesce_tcp4,
     complete_checksum,
+    cut_super_frames,
     from_vnet,
+    read_vnet,
+    segment,
     segment_tcp4,
+    segment_tcp6,
+    super_frame,
+    vnet_header,
 )
 
 ETH = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -88,6 +105,54 @@ def test_segments_are_valid_tcp_that_reassemble(payload_len, mss, fin):
     assert data == bytes(pkt[TCP].payload)
 
 
+def _super_frame6(payload_len, flags="PA", seq=1000, vlan=False):
+    tcp = TCP(sport=40000, dport=5201, seq=seq, ack=5, flags=flags, options=[("NOP", None), ("NOP", None)])
+    ip = IPv6(src="fd00::1", dst="fd00::2", hlim=64) / tcp / bytes(i & 0xFF for i in range(payload_len))
+    pkt = Ether(**ETH) / (Dot1Q(vlan=5) / ip if vlan else ip)
+    return raw(pkt), pkt
+
+
+@settings(max_examples=30)
+@given(payload_len=st.integers(1, 20000), mss=st.integers(500, 9000), fin=st.booleans(), vlan=st.booleans())
+def test_tcp6_segments_are_valid_tcp_that_reassemble(payload_len, mss, fin, vlan):
+    frame, pkt = _super_frame6(payload_len, flags="FPA" if fin else "PA", seq=0xFFFFFF00, vlan=vlan)
+    segments = segment_tcp6(frame, mss)
+    assert len(segments) == -(-payload_len // mss)
+    data = b""
+    for i, seg in enumerate(segments):
+        parsed = Ether(seg)
+        ip, tcp = parsed[IPv6], parsed[TCP]
+        assert ip.plen == len(raw(tcp)) and len(bytes(tcp.payload)) <= mss
+        assert tcp.seq == (0xFFFFFF00 + len(data)) & 0xFFFFFFFF
+        last = i == len(segments) - 1
+        assert bool(tcp.flags & 0x01) == (fin and last)
+        assert bool(tcp.flags & 0x08) == last
+        check = Ether(seg)
+        stored = check[TCP].chksum
+        del check[TCP].chksum
+        assert Ether(raw(check))[TCP].chksum == stored   # scapy's checksum, over the IPv6 pseudo-header
+        data += bytes(tcp.payload)
+    assert data == bytes(pkt[TCP].payload)
+
+
+def test_from_vnet_segments_tcp6_and_refuses_what_it_cannot_cut():
+    big, _ = _super_frame6(4000)
+    segments = from_vnet(VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV6, 74, 1428, 54, 16) + big)
+    assert [len(Ether(s)[TCP].payload) for s in segments] == [1428, 1428, 1144]
+    behind_options = raw(Ether(**ETH) / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop()
+                         / TCP(flags="A") / bytes(3000))
+    with pytest.raises(UnsupportedOffload):
+        segment_tcp6(behind_options, 1400)
+    short = bytearray(big)
+    short[18:20] = (len(big) - 14 - 40 + 1).to_bytes(2, "big")   # a payload length one past the frame
+    with pytest.raises(Truncated):
+        segment_tcp6(bytes(short), 1400)
+    with pytest.raises(Malformed):
+        segment_tcp6(_super_frame(100)[0], 1400)    # IPv4 is not IPv6
+    with pytest.raises(Malformed):
+        segment_tcp6(big, 0)
+
+
 def test_a_tcp_header_past_the_ip_total_length_is_truncated():
     # The IP total length covers half the TCP header, the frame goes on: the segment was made of bytes
     # beyond the packet, with a longer IP length than the original.
@@ -134,16 +199,17 @@ def _stream(sizes, *, seq=1000, flags=None, options=(), sport=40000):
 def test_a_run_of_one_flow_becomes_one_super_frame_that_segments_back_to_the_same_segments():
     frames = _stream([1400, 1400, 1400, 600], flags={3: "PA"}, options=[("Timestamp", (5, 6))])
     joined, count = coalesce_tcp4(frames, 0)
-    assert count == 4
-    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(joined)
+    assert count == 4 and type(joined) is SuperFrame
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack(vnet_header(joined))
     assert (flags, gso_type, gso_size, csum_start, csum_offset) == (F_NEEDS_CSUM, GSO_TCPV4, 1400, 34, 16)
     assert hdr_len == 14 + 20 + 32
-    whole = Ether(joined[VNET_HDR.size:])
+    whole = Ether(joined)
     assert whole[IP].len == 20 + 32 + 4800 and whole[TCP].flags == "PA" and whole[TCP].seq == 1000
     recomputed = whole[IP].copy()
     del recomputed.chksum
     assert whole[IP].chksum == IP(raw(recomputed)).chksum
-    again = from_vnet(joined)   # the kernel's segmentation, done by our own segmenter
+    assert segment(joined) == from_vnet(vnet_header(joined) + joined)
+    again = segment(joined)   # the kernel's segmentation, done by our own segmenter
     assert [bytes(Ether(f)[TCP].payload) for f in again] == [bytes(Ether(f)[TCP].payload) for f in frames]
     for ours, theirs in zip(again, frames):
         check = Ether(ours)
@@ -164,7 +230,7 @@ def test_a_run_stops_where_a_segment_does_not_follow(break_at, change):
                    flags=change.get("flags"), options=change.get("options", ()))
     joined, count = coalesce_tcp4(head + tail, 0)
     assert count == break_at
-    assert Ether(joined[VNET_HDR.size:])[IP].len == 20 + 20 + 2000
+    assert Ether(joined)[IP].len == 20 + 20 + 2000
 
 
 def test_a_shorter_segment_or_psh_ends_the_run_and_the_limit_holds():
@@ -177,12 +243,13 @@ def test_a_shorter_segment_or_psh_ends_the_run_and_the_limit_holds():
     assert coalesce_tcp4(frames, 8)[1] == 2
 
 
-def test_what_cannot_join_goes_alone_with_an_empty_header():
+def test_what_cannot_join_goes_alone_as_it_was():
     udp = raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"x")
     lone = _stream([1000])[0]
     fragment = raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP(flags="A") / b"y")
     for frame in (udp, lone, fragment, b"short"):
-        assert coalesce_tcp4([frame, frame], 0) == (VNET_HDR_NONE + frame, 1)
+        joined, count = coalesce_tcp4([frame, frame], 0)
+        assert (joined, count) == (frame, 1) and type(joined) is not SuperFrame
 
 
 @pytest.mark.parametrize("data_offset", [0, 1, 2, 3, 4])
@@ -196,7 +263,7 @@ def test_a_data_offset_below_five_never_joins(data_offset):
     second = raw(Ether(**ETH) / ip / TCP(sport=40000, dport=5201, seq=1000 + size, ack=7, dataofs=data_offset, flags="PA")
                  / bytes(92))
     assert len(first) == len(second) == 146
-    assert coalesce_tcp4([first, second], 0) == (VNET_HDR_NONE + first, 1)
+    assert coalesce_tcp4([first, second], 0) == (first, 1)
 
 
 # -- properties: segmenting and coalescing undo each other; checksums against scapy; coalescing never raises --
@@ -232,12 +299,12 @@ def test_segmenting_then_coalescing_gives_back_the_super_frame(case):
     segments = segment_tcp4(frame, mss)
     joined, count = coalesce_tcp4(segments, 0)
     if len(segments) == 1:
-        assert (joined, count) == (VNET_HDR_NONE + segments[0], 1)
+        assert (joined, count) == (segments[0], 1)
         return
     assert count == len(segments)
-    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(joined)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack(vnet_header(joined))
     assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == (F_NEEDS_CSUM, GSO_TCPV4, headers, mss, 34, 16)
-    whole = joined[VNET_HDR.size:]
+    whole = bytes(joined)
     assert whole[headers:] == frame[headers:]                       # the same payload bytes
     assert _headers_but_lengths_ids_and_checksums(whole, headers) == _headers_but_lengths_ids_and_checksums(frame, headers)
     parsed = Ether(whole)
@@ -264,10 +331,10 @@ def test_every_segment_has_valid_ip_and_tcp_checksums(case, ip_options, vlan):
     frame = raw(pkt)
     segments = segment_tcp4(frame, mss)
     assert b"".join(bytes(Ether(s)[TCP].payload) for s in segments) == bytes(Ether(frame)[TCP].payload)
-    for segment in segments:
-        parsed = Ether(segment)
-        assert len(bytes(parsed[TCP].payload)) <= mss and parsed[IP].len == len(segment) - (18 if vlan else 14)
-        check = Ether(segment)   # scapy recomputes both checksums, an independent oracle
+    for piece in segments:
+        parsed = Ether(piece)
+        assert len(bytes(parsed[TCP].payload)) <= mss and parsed[IP].len == len(piece) - (18 if vlan else 14)
+        check = Ether(piece)   # scapy recomputes both checksums, an independent oracle
         del check[IP].chksum, check[TCP].chksum
         again = Ether(raw(check))
         assert (again[IP].chksum, again[TCP].chksum) == (parsed[IP].chksum, parsed[TCP].chksum)
@@ -291,11 +358,11 @@ def _write_all(frames):
         joined, count = coalesce_tcp4(frames, start)
         assert 1 <= count <= len(frames) - start
         if count == 1:
-            assert joined == VNET_HDR_NONE + frames[start]
+            assert joined is frames[start]
         else:
             headers = 34 + (frames[start][46] >> 4) * 4
             payload = b"".join(f[headers:14 + int.from_bytes(f[16:18], "big")] for f in frames[start:start + count])
-            assert b"".join(s[headers:] for s in from_vnet(joined)) == payload
+            assert b"".join(s[headers:] for s in segment(joined)) == payload
         start += count
 
 
@@ -332,3 +399,53 @@ def test_coalescing_never_raises_on_mutated_runs(edits, cut, alike, data):
                 size = int.from_bytes(before[16:18], "big") - 20 - (before[46] >> 4) * 4
                 frame[38:42] = ((int.from_bytes(before[38:42], "big") + size) & 0xFFFFFFFF).to_bytes(4, "big")
     _write_all([bytes(f) for f in frames])
+
+
+# -- super-frames whole: what a TSO device hands over, the header that hands one back, cutting at the hand-over
+
+
+def test_a_tso_read_becomes_a_super_frame_whose_header_says_the_same():
+    big, pkt = _super_frame(4000)
+    header = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4 | GSO_ECN, 66, 1448, 34, 16)
+    frame = read_vnet(header + big)
+    assert type(frame) is SuperFrame and frame == big
+    assert (frame.gso_type, frame.gso_size) == (GSO_TCPV4 | GSO_ECN, 1448)
+    assert vnet_header(frame) == VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4 | GSO_ECN, 14 + 20 + len(pkt[TCP]) - 4000, 1448, 34, 16)
+    assert segment(frame) == segment_tcp4(big, 1448)
+    assert [len(Ether(s)[TCP].payload) for s in segment(frame, 1000)] == [1000] * 4   # a smaller next hop
+    six, _ = _super_frame6(3000)
+    frame6 = read_vnet(VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV6, 74, 1428, 54, 16) + six)
+    assert type(frame6) is SuperFrame and segment(frame6) == segment_tcp6(six, 1428)
+    assert VNET_HDR.unpack(vnet_header(frame6))[2:] == (54 + 20 + 4, 1428, 54, 16)
+
+
+def test_a_plain_read_stays_plain_and_a_partial_checksum_is_completed():
+    frame, pkt = _super_frame(100)
+    assert read_vnet(VNET_HDR.pack(0, 0, 0, 0, 0, 0) + frame) == frame
+    done = read_vnet(VNET_HDR.pack(F_NEEDS_CSUM, 0, 0, 0, 34, 16) + _partial(Ether(frame), 34, 16))
+    assert done == frame and type(done) is not SuperFrame
+
+
+@pytest.mark.parametrize("gso_type, frame", [
+    (GSO_UDP, raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / bytes(3000))),       # UFO
+    (GSO_TCPV4, raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / bytes(3000))),     # not TCP
+    (GSO_TCPV6, raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP() / bytes(3000))),     # not IPv6
+    (GSO_TCPV4, raw(Ether(**ETH) / Dot1Q(vlan=5) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP() / bytes(3000))),
+    (GSO_TCPV4, raw(Ether(**ETH) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP())[:60]),               # too short
+])
+def test_what_is_not_a_plain_tcp_super_frame_is_refused(gso_type, frame):
+    with pytest.raises(Malformed):
+        read_vnet(VNET_HDR.pack(F_NEEDS_CSUM, gso_type, 0, 1400, 0, 0) + frame)
+    with pytest.raises(Truncated):
+        read_vnet(bytes(9))
+
+
+def test_cutting_at_the_hand_over_keeps_order_and_counts_what_cannot_be_cut():
+    plain = _stream([100, 100])
+    assert cut_super_frames(plain) == (plain, 0)
+    big, _ = _super_frame(3000)
+    whole = super_frame(big, GSO_TCPV4, 1000)
+    broken = super_frame(b"not a frame at all", GSO_TCPV4, 1000)
+    frames, malformed = cut_super_frames([plain[0], whole, broken, plain[1]])
+    assert frames == [plain[0], *segment_tcp4(big, 1000), plain[1]] and malformed == 1
+    assert whole.like(big[:-1]).gso_size == 1000 and type(whole.like(big)) is SuperFrame

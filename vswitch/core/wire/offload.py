@@ -1,14 +1,22 @@
 """Offloads done in software: the virtio-net header that TAP (IFF_VNET_HDR)
 and AF_PACKET (PACKET_VNET_HDR) prepend to each frame, checksum completion for
-frames whose checksum the sender left to "hardware", and TCP segmentation of
-TSO super-frames (up to 64 KB) into MSS-sized frames."""
+frames whose checksum the sender left to "hardware", TCP segmentation of
+TSO super-frames (up to 64 KB) into MSS-sized frames, and its reverse,
+joining a run of one flow's segments into one super-frame (GRO).
+
+A super-frame travels through the core whole, as a :class:`SuperFrame`:
+``bytes`` that also say how to cut them. The bridge switches it unchanged,
+the router and NAT rewrite it once for all its segments, and it is cut
+only where it must be: for a port that takes no super-frames, or inside
+the overlay, whose peers take only whole packets."""
 
 import struct
+from collections.abc import Callable, Sequence
 
 from . import ethernet, ipv4, tcp
 from .checksum import internet_checksum
-from .errors import Malformed, Truncated
-from .ethernet import ETH_P_IP, Ethernet
+from .errors import Malformed, Truncated, WireError
+from .ethernet import ETH_P_IP, ETH_P_IPV6, Ethernet
 from .field import at
 from .ipv4 import PROTO_TCP, Ipv4, pseudo_header_sum
 from .tcp import FIN, PSH, Tcp
@@ -23,10 +31,39 @@ GSO_UDP = 3
 GSO_TCPV6 = 4
 GSO_ECN = 0x80
 _CWR = 0x80
+IPV6_HEADER_LEN = 40
+
+
+class SuperFrame(bytes):
+    """An Ethernet frame holding one TCP packet of up to 64 KB, to be cut into segments of ``gso_size``
+    payload bytes: what a TSO-capable device hands over, or GRO joined.
+
+    ``gso_type`` is :data:`GSO_TCPV4` or :data:`GSO_TCPV6`, with
+    :data:`GSO_ECN` when the sender set CWR. As the kernel's
+    CHECKSUM_PARTIAL, the TCP checksum field holds only the folded
+    pseudo-header sum (for the whole packet's length) and the rest is left
+    to whoever cuts it; an IPv4 header checksum is valid for the whole
+    packet. Every rewrite of one keeps both true and returns a SuperFrame
+    again (:meth:`like`).
+    """
+
+    gso_type: int
+    gso_size: int
+
+    def like(self, frame: bytes) -> "SuperFrame":
+        """``frame`` (this super-frame rewritten) as a super-frame cut as this one is."""
+        return super_frame(frame, self.gso_type, self.gso_size)
+
+
+def super_frame(frame: bytes, gso_type: int, gso_size: int) -> SuperFrame:
+    joined = SuperFrame(frame)
+    joined.gso_type = gso_type
+    joined.gso_size = gso_size
+    return joined
 
 
 class UnsupportedOffload(Malformed):
-    """A GSO type this switch does not segment (UFO, TCPv6 for now)."""
+    """A GSO type this switch does not segment (UFO, UDP segmentation), or TCPv6 behind extension headers."""
 
 
 def complete_checksum(frame: bytes, csum_start: int, csum_offset: int) -> bytes:
@@ -57,31 +94,79 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
     ip = Ipv4.parse(frame, eth.payload_offset, verify_checksum=False)
     if ip.proto != PROTO_TCP:
         raise Malformed(f"TCPv4 segmentation of IP protocol {ip.proto}")
-    tcp_at = ip.payload_offset
+    length_ident_at = ip.offset + ipv4.LENGTH.start   # LENGTH, then IDENT
+    ip_checksum = at(ip.offset, ipv4.CHECKSUM)
+
+    def fix_ip(header: bytearray, index: int, tcp_length: int) -> int:
+        struct.pack_into("!HH", header, length_ident_at, ip.ihl + tcp_length, (ip.ident + index) & 0xFFFF)
+        header[ip_checksum] = b"\0\0"
+        header[ip_checksum] = internet_checksum(header[ip.offset:ip.payload_offset]).to_bytes(2, "big")
+        return pseudo_header_sum(ip.src, ip.dst, PROTO_TCP, tcp_length)
+
+    return _cut(frame, ip.payload_offset, ip.offset + ip.total_length, mss, fix_ip)
+
+
+def segment_tcp6(frame: bytes, mss: int) -> list[bytes]:
+    """Cut an Ethernet/IPv6/TCP super-frame into frames carrying at most ``mss`` bytes each.
+
+    As :func:`segment_tcp4`, with the IPv6 payload length in place of the
+    IPv4 fields (IPv6 has no header checksum nor identification). TCP must
+    follow the fixed header directly: a super-frame with extension headers
+    is an :class:`UnsupportedOffload` (the kernel's stack does not send one
+    for a plain TCP socket).
+    """
+    if mss <= 0:
+        raise Malformed(f"gso_size {mss}")
+    eth = Ethernet.parse(frame)
+    if eth.ethertype != ETH_P_IPV6:
+        raise Malformed(f"TCPv6 segmentation of ethertype {eth.ethertype:#06x}")
+    ip_at = eth.payload_offset
+    tcp_at = ip_at + IPV6_HEADER_LEN
+    if len(frame) < tcp_at:
+        raise Truncated(f"ipv6: {len(frame) - ip_at} bytes, need {IPV6_HEADER_LEN}")
+    if frame[ip_at] >> 4 != 6:
+        raise Malformed(f"ipv6: version {frame[ip_at] >> 4}")
+    if frame[ip_at + 6] != PROTO_TCP:
+        raise UnsupportedOffload(f"TCPv6 segmentation past next header {frame[ip_at + 6]}")
+    end = tcp_at + int.from_bytes(frame[ip_at + 4:ip_at + 6], "big")
+    if end > len(frame):
+        raise Truncated(f"ipv6: payload length says {end - tcp_at}, {len(frame) - tcp_at} bytes follow")
+    addresses = frame[ip_at + 8:tcp_at]   # source, then destination
+
+    def fix_ip(header: bytearray, index: int, tcp_length: int) -> int:
+        struct.pack_into("!H", header, ip_at + 4, tcp_length)
+        return int.from_bytes(addresses + struct.pack("!IxxxB", tcp_length, PROTO_TCP), "big")
+
+    return _cut(frame, tcp_at, end, mss, fix_ip)
+
+
+def _cut(frame: bytes, tcp_at: int, end: int, mss: int,
+         fix_ip: Callable[[bytearray, int, int], int]) -> list[bytes]:
+    """The segments of a super-frame whose TCP header is at ``tcp_at`` and whose IP packet ends at ``end``.
+
+    ``fix_ip(header, index, tcp_length)`` sets the IP fields of segment
+    ``index`` in its copy of the headers and returns its pseudo-header sum.
+    """
     segment_tcp = Tcp.parse(frame, tcp_at)
     headers_end = tcp_at + segment_tcp.header_len
-    if headers_end > ip.offset + ip.total_length:
-        raise Truncated(f"tcp: a {segment_tcp.header_len}-byte header runs past the IP total length {ip.total_length}")
-    payload = frame[headers_end:ip.offset + ip.total_length]
+    if headers_end > end:
+        raise Truncated(f"tcp: a {segment_tcp.header_len}-byte header runs past the IP packet's end")
+    payload = frame[headers_end:end]
     if len(payload) <= mss:
         segments_payload = [payload]
     else:
         segments_payload = [payload[i:i + mss] for i in range(0, len(payload), mss)]
 
-    template = bytearray(frame[:headers_end])
+    template = bytes(frame[:headers_end])
     tcp_header_len = segment_tcp.header_len
-    # the fields each segment changes, where they are in this frame
-    length_ident_at = ip.offset + ipv4.LENGTH.start   # LENGTH, then IDENT
-    ip_checksum, tcp_checksum = at(ip.offset, ipv4.CHECKSUM), at(tcp_at, tcp.CHECKSUM)
+    tcp_checksum = at(tcp_at, tcp.CHECKSUM)
     seq_at, flags_at = tcp_at + tcp.SEQ_NUM.start, tcp_at + tcp.FLAGS
     out = []
     last = len(segments_payload) - 1
     offset = 0
     for index, chunk in enumerate(segments_payload):
         header = bytearray(template)
-        struct.pack_into("!HH", header, length_ident_at, ip.ihl + tcp_header_len + len(chunk), (ip.ident + index) & 0xFFFF)
-        header[ip_checksum] = b"\0\0"
-        header[ip_checksum] = internet_checksum(header[ip.offset:tcp_at]).to_bytes(2, "big")
+        initial = fix_ip(header, index, tcp_header_len + len(chunk))
         flags = segment_tcp.flags
         if index != last:
             flags &= ~(FIN | PSH)
@@ -91,11 +176,75 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
         header[flags_at] = flags
         header[tcp_checksum] = b"\0\0"
         segment = bytes(header[tcp_at:]) + chunk
-        initial = pseudo_header_sum(ip.src, ip.dst, PROTO_TCP, len(segment))
         header[tcp_checksum] = internet_checksum(segment, initial).to_bytes(2, "big")
         out.append(bytes(header) + chunk)
         offset += len(chunk)
     return out
+
+
+def segment(frame: SuperFrame, mss: int | None = None) -> list[bytes]:
+    """The segments of ``frame``, each a whole packet with full checksums, of at most its ``gso_size``
+    payload bytes (``mss`` when that is smaller: a next hop with a smaller MTU)."""
+    size = frame.gso_size if mss is None else min(mss, frame.gso_size)
+    gso = frame.gso_type & ~GSO_ECN
+    if gso == GSO_TCPV4:
+        return segment_tcp4(frame, size)
+    if gso == GSO_TCPV6:
+        return segment_tcp6(frame, size)
+    raise UnsupportedOffload(f"GSO type {frame.gso_type:#x}")
+
+
+def cut_super_frames(frames: Sequence[bytes]) -> tuple[Sequence[bytes], int]:
+    """``frames`` with every super-frame among them cut into its segments, for a port that takes none, and
+    how many could not be cut (malformed: the caller counts them as dropped). Without a super-frame among
+    them, ``frames`` itself."""
+    for frame in frames:
+        if type(frame) is SuperFrame:
+            break
+    else:
+        return frames, 0
+    out: list[bytes] = []
+    malformed = 0
+    for frame in frames:
+        if type(frame) is SuperFrame:
+            try:
+                out += segment(frame)
+            except WireError:
+                malformed += 1
+        else:
+            out.append(frame)
+    return out, malformed
+
+
+def vnet_header(frame: SuperFrame) -> bytes:
+    """The virtio-net header that hands ``frame`` to a device that segments (a TAP with TSO, AF_PACKET):
+    the checksum left partial from the TCP header on, and the cut."""
+    tcp_at = _TCP_IN_FRAME6 if frame[12:14] == _ETHERTYPE_IPV6 else _IP + ((frame[_IP] & 0x0F) << 2)
+    headers = tcp_at + ((frame[tcp_at + tcp.DATA_OFFSET] >> 4) << 2)
+    return VNET_HDR.pack(F_NEEDS_CSUM, frame.gso_type, headers, frame.gso_size, tcp_at, tcp.CHECKSUM.start)
+
+
+def read_vnet(packet: bytes) -> bytes:
+    """The frame behind one virtio-net header, from a device that hands over super-frames: a TCP one as a
+    :class:`SuperFrame`, whole; a partial checksum completed.
+
+    A super-frame is taken whole only when it is plain Ethernet with IPv4 or IPv6 and TCP right after
+    (what a container's stack sends); anything else with a GSO type is cut here, or is a
+    :class:`~vswitch.core.wire.errors.WireError` (the port counts it).
+    """
+    if len(packet) < VNET_HDR_LEN:
+        raise Truncated(f"virtio-net header: {len(packet)} bytes")
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(packet)
+    gso = gso_type & ~GSO_ECN
+    if gso == GSO_NONE:
+        frame = packet[VNET_HDR_LEN:]
+        return complete_checksum(frame, csum_start, csum_offset) if flags & F_NEEDS_CSUM else frame
+    ethertype = packet[VNET_HDR_LEN + 12:VNET_HDR_LEN + 14]
+    if gso_size and len(packet) > VNET_HDR_LEN + _TCP_IN_FRAME6 + tcp.MIN_HEADER_LEN and (
+            (gso == GSO_TCPV4 and ethertype == _ETHERTYPE_IPV4 and packet[VNET_HDR_LEN + _IP_PROTOCOL] == PROTO_TCP)
+            or (gso == GSO_TCPV6 and ethertype == _ETHERTYPE_IPV6 and packet[VNET_HDR_LEN + _IP + 6] == PROTO_TCP)):
+        return super_frame(memoryview(packet)[VNET_HDR_LEN:], gso_type, gso_size)
+    raise UnsupportedOffload(f"GSO type {gso_type:#x} on ethertype {ethertype.hex()}")
 
 
 def from_vnet(packet: bytes) -> list[bytes]:
@@ -111,6 +260,8 @@ def from_vnet(packet: bytes) -> list[bytes]:
         return [frame]
     if gso == GSO_TCPV4:
         return segment_tcp4(frame, gso_size)  # every segment gets a full checksum
+    if gso == GSO_TCPV6:
+        return segment_tcp6(frame, gso_size)
     raise UnsupportedOffload(f"GSO type {gso_type:#x}")
 
 
@@ -135,9 +286,11 @@ _SAME = (
     at(_TCP, tcp.WINDOW),
 )
 _URGENT = _TCP + tcp.URGENT.start                              # then the urgent pointer and options
+_ETHERTYPE_IPV4, _ETHERTYPE_IPV6 = b"\x08\x00", b"\x86\xdd"
+_TCP_IN_FRAME6 = _IP + IPV6_HEADER_LEN
 
 
-def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[bytes, int]:
+def coalesce_tcp4(frames: Sequence[bytes], start: int, limit: int = 64) -> tuple[bytes, int]:
     """Join ``frames[start]`` and the segments after it of the same TCP flow into one TSO super-frame.
 
     The reverse of :func:`segment_tcp4`, for writing to a TAP with
@@ -149,19 +302,19 @@ def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[byt
     headers but for the IP length, identification and checksum and the TCP
     sequence number, flags ACK (PSH on the last), each sequence number
     following the one before, all of one size but the last: Linux's
-    ``tcp_gro_receive`` rules. Returns (virtio-net header + frame, frames
-    used); a frame that joins nothing comes back with an empty header.
+    ``tcp_gro_receive`` rules. Returns (a :class:`SuperFrame`, frames
+    used); a frame that joins nothing comes back as it was, alone.
     """
     first = frames[start]
     if (len(first) < _MIN_FRAME or first[ethernet.ETHERTYPE] != b"\x08\x00" or first[_IP_VER_IHL] != 0x45
             or first[_IP_PROTOCOL] != PROTO_TCP or first[_IP_FLAGS] & 0x3F or first[_IP_FLAGS + 1]
             or first[_TCP_DATA_OFFSET] < 0x50 or first[_TCP_FLAGS] != _ACK):
-        return VNET_HDR_NONE + first, 1   # a data offset below 5 (20 bytes) is no TCP header: never joined
+        return first, 1   # a data offset below 5 (20 bytes) is no TCP header: never joined
     headers = _TCP + ((first[_TCP_DATA_OFFSET] >> 4) << 2)
     total = (first[_IP_LENGTH] << 8) | first[_IP_LENGTH + 1]
     size = total - (headers - _IP)
     if size <= 0 or len(first) < _IP + total:
-        return VNET_HDR_NONE + first, 1
+        return first, 1
     end = start + 1
     last = min(len(frames), start + limit)
     seq = int.from_bytes(first[_TCP_SEQ], "big") + size
@@ -187,7 +340,7 @@ def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[byt
             psh = frame[_TCP_FLAGS] == _ACK_PSH
             break   # PSH or a shorter segment ends the run
     if end - start == 1:
-        return VNET_HDR_NONE + first, 1
+        return first, 1
     ip_length = headers - _IP + joined
     ip_header = bytearray(first[_IP:_TCP])
     ip_header[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
@@ -201,5 +354,4 @@ def coalesce_tcp4(frames: list[bytes], start: int, limit: int = 64) -> tuple[byt
     while partial >> 16:
         partial = (partial & 0xFFFF) + (partial >> 16)
     tcp_header[tcp.CHECKSUM] = partial.to_bytes(2, "big")
-    vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, headers, size, _TCP, tcp.CHECKSUM.start)
-    return b"".join((vnet, first[:_IP], ip_header, tcp_header, *payloads)), end - start
+    return super_frame(b"".join((first[:_IP], ip_header, tcp_header, *payloads)), GSO_TCPV4, size), end - start

@@ -28,7 +28,12 @@ import struct
 import threading
 from collections.abc import Sequence
 
-from vswitch.core.wire.offload import VNET_HDR_LEN, coalesce_tcp4
+from vswitch.core.wire.offload import (
+    VNET_HDR_LEN,
+    VNET_HDR_NONE,
+    coalesce_tcp4,
+    vnet_header,
+)
 from vswitch.errors import DeviceError
 
 from .base import DEFAULT_MTU, Capabilities, Medium
@@ -157,8 +162,8 @@ class TunTapPort(FdPort):
         if not self.vnet:
             os.write(self._fd, frames[start])
             return 1
-        joined, count = coalesce_tcp4(frames, start)   # a lone frame comes back behind an empty header
-        os.write(self._fd, joined)
+        joined, count = coalesce_tcp4(frames, start)   # a lone frame comes back as it was
+        os.writev(self._fd, (vnet_header(joined) if count > 1 else VNET_HDR_NONE, joined))
         return count
 
     def _write_failed(self, exc: OSError) -> None:
