@@ -180,11 +180,11 @@ async def test_a_port_whose_encoder_raises_loses_those_frames_and_keeps_its_task
 
 
 async def test_a_port_whose_decoder_raises_loses_that_batch_and_keeps_receiving(nursery, monkeypatch):
-    def broken_from_vnet(packet: bytes) -> list[bytes]:
+    def broken_read_vnet(packet: bytes) -> bytes:
         assert POISON in packet, "only the poisoned packet asks for virtio-net work"
         raise ValueError("decoder bug (on purpose)")
 
-    monkeypatch.setattr(vswitch.shell.ports.fd, "from_vnet", broken_from_vnet)
+    monkeypatch.setattr(vswitch.shell.ports.fd, "read_vnet", broken_read_vnet)
     fragile, far = socket_port("s0")
     rig = await start_switch(nursery, ["p0"])
     rig.switch.add_port(fragile)

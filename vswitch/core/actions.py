@@ -25,6 +25,7 @@ class DropReason(enum.Enum):
     NO_EGRESS = "no-egress"            # flooded, but no other port is up
     TX_QUEUE_FULL = "tx-queue-full"    # the shell's bounded egress queue was full (tail drop)
     INTERNAL_ERROR = "internal-error"  # lost with a batch to an unexpected exception (a bug), contained by the shell
+    SUPER_FRAME_MALFORMED = "super-frame-malformed"  # a super-frame that could not be cut for a port without TSO
     # the router
     NOT_FOR_ROUTER = "not-for-router"  # unicast to another MAC on a router-owned port
     NOT_ROUTED = "not-routed"          # broadcast or multicast IP: delivered nowhere, never forwarded

@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from vswitch.core.actions import Action, Drop, DropReason, Transmit
+from vswitch.core.wire.offload import cut_super_frames
 
 from .faults import Faults
 from .ports.base import DEFAULT_BATCH, Port, PortClosed, PortStatistics
@@ -89,6 +90,7 @@ class _PortRunner:
         self.closed = False
         self.monitors: list[Monitor] = []  # usually empty: one falsy check per batch
         self.sending = False               # the send task has a batch in flight
+        self.tso = capabilities.tso        # takes super-frames whole; otherwise they are cut before queueing
         self.send_nowait: Callable[[Sequence[bytes]], int] | None = (
             port.send_nowait if capabilities.send_nowait else None  # type: ignore[attr-defined]
         )
@@ -334,10 +336,13 @@ class Switch:
     def dispatch(self, actions: list[Action]) -> None:
         """Send or queue the core's transmissions; count its drops.
 
-        When a port has a fast path (its capabilities say ``send_nowait``), its
-        queue is empty and nothing is in flight, the frames are written at once
-        without waiting, which saves a task switch per batch; whatever the
-        device does not take is queued, in order.
+        A port that takes no super-frames (its capabilities lack ``tso``) gets
+        every one cut into its segments here, at the hand-over: the core passes
+        them whole wherever they go. When a port has a fast path (its
+        capabilities say ``send_nowait``), its queue is empty and nothing is in
+        flight, the frames are written at once without waiting, which saves a
+        task switch per batch; whatever the device does not take is queued,
+        in order.
         """
         runners = self._runners
         for action in actions:
@@ -347,6 +352,10 @@ class Switch:
                     self._drops[DropReason.PORT_DOWN] += len(action.frames)
                     continue
                 frames = action.frames
+                if not runner.tso:
+                    frames, malformed = cut_super_frames(frames)
+                    if malformed:
+                        self._drops[DropReason.SUPER_FRAME_MALFORMED] += malformed
                 if runner.send_nowait is not None and not runner.queue and not runner.sending:
                     try:
                         done = runner.send_nowait(frames)

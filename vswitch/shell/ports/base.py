@@ -80,6 +80,10 @@ class Capabilities:
     per batch. ``vnet_header``: frames cross the device behind a virtio-net
     header, so the port completes the checksums and segments the super-frames
     it receives, and joins runs of one TCP flow into super-frames it sends.
+    ``tso``: the device takes TCP super-frames whole
+    (:class:`~vswitch.core.wire.offload.SuperFrame`, segmented by the kernel
+    or by the container's stack taking them as they are); for a port
+    without it, the switch cuts them into segments first.
     ``udp_offloads``: UDP GSO on send and GRO on receive.
     """
 
@@ -87,6 +91,7 @@ class Capabilities:
     max_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     send_nowait: bool = False
     vnet_header: bool = False
+    tso: bool = False
     udp_offloads: bool = False
 
 

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from vswitch.core.wire.errors import WireError
-from vswitch.core.wire.offload import from_vnet
+from vswitch.core.wire.offload import read_vnet
 
 from .base import (
     DEFAULT_BATCH,
@@ -68,10 +68,11 @@ class FdPort:
         raise NotImplementedError
 
     def _from_vnet(self, packet: bytes, frames: list[bytes]) -> None:
-        """Append the frames of a packet whose virtio-net header asks for work (a checksum to complete, a
-        super-frame to segment); a malformed one is a counted receive error."""
+        """Append the frame of a packet whose virtio-net header asks for work: a checksum to complete, or a
+        TCP super-frame, taken whole (the switch cuts it for ports that take none); a malformed one is a
+        counted receive error."""
         try:
-            frames += from_vnet(packet)
+            frames.append(read_vnet(packet))
         except WireError:
             self._stats.rx_errors += 1
         except Exception as exc:   # a bug in the decoder: the switch contains it, with this packet

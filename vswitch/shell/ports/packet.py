@@ -6,16 +6,25 @@ that arrived from the wire.
 
 A local kernel stack behind a veth hands over frames whose checksum it left
 to "hardware", and TSO super-frames of up to 64 KB. With PACKET_VNET_HDR the
-kernel says so in a virtio-net header on each frame, and the port completes
-the checksum or segments the frame (vswitch.core.wire.offload) before the bridge
-sees it, so every other port receives ordinary, valid frames.
+kernel says so in a virtio-net header on each frame: the port completes a
+checksum, and takes a TCP super-frame whole
+(:class:`~vswitch.core.wire.offload.SuperFrame`; the switch cuts it for a
+port that takes none). A super-frame the daemon sends leaves whole as well,
+behind the header that says how to cut it: the kernel segments it (in the
+veth's peer, or in software for a device without TSO), one ``send`` for up
+to 64 KB.
 """
 
 import errno
 import socket
 import struct
 
-from vswitch.core.wire.offload import VNET_HDR_LEN, VNET_HDR_NONE
+from vswitch.core.wire.offload import (
+    VNET_HDR_LEN,
+    VNET_HDR_NONE,
+    SuperFrame,
+    vnet_header,
+)
 from vswitch.errors import DeviceError
 
 from .base import DEFAULT_MTU, Capabilities, PortClosed
@@ -32,7 +41,7 @@ _SOCKET_BUFFER = 4 << 20
 
 class PacketPort(FdPort):
     kind = "packet"
-    capabilities = Capabilities(send_nowait=True, vnet_header=True)
+    capabilities = Capabilities(send_nowait=True, vnet_header=True, tso=True)
     gone_errnos = FdPort.gone_errnos | {errno.ENETDOWN}
 
     def __init__(self, name: str, sock: socket.socket, *, device: str, mtu: int = DEFAULT_MTU) -> None:
@@ -41,6 +50,7 @@ class PacketPort(FdPort):
         self._sock = sock
         self._recv = sock.recv
         self._send = sock.send
+        self._sendmsg = sock.sendmsg
 
     @classmethod
     def open(cls, device: str, *, name: str | None = None, mtu: int = DEFAULT_MTU) -> "PacketPort":
@@ -74,7 +84,10 @@ class PacketPort(FdPort):
         self._from_vnet(packet, frames)
 
     def _write_one(self, frame: bytes) -> None:
-        self._send(VNET_HDR_NONE + frame)
+        if type(frame) is SuperFrame:
+            self._sendmsg((vnet_header(frame), frame))
+        else:
+            self._send(VNET_HDR_NONE + frame)
 
     def _gone(self, exc: OSError) -> PortClosed:
         return PortClosed(f"{self.name}: {self.device} is gone ({exc.strerror})")

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import dpkt
 
+from vswitch.core.wire.offload import cut_super_frames
 from vswitch.errors import PcapError
 
 from .base import DEFAULT_BATCH, Port, PortWrapper
@@ -71,6 +72,7 @@ class PcapWriter:
         # Round to the file's microseconds first: dpkt would otherwise write
         # ts_usec = 1000000 for a time just below a whole second.
         ts = round(self._clock(), 6)
+        frames = cut_super_frames(frames)[0]   # what the wire carries: the segments
         for frame in frames:
             self._writer.writepkt(frame[:SNAPLEN], ts)
         self._file.flush()

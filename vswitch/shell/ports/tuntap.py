@@ -5,13 +5,22 @@ devices: one ``os.read`` returns one frame. Reading is the Trio way: the fd is
 non-blocking, a batch is drained until ``BlockingIOError`` (or the batch
 limit), and only then does the task wait in ``wait_readable``.
 
-A TAP is opened with ``IFF_VNET_HDR`` and no offloads asked for: every
-frame the kernel hands over is whole (complete checksums, no super-frames)
-behind a virtio-net header that says so. What the daemon writes may then
-be a super-frame: runs of one TCP flow's segments in a batch are joined
-into one (:func:`~vswitch.core.wire.offload.coalesce_tcp4`, GRO's rules), so
-the container's stack takes one packet where there were dozens, and the
-daemon makes one ``write``.
+A TAP is opened with ``IFF_VNET_HDR`` and asks the kernel for checksum
+and TCP segmentation offloads (``TUNSETOFFLOAD``: :data:`OFFLOADS`): the
+container's stack then hands over TCP super-frames of up to 64 KB with
+partial checksums, one ``read`` where there were dozens. They pass through
+the switch whole (:class:`~vswitch.core.wire.offload.SuperFrame`), and a
+TAP writes one whole, behind the virtio-net header that says how to cut
+it: between two containers on one node nothing is segmented at all. A
+kernel that refuses the offloads hands over whole frames, one a read, and
+the daemon logs it once. UDP segmentation (``TUN_F_USO4/6``) is not asked
+for: nothing here cuts a UDP super-frame.
+
+What else the daemon writes may be joined into a super-frame too: runs of
+one TCP flow's segments in a batch become one
+(:func:`~vswitch.core.wire.offload.coalesce_tcp4`, GRO's rules), so the
+container's stack takes one packet where there were dozens, and the daemon
+makes one ``write``.
 
 When the device disappears (deleted, its namespace removed) reads and writes
 fail with EBADFD and the port raises :class:`PortClosed`; the switch takes it
@@ -22,6 +31,7 @@ counted ``tx_dropped`` and the port stays.
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
@@ -31,6 +41,7 @@ from collections.abc import Sequence
 from vswitch.core.wire.offload import (
     VNET_HDR_LEN,
     VNET_HDR_NONE,
+    SuperFrame,
     coalesce_tcp4,
     vnet_header,
 )
@@ -47,7 +58,16 @@ IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN   # what a SuperFrame carries
 _IFREQ = struct.Struct("16sH")
+
+log = logging.getLogger(__name__)
+_refusal_logged = False
 
 
 def tap_flags(kind: str) -> int:
@@ -126,6 +146,21 @@ def open_tun_device(name: str, flags: int) -> int:
     return fd
 
 
+def ask_offloads(fd: int, name: str) -> int:
+    """Ask the kernel for :data:`OFFLOADS` on the TAP ``fd`` (opened with ``IFF_VNET_HDR``); returns what it
+    granted: all of them, or 0 when it refuses, which is logged once per daemon (every TAP would say the
+    same) and leaves the device handing over whole frames."""
+    global _refusal_logged
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
+    except OSError as exc:
+        if not _refusal_logged:
+            _refusal_logged = True
+            log.warning("%s: the kernel refuses TAP offloads (%s): whole frames, one a read", name, exc.strerror)
+        return 0
+    return OFFLOADS
+
+
 class TunTapPort(FdPort):
     """A TAP (``kind="tap"``, Ethernet frames) or TUN (``kind="tun"``, IP packets) device."""
 
@@ -133,8 +168,10 @@ class TunTapPort(FdPort):
         super().__init__(name, fd, mtu=mtu)
         self.kind = kind
         self.vnet = vnet
+        self.offloads = ask_offloads(fd, name) if vnet else 0   # TUN_F_* flags the kernel granted
         self.capabilities = Capabilities(
             medium=Medium.ETHERNET if kind == "tap" else Medium.IP, send_nowait=True, vnet_header=vnet,
+            tso=bool(self.offloads),
         )
 
     @classmethod
@@ -161,6 +198,9 @@ class TunTapPort(FdPort):
     def _write_some(self, frames: Sequence[bytes], start: int) -> int:
         if not self.vnet:
             os.write(self._fd, frames[start])
+            return 1
+        if type(frames[start]) is SuperFrame:
+            os.writev(self._fd, (vnet_header(frames[start]), frames[start]))
             return 1
         joined, count = coalesce_tcp4(frames, start)   # a lone frame comes back as it was
         os.writev(self._fd, (vnet_header(joined) if count > 1 else VNET_HDR_NONE, joined))
