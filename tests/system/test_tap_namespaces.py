@@ -4,6 +4,7 @@ kernel's own ARP, ping and TCP on both ends."""
 import json
 import shutil
 import signal
+import sys
 
 import pytest
 from netkit import (
@@ -18,6 +19,7 @@ from netkit import (
 )
 
 pytestmark = requires_root
+VSWITCH = (sys.executable, "-m", "vswitch")
 
 
 def _node(tmp_path, namespaces, count, *, pcap_first=False):
@@ -60,7 +62,7 @@ def test_four_containers_every_pair_pings(tmp_path, namespaces, daemons):
 @pytest.mark.skipif(shutil.which("iperf3") is None or shutil.which("tshark") is None,
                     reason="needs iperf3 and tshark (CI installs them)")
 def test_iperf3_tcp_between_containers_and_tshark_reads_the_capture(tmp_path, namespaces, daemons):
-    path, (a, b), _ = _node(tmp_path, namespaces, 2, pcap_first=True)
+    path, (a, b), configured = _node(tmp_path, namespaces, 2, pcap_first=True)
     daemon = daemons(path)
     server = in_ns(b, "iperf3", "-s", "-D", "-1", "--pidfile", str(tmp_path / "iperf3.pid"))
     assert server.returncode == 0
@@ -74,15 +76,24 @@ def test_iperf3_tcp_between_containers_and_tshark_reads_the_capture(tmp_path, na
     report = json.loads(result.stdout)
     received = report["end"]["sum_received"]
     assert received["bytes"] > 1_000_000 and received["bits_per_second"] > 0
+    # the client's stack handed over TSO super-frames, and the server's TAP took them whole
+    ports = {p["name"]: p for p in json.loads(sh(*VSWITCH, "show", "ports", "--json", "-c", str(path)).stdout)}
+    client, server_port = (ports[p["name"]] for p in configured)
+    assert client["tso"] and server_port["tso"]
+    assert client["rx"]["super_frames"] > 0 and server_port["tx"]["super_frames"] > 0
 
     daemon.stop()
     pcap = tmp_path / "c0.pcap"
     tcp = sh("tshark", "-r", str(pcap), "-Y", "tcp.port == 5201", "-T", "fields", "-e", "frame.number",
              timeout=120).stdout
     assert len(tcp.splitlines()) > 100
-    # iperf3's payload is random bytes: decode it as data, or heuristic dissectors guess protocols in it
-    bad = sh("tshark", "-r", str(pcap), "-d", "tcp.port==5201,data",
-             "-Y", "_ws.malformed || _ws.expert.severity >= error", timeout=120).stdout
+    # The capture holds what the wire would: the super-frames cut into segments of the MTU at most, every
+    # IP and TCP checksum valid (tshark checks them when asked). iperf3's payload is random bytes: decode it
+    # as data, or heuristic dissectors guess protocols in it.
+    checked = ("-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-d", "tcp.port==5201,data")
+    bad = sh("tshark", "-r", str(pcap), *checked,
+             "-Y", "_ws.malformed || _ws.expert.severity >= error || ip.checksum.status == 0 "
+                   "|| tcp.checksum.status == 0 || frame.len > 1514", timeout=120).stdout
     assert bad.strip() == ""
 
 

@@ -110,7 +110,8 @@ def exposition(snap: Row) -> str:
 
 
 _PORT_COUNTERS = {"frames": "Frames {verb} on the port.", "bytes": "Bytes {verb} on the port.",
-                  "errors": "Errors of the port's device, {verb}.", "dropped": "Frames the port's device dropped, {verb}."}
+                  "errors": "Errors of the port's device, {verb}.", "dropped": "Frames the port's device dropped, {verb}.",
+                  "super_frames": "TCP super-frames (up to 64 KB, TSO/GRO) {verb} whole, each one of the frames."}
 
 
 def _ports(f: _Families, ports: list[Row]) -> None:

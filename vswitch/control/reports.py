@@ -81,10 +81,11 @@ def show_ports(node: NodeView) -> list[Row]:
             "attached": configured is not None and all(p.name != status.name for p in node.config.ports),
             "up": status.up,
             "closed": status.closed,
+            "tso": switch.ports[status.name].capabilities.tso,   # takes TCP super-frames whole
             "rx": {"frames": dev.rx_frames, "bytes": dev.rx_bytes, "errors": dev.rx_errors,
-                   "dropped": dev.rx_dropped},
+                   "dropped": dev.rx_dropped, "super_frames": dev.rx_super_frames},
             "tx": {"frames": dev.tx_frames, "bytes": dev.tx_bytes, "errors": dev.tx_errors,
-                   "dropped": dev.tx_dropped},
+                   "dropped": dev.tx_dropped, "super_frames": dev.tx_super_frames},
             "tx_queue": {"depth": status.tx.queued, "limit": switch.tx_queue,
                          "tail_dropped": status.tx.tail_dropped, "sent_batches": status.tx.sent_batches},
             "bridge": attrs.asdict(bridge) if bridge is not None else None,

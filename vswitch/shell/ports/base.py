@@ -50,6 +50,8 @@ class PortStatistics:
     tx_errors: int = 0
     rx_dropped: int = 0  # lost on the way in (e.g. impairment loss)
     tx_dropped: int = 0  # lost on the way out (e.g. a full link)
+    rx_super_frames: int = 0  # of rx_frames, TCP super-frames taken whole (TSO)
+    tx_super_frames: int = 0  # of tx_frames, TCP super-frames handed over whole, for the device or the stack to cut
 
     def count_rx(self, frames: Sequence[bytes]) -> None:
         self.rx_frames += len(frames)

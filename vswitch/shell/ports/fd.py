@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from vswitch.core.wire.errors import WireError
-from vswitch.core.wire.offload import read_vnet
+from vswitch.core.wire.offload import SuperFrame, read_vnet
 
 from .base import (
     DEFAULT_BATCH,
@@ -72,7 +72,10 @@ class FdPort:
         TCP super-frame, taken whole (the switch cuts it for ports that take none); a malformed one is a
         counted receive error."""
         try:
-            frames.append(read_vnet(packet))
+            frame = read_vnet(packet)
+            if type(frame) is SuperFrame:
+                self._stats.rx_super_frames += 1
+            frames.append(frame)
         except WireError:
             self._stats.rx_errors += 1
         except Exception as exc:   # a bug in the decoder: the switch contains it, with this packet

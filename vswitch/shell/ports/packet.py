@@ -86,6 +86,7 @@ class PacketPort(FdPort):
     def _write_one(self, frame: bytes) -> None:
         if type(frame) is SuperFrame:
             self._sendmsg((vnet_header(frame), frame))
+            self._stats.tx_super_frames += 1
         else:
             self._send(VNET_HDR_NONE + frame)
 

@@ -199,11 +199,14 @@ class TunTapPort(FdPort):
         if not self.vnet:
             os.write(self._fd, frames[start])
             return 1
-        if type(frames[start]) is SuperFrame:
-            os.writev(self._fd, (vnet_header(frames[start]), frames[start]))
-            return 1
-        joined, count = coalesce_tcp4(frames, start)   # a lone frame comes back as it was
-        os.writev(self._fd, (vnet_header(joined) if count > 1 else VNET_HDR_NONE, joined))
+        joined, count = frames[start], 1
+        if type(joined) is not SuperFrame:
+            joined, count = coalesce_tcp4(frames, start)   # a lone frame comes back as it was
+        if type(joined) is SuperFrame:
+            os.writev(self._fd, (vnet_header(joined), joined))
+            self._stats.tx_super_frames += 1
+        else:
+            os.writev(self._fd, (VNET_HDR_NONE, joined))
         return count
 
     def _write_failed(self, exc: OSError) -> None:
