@@ -3,11 +3,14 @@
 from collections.abc import Sequence
 
 import trio
+from scapy.all import IP, TCP, Ether, raw
 from scapy.utils import rdpcap
 from shellkit import eth, mac, recv, start_switch
 
-from vswitch.core.actions import Transmit
+from vswitch.control.capture import CaptureSession
+from vswitch.core.actions import DropReason, Transmit
 from vswitch.core.l2.bridge import Bridge
+from vswitch.core.wire.offload import GSO_TCPV4, SuperFrame, segment, super_frame
 from vswitch.shell.ports import (
     Capabilities,
     ImpairedPort,
@@ -103,3 +106,44 @@ async def test_the_switch_moves_no_more_frames_per_call_than_a_port_takes(nurser
     await small_peer.send_batch([eth(A, B, i) for i in range(7)])
     assert len(await recv(rig.peers["p1"], 7)) == 7
     assert set(small.asked) == {3} and max(small.sent) <= 3 and sum(small.sent) == 8
+
+
+def _super_frame(payload: int = 4000, mss: int = 1448) -> tuple[SuperFrame, list[bytes]]:
+    """A TCP super-frame as a container's stack hands one over with TSO, and its segments."""
+    packet = (Ether(src=A.hex(":"), dst=B.hex(":")) / IP(src="10.0.0.1", dst="10.0.0.2", flags="DF")
+              / TCP(sport=40000, dport=5201, flags="PA") / bytes(i & 0xFF for i in range(payload)))
+    frame = super_frame(raw(packet), GSO_TCPV4, mss)
+    return frame, segment(frame)
+
+
+class TsoMemoryPort(FastMemoryPort):
+    """A memory link that takes super-frames whole, as a TAP with TSO does."""
+
+    capabilities = Capabilities(send_nowait=True, tso=True)
+
+
+async def test_a_super_frame_goes_whole_to_a_port_with_tso_and_cut_to_one_without(tmp_path):
+    whole, plain = TsoMemoryPort.pair("whole"), FastMemoryPort.pair("plain")
+    writer = PcapWriter.open(str(tmp_path / "whole.pcap"))
+    switch = Switch(Bridge())
+    switch.add_port(PcapPort(whole[0], writer))
+    switch.add_port(plain[0])
+    frame, segments = _super_frame()
+    assert len(segments) == 3
+    switch.dispatch([Transmit("whole", [frame]), Transmit("plain", [frame])])
+    (got,) = await recv(whole[1], 1)
+    assert type(got) is SuperFrame and got == frame    # one frame, not cut
+    assert await recv(plain[1], 3) == segments          # the segments, in order
+    # the capture of the port that took it whole holds what a wire would carry: the segments
+    assert [bytes(p) for p in rdpcap(str(tmp_path / "whole.pcap"))] == segments
+    switch.dispatch([Transmit("plain", [super_frame(b"\x02" * 20, frame.gso_type, 1000), frame])])
+    assert await recv(plain[1], 3) == segments
+    assert switch.drop_counts() == {DropReason.SUPER_FRAME_MALFORMED: 1}
+    await switch.aclose()
+
+
+def test_a_live_capture_keeps_a_super_frame_as_the_segments_it_stands_for():
+    session = CaptureSession("p1")
+    frame, segments = _super_frame()
+    session.push([eth(A, B, 1), frame])
+    assert session.summary()["buffered"] == 1 + len(segments) == 4
