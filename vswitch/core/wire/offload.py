@@ -10,6 +10,7 @@ the router and NAT rewrite it once for all its segments, and it is cut
 only where it must be: for a port that takes no super-frames, or inside
 the overlay, whose peers take only whole packets."""
 
+import functools
 import struct
 from collections.abc import Callable, Sequence
 
@@ -91,19 +92,91 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
     eth = Ethernet.parse(frame)
     if eth.ethertype != ETH_P_IP:
         raise Malformed(f"TCPv4 segmentation of ethertype {eth.ethertype:#06x}")
-    ip = Ipv4.parse(frame, eth.payload_offset, verify_checksum=False)
+    return segment_ipv4(frame, mss, eth.payload_offset)
+
+
+def segment_ipv4(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None = None) -> list[bytes]:
+    """Cut the IPv4/TCP super-packet at ``packet[ip_at:]`` into packets carrying at most ``mss`` bytes each,
+    each behind ``prefix`` (by default what precedes the IP header: an Ethernet header, or nothing).
+
+    As :func:`segment_tcp4` for any link header, or none (an L3 interface, a
+    TUN); ``prefix`` lets a caller that wraps each segment (the overlay: the
+    datagram's address and VXLAN headers) have it built in the same copy.
+    The checksum field of the super-packet is ignored (partial or full).
+
+    The cost is the payload's checksum, one per segment: the IP header's sum
+    and the TCP header's are worked out once and adjusted per segment, and
+    each chunk of payload is summed as one big integer folded down to 16
+    bits (:func:`_chunk_sum`) before the one slow modulo.
+    """
+    if mss <= 0:
+        raise Malformed(f"gso_size {mss}")
+    ip = Ipv4.parse(packet, ip_at, verify_checksum=False)
     if ip.proto != PROTO_TCP:
         raise Malformed(f"TCPv4 segmentation of IP protocol {ip.proto}")
-    length_ident_at = ip.offset + ipv4.LENGTH.start   # LENGTH, then IDENT
-    ip_checksum = at(ip.offset, ipv4.CHECKSUM)
+    ihl, tcp_at, end = ip.ihl, ip.payload_offset, ip.offset + ip.total_length
+    segment_tcp = Tcp.parse(packet, tcp_at)
+    tcp_len = segment_tcp.header_len
+    headers_end = tcp_at + tcp_len
+    if headers_end > end:
+        raise Truncated(f"tcp: a {tcp_len}-byte header runs past the IP packet's end")
+    if prefix is None:
+        prefix = bytes(packet[:ip_at])
+    ip_header, tcp_header = bytes(packet[ip_at:tcp_at]), bytes(packet[tcp_at:headers_end])
+    # The sums of what every segment shares: the IP header but its length, identification and checksum; the
+    # pseudo-header but its length, and the TCP header but its sequence number, flags and checksum.
+    ip_sum = int.from_bytes(ip_header[0:2] + ip_header[6:10] + ip_header[12:], "big") % 0xFFFF
+    tcp_sum = (int.from_bytes(ip_header[12:20] + tcp_header[0:4] + tcp_header[8:12] + tcp_header[14:16]
+                              + tcp_header[18:], "big") + PROTO_TCP + (tcp_header[12] << 8)) % 0xFFFF
+    pack = struct.Struct(f"!{len(prefix)}s2sHH4sH{ihl - 12}s4sI5sB2sH{tcp_len - 18}s").pack
+    ip_head, ip_mid, ip_tail = ip_header[0:2], ip_header[6:10], ip_header[12:]
+    tcp_ports, tcp_ack, tcp_window, tcp_tail = tcp_header[0:4], tcp_header[8:13], tcp_header[14:16], tcp_header[18:]
+    flags, seq, ident = segment_tcp.flags, segment_tcp.seq, ip.ident
+    view = memoryview(packet)
+    from_bytes = int.from_bytes
+    out = []
+    start = headers_end
+    while start < end or start == headers_end:   # one segment at least: a super-frame without payload
+        stop = min(start + mss, end)
+        size = stop - start
+        last = stop == end
+        segment_flags = (flags if last else flags & ~(FIN | PSH)) if start == headers_end else (
+            flags & ~_CWR if last else flags & ~(FIN | PSH | _CWR))
+        ip_length = ihl + tcp_len + size
+        ip_check = ip_sum + ip_length + ident
+        ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
+        ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
+        chunk = view[start:stop]
+        value = from_bytes(chunk, "big")
+        if size & 1:
+            value <<= 8
+        for width, mask in _folds(size):
+            value = (value >> width) + (value & mask)
+        tcp_check = tcp_sum + tcp_len + size + (seq >> 16) + (seq & 0xFFFF) + segment_flags + value % 0xFFFF
+        tcp_check = (tcp_check & 0xFFFF) + (tcp_check >> 16)
+        tcp_check = (tcp_check & 0xFFFF) + (tcp_check >> 16)
+        out.append(pack(prefix, ip_head, ip_length, ident, ip_mid, ~ip_check & 0xFFFF, ip_tail, tcp_ports, seq,
+                        tcp_ack, segment_flags, tcp_window, ~tcp_check & 0xFFFF, tcp_tail) + chunk)
+        ident = (ident + 1) & 0xFFFF
+        seq = (seq + size) & 0xFFFFFFFF
+        start = stop
+    return out
 
-    def fix_ip(header: bytearray, index: int, tcp_length: int) -> int:
-        struct.pack_into("!HH", header, length_ident_at, ip.ihl + tcp_length, (ip.ident + index) & 0xFFFF)
-        header[ip_checksum] = b"\0\0"
-        header[ip_checksum] = internet_checksum(header[ip.offset:ip.payload_offset]).to_bytes(2, "big")
-        return pseudo_header_sum(ip.src, ip.dst, PROTO_TCP, tcp_length)
 
-    return _cut(frame, ip.payload_offset, ip.offset + ip.total_length, mss, fix_ip)
+@functools.lru_cache(maxsize=64)
+def _folds(size: int) -> tuple[tuple[int, int], ...]:
+    """How to fold the ``size``-byte chunk's value (as one integer) before taking it modulo 0xFFFF, which keeps
+    its 16-bit ones' complement sum: each fold adds the high part to the low, at a width that is a multiple of
+    16 bits (2**16 = 1 modulo 0xFFFF) and of 30 (CPython's digit, so the shift moves whole digits). Shifts,
+    masks and additions cost a few cycles a digit; the modulo costs a division a digit, so it runs last on a
+    number an eighth as long: about 40% less time for a 1400-byte chunk."""
+    folds = []
+    bits = size * 8 + 8
+    while bits > 1920:
+        width = -(-bits // 2 // 240) * 240
+        folds.append((width, (1 << width) - 1))
+        bits = width + 1
+    return tuple(folds)
 
 
 def segment_tcp6(frame: bytes, mss: int) -> list[bytes]:
