@@ -340,30 +340,106 @@ def from_vnet(packet: bytes) -> list[bytes]:
 
 MAX_COALESCED = 65535 - 20 - 60   # payload of one IPv4 packet with the longest TCP header
 _ACK, _ACK_PSH = 0x10, 0x18
-# What coalesce_tcp4 reads of a plain Ethernet/IPv4/TCP frame (no IP options), as module-level constants:
-# the IPv4 header at _IP, the TCP header at _TCP.
 _IP = ethernet.HEADER_LEN
-_TCP = _IP + ipv4.MIN_HEADER_LEN
-_MIN_FRAME = _TCP + tcp.MIN_HEADER_LEN
-_IP_VER_IHL, _IP_PROTOCOL, _IP_FLAGS = _IP + ipv4.VER_IHL, _IP + ipv4.PROTOCOL, _IP + ipv4.FLAGS
-_IP_LENGTH = _IP + ipv4.LENGTH.start
-_IP_SRC, _IP_DST = at(_IP, ipv4.SRC), at(_IP, ipv4.DST)
-_TCP_DATA_OFFSET, _TCP_FLAGS, _TCP_SEQ = _TCP + tcp.DATA_OFFSET, _TCP + tcp.FLAGS, at(_TCP, tcp.SEQ_NUM)
-# The runs of bytes that must be equal in every frame of a flow: all but the IP length, identification and
-# checksum, the TCP sequence number, flags and checksum (and the payload).
-_SAME = (
-    slice(0, _IP_LENGTH),                                      # Ethernet, IP version, header length, TOS
-    slice(_IP + ipv4.FRAGMENT.start, _IP + ipv4.CHECKSUM.start),  # fragment fields, TTL, protocol
-    slice(_IP_SRC.start, _TCP_SEQ.start),                      # addresses and ports
-    slice(_TCP + tcp.ACK_NUM.start, _TCP_FLAGS),               # acknowledgement number, data offset
-    at(_TCP, tcp.WINDOW),
-)
-_URGENT = _TCP + tcp.URGENT.start                              # then the urgent pointer and options
+_IP_PROTOCOL = _IP + ipv4.PROTOCOL
 _ETHERTYPE_IPV4, _ETHERTYPE_IPV6 = b"\x08\x00", b"\x86\xdd"
 _TCP_IN_FRAME6 = _IP + IPV6_HEADER_LEN
+_Coalesce = Callable[[Sequence[bytes], int, int, bool], tuple[bytes, int]]
 
 
-def coalesce_tcp4(frames: Sequence[bytes], start: int, limit: int = 64) -> tuple[bytes, int]:
+def _coalescer(ip_at: int) -> _Coalesce:
+    """The coalescer of packets whose IPv4 header is at ``ip_at``: behind an Ethernet header (14) or none (0).
+    What it reads of a plain IPv4/TCP packet (no IP options) are constants of the closure, worked out once."""
+    tcp_at = ip_at + ipv4.MIN_HEADER_LEN
+    min_len = tcp_at + tcp.MIN_HEADER_LEN
+    ver_ihl, protocol, flags_at = ip_at + ipv4.VER_IHL, ip_at + ipv4.PROTOCOL, ip_at + ipv4.FLAGS
+    length_at = ip_at + ipv4.LENGTH.start
+    src, dst = at(ip_at, ipv4.SRC), at(ip_at, ipv4.DST)
+    data_offset, tcp_flags, tcp_seq = tcp_at + tcp.DATA_OFFSET, tcp_at + tcp.FLAGS, at(tcp_at, tcp.SEQ_NUM)
+    ethertype = ethernet.ETHERTYPE if ip_at else slice(0, 0)   # without a link header, nothing to compare
+    ipv4_type = _ETHERTYPE_IPV4 if ip_at else b""
+    # The runs of bytes that must be equal in every packet of a flow: all but the IP length, identification and
+    # checksum, the TCP sequence number, flags and checksum (and the payload).
+    same0, same1, same2, same3, same4 = (
+        slice(0, length_at),                                         # link header, IP version, length, TOS
+        slice(ip_at + ipv4.FRAGMENT.start, ip_at + ipv4.CHECKSUM.start),  # fragment fields, TTL, protocol
+        slice(src.start, tcp_seq.start),                             # addresses and ports
+        slice(tcp_at + tcp.ACK_NUM.start, tcp_flags),                # acknowledgement number, data offset
+        at(tcp_at, tcp.WINDOW),
+    )
+    urgent = tcp_at + tcp.URGENT.start                               # then the urgent pointer and options
+
+    def coalesce(frames: Sequence[bytes], start: int, limit: int, verify: bool) -> tuple[bytes, int]:
+        first = frames[start]
+        if (len(first) < min_len or first[ethertype] != ipv4_type or first[ver_ihl] != 0x45
+                or first[protocol] != PROTO_TCP or first[flags_at] & 0x3F or first[flags_at + 1]
+                or first[data_offset] < 0x50 or first[tcp_flags] != _ACK):
+            return first, 1   # a data offset below 5 (20 bytes) is no TCP header: never joined
+        headers = tcp_at + ((first[data_offset] >> 4) << 2)
+        total = (first[length_at] << 8) | first[length_at + 1]
+        size = total - (headers - ip_at)
+        if size <= 0 or len(first) < ip_at + total or verify and not _tcp_sum_ok(first, src.start, ip_at + total):
+            return first, 1
+        end = start + 1
+        last = min(len(frames), start + limit)
+        seq = int.from_bytes(first[tcp_seq], "big") + size
+        payloads = [first[headers:ip_at + total]]
+        joined = size
+        psh = False
+        while end < last:
+            frame = frames[end]
+            if (len(frame) < headers or frame[same0] != first[same0] or frame[same1] != first[same1]
+                    or frame[same2] != first[same2] or frame[same3] != first[same3] or frame[same4] != first[same4]
+                    or frame[urgent:headers] != first[urgent:headers] or frame[tcp_flags] not in (_ACK, _ACK_PSH)):
+                break
+            length = ((frame[length_at] << 8) | frame[length_at + 1]) - (headers - ip_at)
+            if (length <= 0 or length > size or joined + length > MAX_COALESCED or len(frame) < headers + length
+                    or int.from_bytes(frame[tcp_seq], "big") != seq & 0xFFFFFFFF
+                    or verify and not _tcp_sum_ok(frame, src.start, headers + length)):
+                break
+            payloads.append(frame[headers:headers + length])
+            joined += length
+            seq += length
+            end += 1
+            if frame[tcp_flags] == _ACK_PSH or length < size:
+                psh = frame[tcp_flags] == _ACK_PSH
+                break   # PSH or a shorter segment ends the run
+        if end - start == 1:
+            return first, 1
+        ip_length = headers - ip_at + joined
+        ip_header = bytearray(first[ip_at:tcp_at])
+        ip_header[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
+        ip_header[ipv4.CHECKSUM] = b"\0\0"
+        ip_header[ipv4.CHECKSUM] = internet_checksum(ip_header).to_bytes(2, "big")
+        tcp_header = bytearray(first[tcp_at:headers])
+        if psh:
+            tcp_header[tcp.FLAGS] = _ACK_PSH
+        # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, the kernel takes the rest as valid.
+        partial = pseudo_header_sum(first[src], first[dst], PROTO_TCP, ip_length - ipv4.MIN_HEADER_LEN)
+        while partial >> 16:
+            partial = (partial & 0xFFFF) + (partial >> 16)
+        tcp_header[tcp.CHECKSUM] = partial.to_bytes(2, "big")
+        return super_frame(b"".join((first[:ip_at], ip_header, tcp_header, *payloads)), GSO_TCPV4, size), end - start
+
+    return coalesce
+
+
+def _tcp_sum_ok(packet: bytes, addresses_at: int, end: int) -> bool:
+    """Whether the TCP checksum of a plain IPv4 packet (20-byte header) is valid: its addresses, at
+    ``addresses_at``, run straight into the TCP header, so the pseudo-header is one sum with the segment."""
+    size = end - addresses_at
+    value = int.from_bytes(packet[addresses_at:end], "big")
+    if size & 1:
+        value <<= 8
+    for width, mask in _folds(size):
+        value = (value >> width) + (value & mask)
+    return (value + PROTO_TCP + size - 8) % 0xFFFF == 0
+
+
+_COALESCE_FRAMES, _COALESCE_PACKETS = _coalescer(_IP), _coalescer(0)
+
+
+def coalesce_tcp4(frames: Sequence[bytes], start: int, limit: int = 64, verify: bool = False) -> tuple[bytes, int]:
     """Join ``frames[start]`` and the segments after it of the same TCP flow into one TSO super-frame.
 
     The reverse of :func:`segment_tcp4`, for writing to a TAP with
@@ -377,54 +453,17 @@ def coalesce_tcp4(frames: Sequence[bytes], start: int, limit: int = 64) -> tuple
     following the one before, all of one size but the last: Linux's
     ``tcp_gro_receive`` rules. Returns (a :class:`SuperFrame`, frames
     used); a frame that joins nothing comes back as it was, alone.
+
+    With ``verify``, a frame joins only with a valid TCP checksum, as GRO
+    checks one no device vouched for: for frames from a peer, whose bad
+    segments the receiving stack must still see (and drop), never hidden in
+    a super-frame whose checksum it takes on trust.
     """
-    first = frames[start]
-    if (len(first) < _MIN_FRAME or first[ethernet.ETHERTYPE] != b"\x08\x00" or first[_IP_VER_IHL] != 0x45
-            or first[_IP_PROTOCOL] != PROTO_TCP or first[_IP_FLAGS] & 0x3F or first[_IP_FLAGS + 1]
-            or first[_TCP_DATA_OFFSET] < 0x50 or first[_TCP_FLAGS] != _ACK):
-        return first, 1   # a data offset below 5 (20 bytes) is no TCP header: never joined
-    headers = _TCP + ((first[_TCP_DATA_OFFSET] >> 4) << 2)
-    total = (first[_IP_LENGTH] << 8) | first[_IP_LENGTH + 1]
-    size = total - (headers - _IP)
-    if size <= 0 or len(first) < _IP + total:
-        return first, 1
-    end = start + 1
-    last = min(len(frames), start + limit)
-    seq = int.from_bytes(first[_TCP_SEQ], "big") + size
-    payloads = [first[headers:_IP + total]]
-    joined = size
-    psh = False
-    same0, same1, same2, same3, same4 = _SAME
-    while end < last:
-        frame = frames[end]
-        if (len(frame) < headers or frame[same0] != first[same0] or frame[same1] != first[same1]
-                or frame[same2] != first[same2] or frame[same3] != first[same3] or frame[same4] != first[same4]
-                or frame[_URGENT:headers] != first[_URGENT:headers] or frame[_TCP_FLAGS] not in (_ACK, _ACK_PSH)):
-            break
-        length = ((frame[_IP_LENGTH] << 8) | frame[_IP_LENGTH + 1]) - (headers - _IP)
-        if (length <= 0 or length > size or joined + length > MAX_COALESCED or len(frame) < headers + length
-                or int.from_bytes(frame[_TCP_SEQ], "big") != seq & 0xFFFFFFFF):
-            break
-        payloads.append(frame[headers:headers + length])
-        joined += length
-        seq += length
-        end += 1
-        if frame[_TCP_FLAGS] == _ACK_PSH or length < size:
-            psh = frame[_TCP_FLAGS] == _ACK_PSH
-            break   # PSH or a shorter segment ends the run
-    if end - start == 1:
-        return first, 1
-    ip_length = headers - _IP + joined
-    ip_header = bytearray(first[_IP:_TCP])
-    ip_header[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
-    ip_header[ipv4.CHECKSUM] = b"\0\0"
-    ip_header[ipv4.CHECKSUM] = internet_checksum(ip_header).to_bytes(2, "big")
-    tcp_header = bytearray(first[_TCP:headers])
-    if psh:
-        tcp_header[tcp.FLAGS] = _ACK_PSH
-    # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, the kernel takes the rest as valid.
-    partial = pseudo_header_sum(first[_IP_SRC], first[_IP_DST], PROTO_TCP, ip_length - ipv4.MIN_HEADER_LEN)
-    while partial >> 16:
-        partial = (partial & 0xFFFF) + (partial >> 16)
-    tcp_header[tcp.CHECKSUM] = partial.to_bytes(2, "big")
-    return super_frame(b"".join((first[:_IP], ip_header, tcp_header, *payloads)), GSO_TCPV4, size), end - start
+    return _COALESCE_FRAMES(frames, start, limit, verify)
+
+
+def coalesce_ipv4(packets: Sequence[bytes], start: int, limit: int = 64, verify: bool = False) -> tuple[bytes, int]:
+    """As :func:`coalesce_tcp4` for bare IPv4 packets (an L3 interface, a TUN, the overlay's udp backend): a
+    run of one flow's packets joined into one super-packet, a :class:`SuperFrame` with no link header, which
+    :func:`segment_ipv4` cuts back."""
+    return _COALESCE_PACKETS(packets, start, limit, verify)
