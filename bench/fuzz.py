@@ -11,7 +11,9 @@ default, 2,000 with ``--quick``), the same ones for the same seed, to:
   both backends. Batches go to ``handle_frames`` on every port, the clock
   moves on, and ``handle_timer`` runs whenever ``poll_at`` says;
 * the transforms the ports make on their own: :func:`coalesce_tcp4` on batches
-  (as a TAP's ``_write_some`` calls it), :func:`segment_tcp4`,
+  (as a TAP's ``_write_some`` calls it) and :func:`coalesce_ipv4` on bare
+  IP packets with checksums verified (as the overlay's way in),
+  :func:`segment_tcp4`,
   :func:`complete_checksum` and :func:`from_vnet` on virtio-net headers and
   frames, the UDP GRO split, :func:`capture_frame` and the overlay codec;
 * what comes from etcd (:mod:`vswitch.overlay.core.flannel`): the network
@@ -101,11 +103,13 @@ from vswitch.core.wire.offload import (
     VNET_HDR,
     VNET_HDR_LEN,
     SuperFrame,
+    coalesce_ipv4,
     coalesce_tcp4,
     complete_checksum,
     from_vnet,
     read_vnet,
     segment,
+    segment_ipv4,
     segment_tcp4,
 )
 from vswitch.core.wire.tcp import ACK, FIN, PSH, RST, SYN, build_tcp
@@ -1154,6 +1158,27 @@ def _coalesce(batch: Batch) -> None:
         start += count
 
 
+def _coalesce_packets(batch: Batch) -> None:
+    """As the overlay's way in: the run as bare IP packets (their Ethernet headers cut off), checksums verified;
+    cutting a join again gives the payloads back."""
+    packets = [frame[14:] for frame in batch.inputs]
+    start = 0
+    while start < len(packets):
+        joined, count = coalesce_ipv4(packets, start, verify=True)
+        if not 1 <= count <= len(packets) - start:
+            raise Invariant(f"coalesce_ipv4 used {count} packets of {len(packets) - start}")
+        if count == 1:
+            if joined is not packets[start]:
+                raise Invariant("a lone packet came back changed")
+        else:
+            run = packets[start:start + count]
+            headers = 20 + (run[0][32] >> 4) * 4
+            wanted = b"".join(p[headers:int.from_bytes(p[2:4], "big")] for p in run)
+            if b"".join(s[headers:] for s in segment_ipv4(joined, joined.gso_size)) != wanted:
+                raise Invariant(f"{count} packets joined into a super-packet that segments into other payload")
+        start += count
+
+
 def _check_join(joined: bytes, frames: Sequence[bytes]) -> None:
     headers = 34 + (frames[0][46] >> 4) * 4
     wanted = b"".join(f[headers:14 + int.from_bytes(f[16:18], "big")] for f in frames)
@@ -1363,6 +1388,7 @@ def specs(seed: int, rng: random.Random) -> list[Spec]:
     # A core takes some 60 inputs a pick (its floods come in bursts), a transform some 5: weights even that out.
     transforms = (
         ("coalesce_tcp4", _coalesce, Feed(s.inside), 6.0),
+        ("coalesce_ipv4", _coalesce_packets, Feed(s.inside), 1.5),
         ("segment_tcp4", _vnet_call(lambda p, h: segment_tcp4(p[VNET_HDR_LEN:], h[3])), Feed(s.vnet, ("vnet_header",)), 3.0),
         ("complete_checksum", _vnet_call(lambda p, h: complete_checksum(p[VNET_HDR_LEN:], h[4], h[5])),
          Feed(s.vnet, ("vnet_header",)), 3.0),
@@ -1380,7 +1406,7 @@ def specs(seed: int, rng: random.Random) -> list[Spec]:
     )
     for name, apply, feed, weight in transforms:
         result.append(Spec(name, lambda name=name, apply=apply: TransformTarget(name, apply), {"-": feed}, weight,
-                           streams=name == "coalesce_tcp4"))
+                           streams=name in ("coalesce_tcp4", "coalesce_ipv4")))
     result.append(Spec("flannel-book", lambda: LeaseBookTarget("flannel-book"),
                        {"-": Feed(s.flannel["book"], json_feed, (floods.leases,))}, 1.5))
     return result
