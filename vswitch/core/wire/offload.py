@@ -37,7 +37,9 @@ IPV6_HEADER_LEN = 40
 
 class SuperFrame(bytes):
     """An Ethernet frame holding one TCP packet of up to 64 KB, to be cut into segments of ``gso_size``
-    payload bytes: what a TSO-capable device hands over, or GRO joined.
+    payload bytes: what a TSO-capable device hands over, or GRO joined. On an L3 interface (the overlay's)
+    it is a bare IPv4 packet: :func:`coalesce_ipv4` makes one, :func:`segment_ipv4` cuts one (:func:`segment`
+    and :func:`vnet_header` read an Ethernet header).
 
     ``gso_type`` is :data:`GSO_TCPV4` or :data:`GSO_TCPV6`, with
     :data:`GSO_ECN` when the sender set CWR. As the kernel's
@@ -135,31 +137,38 @@ def segment_ipv4(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None =
     view = memoryview(packet)
     from_bytes = int.from_bytes
     out = []
-    start = headers_end
-    while start < end or start == headers_end:   # one segment at least: a super-frame without payload
-        stop = min(start + mss, end)
-        size = stop - start
-        last = stop == end
-        segment_flags = (flags if last else flags & ~(FIN | PSH)) if start == headers_end else (
-            flags & ~_CWR if last else flags & ~(FIN | PSH | _CWR))
-        ip_length = ihl + tcp_len + size
-        ip_check = ip_sum + ip_length + ident
-        ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
-        ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
+    # Every segment but the last carries mss bytes and, after the first, the same flags: their sums' shared parts
+    # are added once here, and the loop adds what is each segment's own (the identification, sequence number and
+    # payload). The last segment (perhaps also the first) takes the other branch once.
+    segment_flags = flags & ~(FIN | PSH)
+    ip_length = ihl + tcp_len + mss
+    ip_base, tcp_base = ip_sum + ip_length, tcp_sum + tcp_len + mss
+    folds = _folds(mss)
+    for start in range(headers_end, max(end, headers_end + 1), mss):   # one segment at least, payload or not
+        stop = start + mss
+        if stop >= end:
+            stop = end
+            segment_flags = flags if start == headers_end else flags & ~_CWR
+            ip_length = ihl + tcp_len + (stop - start)
+            ip_base, tcp_base = ip_sum + ip_length, tcp_sum + ip_length - ihl
+            folds = _folds(stop - start)
         chunk = view[start:stop]
         value = from_bytes(chunk, "big")
-        if size & 1:
+        if (stop - start) & 1:
             value <<= 8
-        for width, mask in _folds(size):
+        for width, mask in folds:
             value = (value >> width) + (value & mask)
-        tcp_check = tcp_sum + tcp_len + size + (seq >> 16) + (seq & 0xFFFF) + segment_flags + value % 0xFFFF
+        tcp_check = tcp_base + segment_flags + (seq >> 16) + (seq & 0xFFFF) + value % 0xFFFF
         tcp_check = (tcp_check & 0xFFFF) + (tcp_check >> 16)
         tcp_check = (tcp_check & 0xFFFF) + (tcp_check >> 16)
+        ip_check = ip_base + ident
+        ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
+        ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
         out.append(pack(prefix, ip_head, ip_length, ident, ip_mid, ~ip_check & 0xFFFF, ip_tail, tcp_ports, seq,
                         tcp_ack, segment_flags, tcp_window, ~tcp_check & 0xFFFF, tcp_tail) + chunk)
         ident = (ident + 1) & 0xFFFF
-        seq = (seq + size) & 0xFFFFFFFF
-        start = stop
+        seq = (seq + mss) & 0xFFFFFFFF
+        segment_flags = flags & ~(FIN | PSH | _CWR)
     return out
 
 
