@@ -502,52 +502,36 @@ def vswitch_nodes(topo: TwoNodes, backend: str, workdir: Path, pids: list[int] |
 
 def run_baselines(options: Options = Options()) -> Iterator[dict[str, Any]]:
     """The kernel vxlan and tinc figures; needs root and the tools (see :func:`unavailable`)."""
-    reason = unavailable()
-    if reason is not None:
-        raise SystemExit(f"bench overlay: {reason}")
-    seconds = iperf_seconds(DEVICE_SECONDS if options.duration is None else options.duration)
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        with two_nodes(cni_bridge) as topo:
-            kernel_vxlan(topo)
-            check_reach(topo, "kernel vxlan")
-            vxlan = tcp_stream(topo, seconds, workdir)
-        yield result("overlay.kernel_vxlan.tcp", round(vxlan.bits_per_second / 1e9, 3), "Gbit/s", seconds=seconds,
-                     mtu=OVERLAY_MTU, **vxlan.extra(),
-                     path="c1 -> cni0 -> vm1 -> flannel.1 (kernel vxlan) -> underlay veth -> flannel.1 -> vm2 "
-                          "-> cni0 -> c2")
-        pids: list[int] = []
-        with two_nodes(cni_bridge) as topo, tinc(topo, workdir, pids) as log:
-            check_reach(topo, "tinc", log=log)
-            tinc_stream = tcp_stream(topo, seconds, workdir, pids=pids)
-        yield result("overlay.tinc.tcp", round(tinc_stream.bits_per_second / 1e9, 3), "Gbit/s", seconds=seconds,
-                     mtu=OVERLAY_MTU, **tinc_stream.extra(),
-                     ratio_to_kernel_vxlan=round(tinc_stream.bits_per_second / vxlan.bits_per_second, 4),
-                     path="c1 -> cni0 -> vm1 -> tinc0 (tincd, switch mode, no cipher) -> underlay veth -> tinc0 "
-                          "-> vm2 -> cni0 -> c2")
+    return _baselines(options, direct=False)
 
 
 def run_direct_baselines(options: Options = Options()) -> Iterator[dict[str, Any]]:
     """The kernel vxlan and tinc between the two VMs themselves: iperf3 in vm1 and vm2, to the other's overlay
     device address, with no container, veth or bridge hop; the figures an outside measurement takes."""
+    return _baselines(options, direct=True)
+
+
+def _baselines(options: Options, *, direct: bool) -> Iterator[dict[str, Any]]:
     reason = unavailable()
     if reason is not None:
         raise SystemExit(f"bench overlay: {reason}")
     seconds = iperf_seconds(DEVICE_SECONDS if options.duration is None else options.duration)
+    link, suffix, how = (None, "_direct", ", direct") if direct else (cni_bridge, "", "")
+    ends = ("vm1", "vm2") if direct else ("c1 -> cni0 -> vm1", "vm2 -> cni0 -> c2")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        with two_nodes() as topo:
+        with two_nodes(link) as topo:
             kernel_vxlan(topo)
-            check_reach(topo, "kernel vxlan, direct", direct=True)
-            vxlan = tcp_stream(topo, seconds, workdir, direct=True)
-        yield result("overlay.kernel_vxlan_direct.tcp", round(vxlan.bits_per_second / 1e9, 3), "Gbit/s",
+            check_reach(topo, f"kernel vxlan{how}", direct=direct)
+            vxlan = tcp_stream(topo, seconds, workdir, direct=direct)
+        yield result(f"overlay.kernel_vxlan{suffix}.tcp", round(vxlan.bits_per_second / 1e9, 3), "Gbit/s",
                      seconds=seconds, mtu=OVERLAY_MTU, **vxlan.extra(),
-                     path="vm1 -> flannel.1 (kernel vxlan) -> underlay veth -> flannel.1 -> vm2")
+                     path=f"{ends[0]} -> flannel.1 (kernel vxlan) -> underlay veth -> flannel.1 -> {ends[1]}")
         pids: list[int] = []
-        with two_nodes() as topo, tinc(topo, workdir, pids) as log:
-            check_reach(topo, "tinc, direct", log=log, direct=True)
-            tinc_stream = tcp_stream(topo, seconds, workdir, pids=pids, direct=True)
-        yield result("overlay.tinc_direct.tcp", round(tinc_stream.bits_per_second / 1e9, 3), "Gbit/s",
+        with two_nodes(link) as topo, tinc(topo, workdir, pids) as log:
+            check_reach(topo, f"tinc{how}", log=log, direct=direct)
+            tinc_stream = tcp_stream(topo, seconds, workdir, pids=pids, direct=direct)
+        yield result(f"overlay.tinc{suffix}.tcp", round(tinc_stream.bits_per_second / 1e9, 3), "Gbit/s",
                      seconds=seconds, mtu=OVERLAY_MTU, **tinc_stream.extra(),
                      ratio_to_kernel_vxlan=round(tinc_stream.bits_per_second / vxlan.bits_per_second, 4),
-                     path="vm1 -> tinc0 (tincd, switch mode, no cipher) -> underlay veth -> tinc0 -> vm2")
+                     path=f"{ends[0]} -> tinc0 (tincd, switch mode, no cipher) -> underlay veth -> tinc0 -> {ends[1]}")
