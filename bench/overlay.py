@@ -49,12 +49,12 @@ overlay device address (10.244.N.0), with no container, veth or bridge on the
 path, as an outside measurement takes them; our lines carry
 ``ratio_to_kernel_vxlan_direct`` and ``ratio_to_tinc_direct`` too.
 
-Every line says what the run cost: ``host_cpu_seconds_per_gbit``, the CPU
-time of the whole machine (iperf3, the kernel, the daemons; ``/proc/stat``)
-per gigabit carried, and for tinc and our daemon ``cpu_seconds_per_gbit``,
-the user and system time both daemons spent (``/proc/<pid>/stat``, read
-before and after the iperf3 run): on two cores shared by iperf3, the kernel
-and both daemons, the cost per bit matters as much as the ceiling.
+The lines of tinc and of our daemon say what the run cost them:
+``cpu_seconds_per_gbit``, the user and system time both daemons spent
+(``/proc/<pid>/stat``, read before and after the iperf3 run) per gigabit
+carried: on two cores shared by iperf3, the kernel and both daemons, the cost
+per bit matters as much as the ceiling. (The kernel's vxlan has no process
+of its own to read; the machine-wide figure would count whatever else runs.)
 
 Both baselines use MTU 1450 in the containers, on cni0 and on the overlay
 device. Needs root, iproute2, iperf3, ping and tincd; IPv6 is off in every
@@ -293,12 +293,11 @@ class Stream:
     udp_drops: int           # underlay datagrams the VMs' UDP sockets dropped meanwhile (a userspace overlay's)
     congestion_control: str  # c1's TCP congestion control, the host's default (losses hurt cubic and BBR differently)
     gigabits: float          # carried in the whole run
-    daemon_cpu: float | None  # CPU seconds (user and system) the overlay's daemons spent meanwhile, if they are ours
-    host_cpu: float          # CPU seconds every process and the kernel spent meanwhile, on all cores
+    daemon_cpu: float | None  # CPU seconds (user and system) the overlay's daemons spent meanwhile, if any
 
     def extra(self) -> dict[str, Any]:
         """The keys every overlay TCP line carries besides name, value and unit."""
-        cost = {"host_cpu_seconds_per_gbit": round(self.host_cpu / self.gigabits, 3)} if self.gigabits else {}
+        cost = {}
         if self.daemon_cpu is not None and self.gigabits:
             cost["cpu_seconds_per_gbit"] = round(self.daemon_cpu / self.gigabits, 3)
         return {"udp_rcvbuf_errors": self.udp_drops, "tcp_congestion_control": self.congestion_control, **cost}
@@ -313,26 +312,20 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def host_cpu_seconds() -> float:
-    """The time every core spent busy (all but idle and iowait), from ``/proc/stat``."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def tcp_stream(topo: TwoNodes, seconds: int, workdir: Path, *, pids: Sequence[int] = (), direct: bool = False) -> Stream:
     """One iperf3 TCP stream c1 -> c2 for ``seconds`` (``direct``: vm1 -> vm2, between the overlay devices'
     addresses, with no container hops), and the CPU time the daemons ``pids`` spent meanwhile."""
     first, second = topo.nodes
     before = sum(udp_rcvbuf_errors(node.vm) for node in topo.nodes)
-    daemon_before, host_before = cpu_seconds(pids), host_cpu_seconds()
+    daemon_before = cpu_seconds(pids)
     if direct:
         bits = iperf_tcp(first.vm, second.vm, second.network, seconds, workdir)
     else:
         bits = iperf_tcp(first.container, second.container, second.pod, seconds, workdir)
-    daemon_cpu, host_cpu = cpu_seconds(pids) - daemon_before, host_cpu_seconds() - host_before
+    daemon_cpu = cpu_seconds(pids) - daemon_before
     drops = sum(udp_rcvbuf_errors(node.vm) for node in topo.nodes) - before
     cc = in_ns(first.vm if direct else first.container, "sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
-    return Stream(bits, drops, cc, bits * seconds / 1e9, daemon_cpu if pids else None, host_cpu)
+    return Stream(bits, drops, cc, bits * seconds / 1e9, daemon_cpu if pids else None)
 
 
 # -- kernel vxlan, as flanneld sets it up ----------------------------------------------------------

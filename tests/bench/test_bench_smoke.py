@@ -211,6 +211,6 @@ def test_overlay_direct_baselines_measure_between_the_vms_with_their_cost() -> N
     lines = check_lines("".join(json.dumps(line) + "\n" for line in bench.overlay.run_direct_baselines(Options(duration=1))))
     values = {line["name"]: line for line in lines}
     assert set(values) == {"overlay.kernel_vxlan_direct.tcp", "overlay.tinc_direct.tcp"}
-    assert all(line["value"] > 0 and line["host_cpu_seconds_per_gbit"] > 0 for line in lines)
+    assert all(line["value"] > 0 for line in lines)
     assert values["overlay.tinc_direct.tcp"]["cpu_seconds_per_gbit"] > 0       # tincd's own time, both of them
     assert "cpu_seconds_per_gbit" not in values["overlay.kernel_vxlan_direct.tcp"]   # no daemon: the kernel's
