@@ -11,6 +11,7 @@ from vswitch.core.actions import INSIDE, UNDERLAY, Drop, DropReason, Transmit
 from vswitch.core.wire.ipv4 import pseudo_header_sum
 from vswitch.core.wire.offload import GSO_TCPV4, SuperFrame, segment_ipv4, super_frame
 from vswitch.overlay.core.codec import ADDRESS_LEN, VXLAN_HEADER_LEN
+from vswitch.overlay.core.dropin import DeviceOverlay
 
 OPTIONS = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6))]   # 12 bytes, as Linux sends
 
@@ -172,3 +173,16 @@ def test_without_coalescing_every_segment_comes_in_alone():
     overlay = make_overlay("udp")
     (sent,) = overlay.decapsulate(datagrams_of(segments(5), "udp"), 0.0)
     assert len(sent.frames) == 5 and not any(type(f) is SuperFrame for f in sent.frames)
+
+
+def test_drop_in_mode_cuts_a_super_frame_from_flannel0_as_router_mode_does():
+    overlay = make_overlay("udp")
+    dropin = DeviceOverlay(overlay, "flannel0", "underlay")
+    dropin.add_port("flannel0")
+    dropin.add_port("underlay")
+    frame, payload = super_packet(20000)
+    (sent,) = dropin.handle_frames("flannel0", [frame], 0.0)
+    assert sent.port == "underlay" and joins_in_one_sendmsg(sent.frames)
+    inners = [inner_of(d, "udp") for d in sent.frames]
+    assert all(checksums_ok(i) and len(raw(i)) <= overlay.mtu for i in inners)
+    assert b"".join(bytes(i[TCP].payload) for i in inners) == payload
