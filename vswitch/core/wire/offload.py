@@ -130,9 +130,12 @@ def segment_ipv4(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None =
     ip_sum = int.from_bytes(ip_header[0:2] + ip_header[6:10] + ip_header[12:], "big") % 0xFFFF
     tcp_sum = (int.from_bytes(ip_header[12:20] + tcp_header[0:4] + tcp_header[8:12] + tcp_header[14:16]
                               + tcp_header[18:], "big") + PROTO_TCP + (tcp_header[12] << 8)) % 0xFFFF
-    pack = struct.Struct(f"!{len(prefix)}s2sHH4sH{ihl - 12}s4sI5sB2sH{tcp_len - 18}s").pack
-    ip_head, ip_mid, ip_tail = ip_header[0:2], ip_header[6:10], ip_header[12:]
-    tcp_ports, tcp_ack, tcp_window, tcp_tail = tcp_header[0:4], tcp_header[8:13], tcp_header[14:16], tcp_header[18:]
+    # The headers of a segment: what all share (the prefix and the IP header's first bytes; the fragment fields,
+    # TTL and protocol; the addresses, options and ports; the acknowledgement and data offset; the window, after
+    # the flags; the urgent pointer and options), between each segment's own fields.
+    pack = struct.Struct(f"!{len(prefix) + 2}sHH4sH{ihl - 8}sI5sB2sH{tcp_len - 18}s").pack
+    head, ip_mid, addresses = prefix + ip_header[0:2], ip_header[6:10], ip_header[12:] + tcp_header[0:4]
+    tcp_ack, tcp_window, tcp_tail = tcp_header[8:13], tcp_header[14:16], tcp_header[18:]
     flags, seq, ident = segment_tcp.flags, segment_tcp.seq, ip.ident
     view = memoryview(packet)
     from_bytes = int.from_bytes
@@ -164,8 +167,8 @@ def segment_ipv4(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None =
         ip_check = ip_base + ident
         ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
         ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
-        out.append(pack(prefix, ip_head, ip_length, ident, ip_mid, ~ip_check & 0xFFFF, ip_tail, tcp_ports, seq,
-                        tcp_ack, segment_flags, tcp_window, ~tcp_check & 0xFFFF, tcp_tail) + chunk)
+        out.append(pack(head, ip_length, ident, ip_mid, ~ip_check & 0xFFFF, addresses, seq, tcp_ack, segment_flags,
+                        tcp_window, ~tcp_check & 0xFFFF, tcp_tail) + chunk)
         ident = (ident + 1) & 0xFFFF
         seq = (seq + mss) & 0xFFFFFFFF
         segment_flags = flags & ~(FIN | PSH | _CWR)
