@@ -398,11 +398,13 @@ def _coalescer(ip_at: int) -> _Coalesce:
         payloads = [first[headers:ip_at + total]]
         joined = size
         psh = False
+        first0, first1, first2, first3, first4 = first[same0], first[same1], first[same2], first[same3], first[same4]
+        options = first[urgent:headers]
         while end < last:
             frame = frames[end]
-            if (len(frame) < headers or frame[same0] != first[same0] or frame[same1] != first[same1]
-                    or frame[same2] != first[same2] or frame[same3] != first[same3] or frame[same4] != first[same4]
-                    or frame[urgent:headers] != first[urgent:headers] or frame[tcp_flags] not in (_ACK, _ACK_PSH)):
+            if (len(frame) < headers or frame[same0] != first0 or frame[same1] != first1 or frame[same2] != first2
+                    or frame[same3] != first3 or frame[same4] != first4 or frame[urgent:headers] != options
+                    or frame[tcp_flags] not in (_ACK, _ACK_PSH)):
                 break
             length = ((frame[length_at] << 8) | frame[length_at + 1]) - (headers - ip_at)
             if (length <= 0 or length > size or joined + length > MAX_COALESCED or len(frame) < headers + length
