@@ -186,3 +186,21 @@ def test_drop_in_mode_cuts_a_super_frame_from_flannel0_as_router_mode_does():
     inners = [inner_of(d, "udp") for d in sent.frames]
     assert all(checksums_ok(i) and len(raw(i)) <= overlay.mtu for i in inners)
     assert b"".join(bytes(i[TCP].payload) for i in inners) == payload
+
+
+@settings(max_examples=200)
+@given(backend=st.sampled_from(["udp", "vxlan", "ethernet"]), length=st.integers(20, 200),
+       edits=st.lists(st.tuples(st.integers(0, 199), st.integers(0, 255)), max_size=6),
+       gso_size=st.integers(0, 2000), gso_type=st.sampled_from([GSO_TCPV4, GSO_TCPV4 | 0x80, 4, 3]))
+def test_a_mangled_super_frame_is_cut_or_dropped_never_an_exception(backend, length, edits, gso_size, gso_type):
+    overlay = make_overlay("vxlan" if backend == "ethernet" else backend,
+                           inside="ethernet" if backend == "ethernet" else "ip")
+    packet, _ = super_packet(400)
+    data = bytearray((raw(Ether(dst=vtep(2), src=vtep(1), type=0x0800)) if backend == "ethernet" else b"") + packet)
+    for offset, value in edits:
+        if offset < len(data):
+            data[offset] = value
+    frame = super_frame(bytes(data[:length + (14 if backend == "ethernet" else 0)]), gso_type, gso_size)
+    for action in overlay.encapsulate([frame], 0.0):
+        if type(action) is Transmit:
+            assert action.port == UNDERLAY and joins_in_one_sendmsg(action.frames)
