@@ -11,7 +11,9 @@ default, 2,000 with ``--quick``), the same ones for the same seed, to:
   both backends. Batches go to ``handle_frames`` on every port, the clock
   moves on, and ``handle_timer`` runs whenever ``poll_at`` says;
 * the transforms the ports make on their own: :func:`coalesce_tcp4` on batches
-  (as a TAP's ``_write_some`` calls it), :func:`segment_tcp4`,
+  (as a TAP's ``_write_some`` calls it) and :func:`coalesce_ipv4` on bare
+  IP packets with checksums verified (as the overlay's way in),
+  :func:`segment_tcp4`,
   :func:`complete_checksum` and :func:`from_vnet` on virtio-net headers and
   frames, the UDP GRO split, :func:`capture_frame` and the overlay codec;
 * what comes from etcd (:mod:`vswitch.overlay.core.flannel`): the network
@@ -101,11 +103,13 @@ from vswitch.core.wire.offload import (
     VNET_HDR,
     VNET_HDR_LEN,
     SuperFrame,
+    coalesce_ipv4,
     coalesce_tcp4,
     complete_checksum,
     from_vnet,
     read_vnet,
     segment,
+    segment_ipv4,
     segment_tcp4,
 )
 from vswitch.core.wire.tcp import ACK, FIN, PSH, RST, SYN, build_tcp
@@ -1138,28 +1142,28 @@ class TransformTarget:
         return iter(())
 
 
-def _coalesce(batch: Batch) -> None:
-    """As a TAP's ``_write_some``: join what joins, write, go on; segmenting a join gives the payloads back."""
-    frames = list(batch.inputs)
-    start = 0
-    while start < len(frames):
-        joined, count = coalesce_tcp4(frames, start)
-        if not 1 <= count <= len(frames) - start:
-            raise Invariant(f"coalesce_tcp4 used {count} frames of {len(frames) - start}")
-        if count == 1:
-            if joined is not frames[start]:
-                raise Invariant("a lone frame came back changed")
-        else:
-            _check_join(joined, frames[start:start + count])
-        start += count
-
-
-def _check_join(joined: bytes, frames: Sequence[bytes]) -> None:
-    headers = 34 + (frames[0][46] >> 4) * 4
-    wanted = b"".join(f[headers:14 + int.from_bytes(f[16:18], "big")] for f in frames)
-    segments = segment(joined)
-    if b"".join(s[headers:] for s in segments) != wanted:
-        raise Invariant(f"{len(frames)} frames joined into a super-frame that segments into other payload")
+def _coalescing(join: Callable[[list[bytes], int], tuple[bytes, int]], ip_at: int) -> Callable[[Batch], None]:
+    """Join what joins, write, go on, as a TAP's ``_write_some`` (Ethernet frames, ``ip_at`` 14) or the overlay's
+    way in (bare IP packets, ``ip_at`` 0, checksums verified); segmenting a join gives the payloads back."""
+    def apply(batch: Batch) -> None:
+        frames = [frame[14 - ip_at:] for frame in batch.inputs] if ip_at != 14 else list(batch.inputs)
+        start = 0
+        while start < len(frames):
+            joined, count = join(frames, start)
+            if not 1 <= count <= len(frames) - start:
+                raise Invariant(f"a join used {count} frames of {len(frames) - start}")
+            if count == 1:
+                if joined is not frames[start]:
+                    raise Invariant("a lone frame came back changed")
+            else:
+                run = frames[start:start + count]
+                headers = ip_at + 20 + (run[0][ip_at + 32] >> 4) * 4
+                wanted = b"".join(f[headers:ip_at + int.from_bytes(f[ip_at + 2:ip_at + 4], "big")] for f in run)
+                pieces = segment(joined) if ip_at else segment_ipv4(joined, joined.gso_size)
+                if b"".join(piece[headers:] for piece in pieces) != wanted:
+                    raise Invariant(f"{count} frames joined into a super-frame that segments into other payload")
+            start += count
+    return apply
 
 
 def _vnet_call(call: Callable[[bytes, tuple[int, ...]], object]) -> Callable[[Batch], None]:
@@ -1362,7 +1366,8 @@ def specs(seed: int, rng: random.Random) -> list[Spec]:
         core(f"dropin-{backend}", {DEVICES[backend]: device, UNDERLAY_PORT: underlay}, 1.0)
     # A core takes some 60 inputs a pick (its floods come in bursts), a transform some 5: weights even that out.
     transforms = (
-        ("coalesce_tcp4", _coalesce, Feed(s.inside), 6.0),
+        ("coalesce_tcp4", _coalescing(coalesce_tcp4, 14), Feed(s.inside), 6.0),
+        ("coalesce_ipv4", _coalescing(lambda p, i: coalesce_ipv4(p, i, verify=True), 0), Feed(s.inside), 1.5),
         ("segment_tcp4", _vnet_call(lambda p, h: segment_tcp4(p[VNET_HDR_LEN:], h[3])), Feed(s.vnet, ("vnet_header",)), 3.0),
         ("complete_checksum", _vnet_call(lambda p, h: complete_checksum(p[VNET_HDR_LEN:], h[4], h[5])),
          Feed(s.vnet, ("vnet_header",)), 3.0),
@@ -1380,7 +1385,7 @@ def specs(seed: int, rng: random.Random) -> list[Spec]:
     )
     for name, apply, feed, weight in transforms:
         result.append(Spec(name, lambda name=name, apply=apply: TransformTarget(name, apply), {"-": feed}, weight,
-                           streams=name == "coalesce_tcp4"))
+                           streams=name in ("coalesce_tcp4", "coalesce_ipv4")))
     result.append(Spec("flannel-book", lambda: LeaseBookTarget("flannel-book"),
                        {"-": Feed(s.flannel["book"], json_feed, (floods.leases,))}, 1.5))
     return result

@@ -42,6 +42,20 @@ lease — router mode, the overlay fully in userspace:
 each with ``ratio_to_kernel_vxlan`` and ``ratio_to_tinc`` from the same run,
 and ``meets_target`` (the target: at least tinc's figure).
 
+The same two baselines run once more directly between the VMs
+(:func:`run_direct_baselines`: ``overlay.kernel_vxlan_direct.tcp`` and
+``overlay.tinc_direct.tcp``): iperf3 in vm1 and vm2 themselves, to the other's
+overlay device address (10.244.N.0), with no container, veth or bridge on the
+path, as an outside measurement takes them; our lines carry
+``ratio_to_kernel_vxlan_direct`` and ``ratio_to_tinc_direct`` too.
+
+The lines of tinc and of our daemon say what the run cost them:
+``cpu_seconds_per_gbit``, the user and system time both daemons spent
+(``/proc/<pid>/stat``, read before and after the iperf3 run) per gigabit
+carried: on two cores shared by iperf3, the kernel and both daemons, the cost
+per bit matters as much as the ceiling. (The kernel's vxlan has no process
+of its own to read; the machine-wide figure would count whatever else runs.)
+
 Both baselines use MTU 1450 in the containers, on cni0 and on the overlay
 device. Needs root, iproute2, iperf3, ping and tincd; IPv6 is off in every
 namespace so the stacks send nothing of their own over the overlays. Every
@@ -50,10 +64,11 @@ on failure. :func:`run_baselines` runs the baselines alone.
 """
 
 import contextlib
+import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,24 +109,30 @@ def run(options: Options = Options()) -> Iterator[dict[str, Any]]:
     if reason is not None:
         raise SystemExit(f"bench overlay: {reason}")
     baselines = {}
-    for line in run_baselines(options):
+    for line in (*run_baselines(options), *run_direct_baselines(options)):
         baselines[line["name"]] = line["value"]
         yield line
-    yield from run_vswitch(options, kernel_vxlan=baselines["overlay.kernel_vxlan.tcp"], tinc=baselines["overlay.tinc.tcp"])
+    yield from run_vswitch(
+        options, kernel_vxlan=baselines["overlay.kernel_vxlan.tcp"], tinc=baselines["overlay.tinc.tcp"],
+        kernel_vxlan_direct=baselines["overlay.kernel_vxlan_direct.tcp"], tinc_direct=baselines["overlay.tinc_direct.tcp"],
+    )
 
 
 def run_vswitch(
     options: Options = Options(), *, backends: tuple[str, ...] = ("udp", "vxlan"),
     kernel_vxlan: float | None = None, tinc: float | None = None,
+    kernel_vxlan_direct: float | None = None, tinc_direct: float | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Our daemon's figures, with the ratios to the baselines' figures (Gbit/s) when given."""
+    """Our daemon's figures, with the ratios to the baselines' figures (Gbit/s) when given; the CPU seconds both
+    daemons spent per gigabit carried."""
     seconds = iperf_seconds(DEVICE_SECONDS if options.duration is None else options.duration)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for backend in backends:
-            with two_nodes() as topo, vswitch_nodes(topo, backend, workdir) as log:
+            pids: list[int] = []
+            with two_nodes() as topo, vswitch_nodes(topo, backend, workdir, pids) as log:
                 check_reach(topo, f"vswitch {backend}", log=log)
-                stream = tcp_stream(topo, seconds, workdir)
+                stream = tcp_stream(topo, seconds, workdir, pids=pids)
             gbits = round(stream.bits_per_second / 1e9, 3)
             ratios: dict[str, Any] = {}
             if kernel_vxlan:
@@ -119,6 +140,10 @@ def run_vswitch(
             if tinc:
                 ratios.update(ratio_to_tinc=round(gbits / tinc, 3), target=f">= tinc ({tinc} Gbit/s)",
                               meets_target=gbits >= tinc)
+            if kernel_vxlan_direct:
+                ratios["ratio_to_kernel_vxlan_direct"] = round(gbits / kernel_vxlan_direct, 4)
+            if tinc_direct:
+                ratios["ratio_to_tinc_direct"] = round(gbits / tinc_direct, 3)
             yield result(f"overlay.vswitch_{backend}.tcp", gbits, "Gbit/s", seconds=seconds,
                          mtu=VSWITCH_MTU[backend], **stream.extra(), **ratios,
                          path=f"c1 -> tap -> vm1 vswitch (bridge, router, {backend}) -> underlay veth -> vm2 vswitch "
@@ -241,11 +266,14 @@ def cni_bridge(node: Node, mtu: int = OVERLAY_MTU) -> None:
     sh("ip", "-n", node.container, "route", "add", "default", "via", node.gateway)
 
 
-def check_reach(topo: TwoNodes, what: str, *, within: float = 15, log: Callable[[], str] | None = None) -> None:
-    """Wait until c1 can ping c2 (an overlay may need a moment to connect), or raise."""
+def check_reach(topo: TwoNodes, what: str, *, within: float = 15, log: Callable[[], str] | None = None,
+                direct: bool = False) -> None:
+    """Wait until c1 can ping c2 (``direct``: vm1 the overlay address of vm2; an overlay may need a moment to
+    connect), or raise."""
     first, second = topo.nodes
     deadline = time.monotonic() + within
-    while not ping(first.container, second.pod, count=2, wait=1):
+    while not (ping(first.vm, second.network, count=2, wait=1) if direct else
+               ping(first.container, second.pod, count=2, wait=1)):
         if time.monotonic() >= deadline:
             detail = f":\n{log()}" if log is not None else ""
             raise RuntimeError(f"{what}: c1 cannot reach c2 ({second.pod}) within {within:g}s{detail}")
@@ -264,19 +292,40 @@ class Stream:
     bits_per_second: float   # as c2 received them
     udp_drops: int           # underlay datagrams the VMs' UDP sockets dropped meanwhile (a userspace overlay's)
     congestion_control: str  # c1's TCP congestion control, the host's default (losses hurt cubic and BBR differently)
+    gigabits: float          # carried in the whole run
+    daemon_cpu: float | None  # CPU seconds (user and system) the overlay's daemons spent meanwhile, if any
 
     def extra(self) -> dict[str, Any]:
         """The keys every overlay TCP line carries besides name, value and unit."""
-        return {"udp_rcvbuf_errors": self.udp_drops, "tcp_congestion_control": self.congestion_control}
+        cost = {}
+        if self.daemon_cpu is not None and self.gigabits:
+            cost["cpu_seconds_per_gbit"] = round(self.daemon_cpu / self.gigabits, 3)
+        return {"udp_rcvbuf_errors": self.udp_drops, "tcp_congestion_control": self.congestion_control, **cost}
 
 
-def tcp_stream(topo: TwoNodes, seconds: int, workdir: Path) -> Stream:
-    """One iperf3 TCP stream c1 -> c2 for ``seconds``."""
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """The user and system time of processes ``pids`` (all their threads), from ``/proc/<pid>/stat``."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])   # utime and stime, the stat file's 14th and 15th fields
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_stream(topo: TwoNodes, seconds: int, workdir: Path, *, pids: Sequence[int] = (), direct: bool = False) -> Stream:
+    """One iperf3 TCP stream c1 -> c2 for ``seconds`` (``direct``: vm1 -> vm2, between the overlay devices'
+    addresses, with no container hops), and the CPU time the daemons ``pids`` spent meanwhile."""
+    first, second = topo.nodes
     before = sum(udp_rcvbuf_errors(node.vm) for node in topo.nodes)
-    bits = iperf_tcp(topo.first.container, topo.second.container, topo.second.pod, seconds, workdir)
+    daemon_before = cpu_seconds(pids)
+    if direct:
+        bits = iperf_tcp(first.vm, second.vm, second.network, seconds, workdir)
+    else:
+        bits = iperf_tcp(first.container, second.container, second.pod, seconds, workdir)
+    daemon_cpu = cpu_seconds(pids) - daemon_before
     drops = sum(udp_rcvbuf_errors(node.vm) for node in topo.nodes) - before
-    cc = in_ns(topo.first.container, "sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
-    return Stream(bits, drops, cc)
+    cc = in_ns(first.vm if direct else first.container, "sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
+    return Stream(bits, drops, cc, bits * seconds / 1e9, daemon_cpu if pids else None)
 
 
 # -- kernel vxlan, as flanneld sets it up ----------------------------------------------------------
@@ -341,10 +390,11 @@ def _listening(ns: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def tinc(topo: TwoNodes, workdir: Path) -> Iterator[Callable[[], str]]:
+def tinc(topo: TwoNodes, workdir: Path, pids: list[int] | None = None) -> Iterator[Callable[[], str]]:
     """One tincd per VM (vm1 connects to vm2) and ``tinc0`` routed like flannel.1; stopped on exit.
 
-    Yields a function that returns both daemons' logs (for error messages).
+    Yields a function that returns both daemons' logs (for error messages);
+    their process ids go into ``pids`` if given (``ip netns exec`` becomes tincd).
     Configuration, keys, pid files and logs go in ``workdir``.
     """
     first, second = topo.nodes
@@ -372,6 +422,8 @@ def tinc(topo: TwoNodes, workdir: Path) -> Iterator[Callable[[], str]]:
                  f"--pidfile={workdir / f'tinc-{_tinc_name(node)}.pid'}", f"--logfile={logfile}"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
+            if pids is not None:
+                pids.append(procs[-1].pid)
             deadline = time.monotonic() + 10
             while not (link_exists(node.vm, TINC_DEVICE) and _listening(node.vm, TINC_PORT)):
                 if procs[-1].poll() is not None or time.monotonic() >= deadline:
@@ -415,8 +467,10 @@ def _vswitch_config(node: Node, peer: Node, backend: str, control: Path) -> str:
 
 
 @contextlib.contextmanager
-def vswitch_nodes(topo: TwoNodes, backend: str, workdir: Path) -> Iterator[Callable[[], str]]:
-    """``vswitch run -c`` in each VM, in router mode over ``backend``; yields a function returning their logs."""
+def vswitch_nodes(topo: TwoNodes, backend: str, workdir: Path, pids: list[int] | None = None,
+                  ) -> Iterator[Callable[[], str]]:
+    """``vswitch run -c`` in each VM, in router mode over ``backend``; yields a function returning their logs.
+    Their process ids go into ``pids`` if given."""
     daemons = []
     try:
         for node in topo.nodes:
@@ -425,6 +479,8 @@ def vswitch_nodes(topo: TwoNodes, backend: str, workdir: Path) -> Iterator[Calla
             daemon = Daemon(path, netns=node.vm)
             daemons.append(daemon)
             daemon.start()
+            if pids is not None and daemon.proc is not None:
+                pids.append(daemon.proc.pid)
         yield lambda: "\n\n".join(d.log for d in daemons)
     finally:
         for daemon in daemons:
@@ -439,25 +495,36 @@ def vswitch_nodes(topo: TwoNodes, backend: str, workdir: Path) -> Iterator[Calla
 
 def run_baselines(options: Options = Options()) -> Iterator[dict[str, Any]]:
     """The kernel vxlan and tinc figures; needs root and the tools (see :func:`unavailable`)."""
+    return _baselines(options, direct=False)
+
+
+def run_direct_baselines(options: Options = Options()) -> Iterator[dict[str, Any]]:
+    """The kernel vxlan and tinc between the two VMs themselves: iperf3 in vm1 and vm2, to the other's overlay
+    device address, with no container, veth or bridge hop; the figures an outside measurement takes."""
+    return _baselines(options, direct=True)
+
+
+def _baselines(options: Options, *, direct: bool) -> Iterator[dict[str, Any]]:
     reason = unavailable()
     if reason is not None:
         raise SystemExit(f"bench overlay: {reason}")
     seconds = iperf_seconds(DEVICE_SECONDS if options.duration is None else options.duration)
+    link, suffix, how = (None, "_direct", ", direct") if direct else (cni_bridge, "", "")
+    ends = ("vm1", "vm2") if direct else ("c1 -> cni0 -> vm1", "vm2 -> cni0 -> c2")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        with two_nodes(cni_bridge) as topo:
+        with two_nodes(link) as topo:
             kernel_vxlan(topo)
-            check_reach(topo, "kernel vxlan")
-            vxlan = tcp_stream(topo, seconds, workdir)
-        yield result("overlay.kernel_vxlan.tcp", round(vxlan.bits_per_second / 1e9, 3), "Gbit/s", seconds=seconds,
-                     mtu=OVERLAY_MTU, **vxlan.extra(),
-                     path="c1 -> cni0 -> vm1 -> flannel.1 (kernel vxlan) -> underlay veth -> flannel.1 -> vm2 "
-                          "-> cni0 -> c2")
-        with two_nodes(cni_bridge) as topo, tinc(topo, workdir) as log:
-            check_reach(topo, "tinc", log=log)
-            tinc_stream = tcp_stream(topo, seconds, workdir)
-        yield result("overlay.tinc.tcp", round(tinc_stream.bits_per_second / 1e9, 3), "Gbit/s", seconds=seconds,
-                     mtu=OVERLAY_MTU, **tinc_stream.extra(),
+            check_reach(topo, f"kernel vxlan{how}", direct=direct)
+            vxlan = tcp_stream(topo, seconds, workdir, direct=direct)
+        yield result(f"overlay.kernel_vxlan{suffix}.tcp", round(vxlan.bits_per_second / 1e9, 3), "Gbit/s",
+                     seconds=seconds, mtu=OVERLAY_MTU, **vxlan.extra(),
+                     path=f"{ends[0]} -> flannel.1 (kernel vxlan) -> underlay veth -> flannel.1 -> {ends[1]}")
+        pids: list[int] = []
+        with two_nodes(link) as topo, tinc(topo, workdir, pids) as log:
+            check_reach(topo, f"tinc{how}", log=log, direct=direct)
+            tinc_stream = tcp_stream(topo, seconds, workdir, pids=pids, direct=direct)
+        yield result(f"overlay.tinc{suffix}.tcp", round(tinc_stream.bits_per_second / 1e9, 3), "Gbit/s",
+                     seconds=seconds, mtu=OVERLAY_MTU, **tinc_stream.extra(),
                      ratio_to_kernel_vxlan=round(tinc_stream.bits_per_second / vxlan.bits_per_second, 4),
-                     path="c1 -> cni0 -> vm1 -> tinc0 (tincd, switch mode, no cipher) -> underlay veth -> tinc0 "
-                          "-> vm2 -> cni0 -> c2")
+                     path=f"{ends[0]} -> tinc0 (tincd, switch mode, no cipher) -> underlay veth -> tinc0 -> {ends[1]}")

@@ -29,7 +29,7 @@ in front of a flannel device.
 """
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
@@ -43,11 +43,21 @@ from vswitch.core.actions import (
     Unreachable,
 )
 from vswitch.core.l3.icmp import ErrorPolicy, error_name, error_packet
-from vswitch.core.wire import ethernet, icmp, ipv4
+from vswitch.core.wire import ethernet, icmp, ipv4, tcp
 from vswitch.core.wire.addr import Network, ip_to_str
 from vswitch.core.wire.checksum import internet_checksum
+from vswitch.core.wire.errors import WireError
 from vswitch.core.wire.field import at
 from vswitch.core.wire.ipv4 import decrement_ttl
+from vswitch.core.wire.offload import (
+    GSO_ECN,
+    GSO_TCPV4,
+    SuperFrame,
+    coalesce_ipv4,
+    coalesce_tcp4,
+    segment,
+    segment_ipv4,
+)
 
 from .backends import BACKENDS
 from .codec import (
@@ -70,6 +80,20 @@ _INNER = ADDRESS_LEN + VXLAN_HEADER_LEN
 _INNER_DST, _INNER_ETHERTYPE = at(_INNER, ethernet.DST), at(_INNER, ethernet.ETHERTYPE)
 _INNER_IP = _INNER + ethernet.HEADER_LEN
 _IP_IN_FRAME = ethernet.HEADER_LEN + ipv4.MIN_HEADER_LEN   # a frame that can hold an IPv4 header
+DEFAULT_UNDERLAY_MTU = 1500
+
+
+def _join(packets: list[bytes], coalesce: Callable[..., tuple[bytes, int]]) -> list[bytes]:
+    """``packets`` with each run of one TCP flow's segments joined into one super-frame, the rest as they were:
+    GRO's rules (:func:`~vswitch.core.wire.offload.coalesce_tcp4`), checksums verified, since they came from
+    a peer."""
+    out: list[bytes] = []
+    start, count = 0, len(packets)
+    while start < count:
+        joined, used = coalesce(packets, start, 64, True)
+        out.append(joined)
+        start += used
+    return out
 
 
 def _header_problem(packet: bytes, offset: int = 0) -> DropReason | None:
@@ -96,7 +120,8 @@ class OverlayStatistics:
 class Overlay:
     def __init__(
         self, *, backend: str, network: Network, subnet: Network, port: int | None = None, vni: int = 1,
-        vtep_mac: bytes | None = None, inside: str = "ip", max_peers: int = DEFAULT_MAX_PEERS,
+        vtep_mac: bytes | None = None, inside: str = "ip", max_peers: int = DEFAULT_MAX_PEERS, mtu: int | None = None,
+        coalesce: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -117,6 +142,8 @@ class Overlay:
         self.vtep_mac = vtep_mac
         self.inside = inside
         self.overhead = BACKENDS[backend].overhead
+        self.mtu = DEFAULT_UNDERLAY_MTU - self.overhead if mtu is None else mtu   # of the inner IP packets
+        self.coalesce = coalesce
         self.peers = PeerTable(port=self.port, max_peers=max_peers)
         self._vxlan = vxlan_header(vni) if backend == "vxlan" else b""
         self._frame_headers: dict[Network, bytes] = {}   # VXLAN: header + inner Ethernet header, per peer subnet
@@ -176,14 +203,20 @@ class Overlay:
                 if sent is None:
                     result += self._undeliverable(INSIDE, packet, packet, icmp.TIME_EXCEEDED, DropReason.TTL_EXCEEDED)
                     continue
-                datagram = peer.header + sent
+                prefix = peer.header
             else:
+                sent = packet
                 sport = flow_source_port(packet)
-                datagram = b"".join((peer.header[ADDRESS_PEER], sport.to_bytes(2, "big"), headers[peer.lease.subnet], packet))
-            out.append(datagram)
-            counters = peer.counters
-            counters.tx_packets += 1
-            counters.tx_bytes += len(datagram) - ADDRESS_LEN
+                prefix = b"".join((peer.header[ADDRESS_PEER], sport.to_bytes(2, "big"), headers[peer.lease.subnet]))
+            if type(packet) is SuperFrame:
+                if not self._cut(packet, sent, 0, prefix, peer, out, result):
+                    continue
+            else:
+                datagram = prefix + sent
+                out.append(datagram)
+                counters = peer.counters
+                counters.tx_packets += 1
+                counters.tx_bytes += len(datagram) - ADDRESS_LEN
         if out:
             self._stats.encapsulated += len(out)
             result.append(Transmit(UNDERLAY, out))
@@ -210,7 +243,11 @@ class Overlay:
                 sport = flow_source_port(frame, header_len)
             else:   # a fixed hash of the MACs
                 sport = flow_source_port(frame[dst] + frame[ethernet.SRC] + b"\x40" + bytes(19))
-            datagram = b"".join((peer.header[ADDRESS_PEER], sport.to_bytes(2, "big"), vxlan, frame))
+            prefix = b"".join((peer.header[ADDRESS_PEER], sport.to_bytes(2, "big"), vxlan))
+            if type(frame) is SuperFrame:
+                self._cut(frame, frame, header_len, prefix, peer, out, result)
+                continue
+            datagram = prefix + frame
             out.append(datagram)
             peer.counters.tx_packets += 1
             peer.counters.tx_bytes += len(datagram) - ADDRESS_LEN
@@ -218,6 +255,29 @@ class Overlay:
             self._stats.encapsulated += len(out)
             result.append(Transmit(UNDERLAY, out))
         return result
+
+    def _cut(self, frame: SuperFrame, sent: bytes, ip_at: int, prefix: bytes, peer: Peer, out: list[bytes],
+             result: list[TunnelAction]) -> bool:
+        """Cut super-frame ``frame`` (as ``sent``: its TTL taken) into datagrams for ``peer``, each ``prefix``
+        and a whole packet of at most the overlay's MTU with full checksums, for peers (flanneld, the
+        kernel's vxlan) take no super-frames. They follow one another in ``out``, of one size but the last, so
+        the underlay port sends them in one ``sendmsg`` with UDP GSO. False if it cannot be cut (dropped)."""
+        try:
+            if frame.gso_type & ~GSO_ECN == GSO_TCPV4 and sent[ip_at - 2:ip_at] in (b"", _IPV4):
+                ihl = (sent[ip_at] & 0x0F) << 2
+                room = self.mtu - ihl - ((sent[ip_at + ihl + tcp.DATA_OFFSET] >> 4) << 2)
+                link = sent[:ip_at]
+                segments = segment_ipv4(sent, min(frame.gso_size, room), ip_at, prefix + link)
+            else:   # TCPv6 in a frame (the ethernet inside): cut at the sender's MSS, which its device's MTU bounds
+                segments = [prefix + piece for piece in segment(frame)]
+        except (WireError, IndexError):
+            result.append(self._drop(INSIDE, DropReason.OVERLAY_MALFORMED, frame))
+            return False
+        out += segments
+        counters = peer.counters
+        counters.tx_packets += len(segments)
+        counters.tx_bytes += sum(map(len, segments)) - ADDRESS_LEN * len(segments)
+        return True
 
     # -- peers → inside -------------------------------------------------------------------
 
@@ -276,6 +336,8 @@ class Overlay:
             counters.rx_bytes += len(datagram) - ADDRESS_LEN
         if inside:
             self._stats.decapsulated += len(inside)
+            if self.coalesce and len(inside) > 1:
+                inside = _join(inside, coalesce_tcp4 if frames_inside else coalesce_ipv4)
             result.append(Transmit(INSIDE, inside))
         return result
 

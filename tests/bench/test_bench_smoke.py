@@ -204,3 +204,13 @@ def test_command_line_rejects_unknown_suite() -> None:
     proc = subprocess.run([sys.executable, "-m", "bench", "nope"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stdout == ""
+
+
+@pytest.mark.skipif(bool(bench.overlay.unavailable()), reason=str(bench.overlay.unavailable()))
+def test_overlay_direct_baselines_measure_between_the_vms_with_their_cost() -> None:
+    lines = check_lines("".join(json.dumps(line) + "\n" for line in bench.overlay.run_direct_baselines(Options(duration=1))))
+    values = {line["name"]: line for line in lines}
+    assert set(values) == {"overlay.kernel_vxlan_direct.tcp", "overlay.tinc_direct.tcp"}
+    assert all(line["value"] > 0 for line in lines)
+    assert values["overlay.tinc_direct.tcp"]["cpu_seconds_per_gbit"] > 0       # tincd's own time, both of them
+    assert "cpu_seconds_per_gbit" not in values["overlay.kernel_vxlan_direct.tcp"]   # no daemon: the kernel's
