@@ -271,7 +271,7 @@ class Overlay:
             else:   # TCPv6 in a frame (the ethernet inside): cut at the sender's MSS, which its device's MTU bounds
                 segments = [prefix + piece for piece in segment(frame)]
         except (WireError, IndexError):
-            result.append(self._drop(INSIDE, DropReason.OVERLAY_MALFORMED, frame))
+            result.append(self._drop(INSIDE, DropReason.SUPER_FRAME_MALFORMED, frame))
             return False
         out += segments
         counters = peer.counters

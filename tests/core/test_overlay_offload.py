@@ -105,7 +105,7 @@ def test_a_super_frame_that_cannot_be_cut_is_dropped_and_the_rest_goes():
     plain = raw(IP(src="10.244.1.2", dst="10.244.2.2") / UDP() / b"x")
     actions = overlay.encapsulate([broken, plain], 0.0)
     assert [(type(a), a.port) for a in actions] == [(Drop, INSIDE), (Transmit, UNDERLAY)]
-    assert actions[0].reason is DropReason.OVERLAY_MALFORMED and len(actions[1].frames) == 1
+    assert actions[0].reason is DropReason.SUPER_FRAME_MALFORMED and len(actions[1].frames) == 1
 
 
 # -- the way in ---------------------------------------------------------------------------
