@@ -180,7 +180,7 @@ async def test_a_port_whose_encoder_raises_loses_those_frames_and_keeps_its_task
 
 
 async def test_a_port_whose_decoder_raises_loses_that_batch_and_keeps_receiving(nursery, monkeypatch):
-    def broken_read_vnet(packet: bytes) -> bytes:
+    def broken_read_vnet(packet: bytes, ip_at: int) -> bytes:
         assert POISON in packet, "only the poisoned packet asks for virtio-net work"
         raise ValueError("decoder bug (on purpose)")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from vswitch.core.wire import ethernet
 from vswitch.core.wire.offload import cut_super_frames
 from vswitch.overlay.core.codec import capture_frame
 from vswitch.shell.ports import Port
@@ -109,7 +110,7 @@ class CaptureSession:
     def push(self, frames: list[bytes]) -> None:
         """The switch's monitor callback, run in a port's task: keep what fits, count the rest. A super-frame
         is kept as the segments it stands for, what the wire between two kernels would carry."""
-        frames = cut_super_frames(frames)[0]
+        frames = cut_super_frames(frames, 0 if self.linktype == LINKTYPE_RAW else ethernet.HEADER_LEN)[0]
         if self._convert is not None:
             frames = self._convert(frames)
         room = min(self.max_frames - self._frames, len(frames))

@@ -24,10 +24,11 @@ import attrs
 import trio
 
 from vswitch.core.actions import Action, Drop, DropReason, Transmit
+from vswitch.core.wire import ethernet
 from vswitch.core.wire.offload import cut_super_frames
 
 from .faults import Faults
-from .ports.base import DEFAULT_BATCH, Port, PortClosed, PortStatistics
+from .ports.base import DEFAULT_BATCH, Medium, Port, PortClosed, PortStatistics
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class _PortRunner:
         self.monitors: list[Monitor] = []  # usually empty: one falsy check per batch
         self.sending = False               # the send task has a batch in flight
         self.tso = capabilities.tso        # takes super-frames whole; otherwise they are cut before queueing
+        self.ip_at = 0 if capabilities.medium is Medium.IP else ethernet.HEADER_LEN   # where a cut finds IP
         self.send_nowait: Callable[[Sequence[bytes]], int] | None = (
             port.send_nowait if capabilities.send_nowait else None  # type: ignore[attr-defined]
         )
@@ -353,7 +355,7 @@ class Switch:
                     continue
                 frames = action.frames
                 if not runner.tso:
-                    frames, malformed = cut_super_frames(frames)
+                    frames, malformed = cut_super_frames(frames, runner.ip_at)
                     if malformed:
                         self._drops[DropReason.SUPER_FRAME_MALFORMED] += malformed
                 if runner.send_nowait is not None and not runner.queue and not runner.sending:

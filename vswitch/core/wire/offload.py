@@ -267,22 +267,23 @@ def _cut(frame: bytes, tcp_at: int, end: int, mss: int,
     return out
 
 
-def segment(frame: SuperFrame, mss: int | None = None) -> list[bytes]:
+def segment(frame: SuperFrame, mss: int | None = None, ip_at: int = ethernet.HEADER_LEN) -> list[bytes]:
     """The segments of ``frame``, each a whole packet with full checksums, of at most its ``gso_size``
-    payload bytes (``mss`` when that is smaller: a next hop with a smaller MTU)."""
+    payload bytes (``mss`` when that is smaller: a next hop with a smaller MTU). ``ip_at`` 0: a bare IP
+    super-frame (a TUN's, or on the overlay's L3 interface), IPv4 only."""
     size = frame.gso_size if mss is None else min(mss, frame.gso_size)
     gso = frame.gso_type & ~GSO_ECN
     if gso == GSO_TCPV4:
-        return segment_tcp4(frame, size)
-    if gso == GSO_TCPV6:
+        return segment_ipv4(frame, size) if ip_at == 0 else segment_tcp4(frame, size)
+    if gso == GSO_TCPV6 and ip_at:
         return segment_tcp6(frame, size)
-    raise UnsupportedOffload(f"GSO type {frame.gso_type:#x}")
+    raise UnsupportedOffload(f"GSO type {frame.gso_type:#x}{'' if ip_at else ' in a bare IP packet'}")
 
 
-def cut_super_frames(frames: Sequence[bytes]) -> tuple[Sequence[bytes], int]:
+def cut_super_frames(frames: Sequence[bytes], ip_at: int = ethernet.HEADER_LEN) -> tuple[Sequence[bytes], int]:
     """``frames`` with every super-frame among them cut into its segments, for a port that takes none, and
     how many could not be cut (malformed: the caller counts them as dropped). Without a super-frame among
-    them, ``frames`` itself."""
+    them, ``frames`` itself. ``ip_at`` 0: bare IP packets (a TUN's)."""
     for frame in frames:
         if type(frame) is SuperFrame:
             break
@@ -293,7 +294,7 @@ def cut_super_frames(frames: Sequence[bytes]) -> tuple[Sequence[bytes], int]:
     for frame in frames:
         if type(frame) is SuperFrame:
             try:
-                out += segment(frame)
+                out += segment(frame, None, ip_at)
             except WireError:
                 malformed += 1
         else:
@@ -301,21 +302,23 @@ def cut_super_frames(frames: Sequence[bytes]) -> tuple[Sequence[bytes], int]:
     return out, malformed
 
 
-def vnet_header(frame: SuperFrame) -> bytes:
-    """The virtio-net header that hands ``frame`` to a device that segments (a TAP with TSO, AF_PACKET):
-    the checksum left partial from the TCP header on, and the cut."""
-    tcp_at = _TCP_IN_FRAME6 if frame[12:14] == _ETHERTYPE_IPV6 else _IP + ((frame[_IP] & 0x0F) << 2)
+def vnet_header(frame: SuperFrame, ip_at: int = ethernet.HEADER_LEN) -> bytes:
+    """The virtio-net header that hands ``frame`` to a device that segments (a TAP or TUN with TSO,
+    AF_PACKET): the checksum left partial from the TCP header on, and the cut. ``ip_at`` 0: a bare IP
+    packet (a TUN's)."""
+    ipv6 = frame[12:14] == _ETHERTYPE_IPV6 if ip_at else frame[0] >> 4 == 6
+    tcp_at = ip_at + (IPV6_HEADER_LEN if ipv6 else (frame[ip_at] & 0x0F) << 2)
     headers = tcp_at + ((frame[tcp_at + tcp.DATA_OFFSET] >> 4) << 2)
     return VNET_HDR.pack(F_NEEDS_CSUM, frame.gso_type, headers, frame.gso_size, tcp_at, tcp.CHECKSUM.start)
 
 
-def read_vnet(packet: bytes) -> bytes:
+def read_vnet(packet: bytes, ip_at: int = ethernet.HEADER_LEN) -> bytes:
     """The frame behind one virtio-net header, from a device that hands over super-frames: a TCP one as a
     :class:`SuperFrame`, whole; a partial checksum completed.
 
     A super-frame is taken whole only when it is plain Ethernet with IPv4 or IPv6 and TCP right after
-    (what a container's stack sends); anything else with a GSO type is cut here, or is a
-    :class:`~vswitch.core.wire.errors.WireError` (the port counts it).
+    (what a container's stack sends), or with ``ip_at`` 0 (a TUN's bare packets) IPv4 and TCP; anything
+    else with a GSO type is a :class:`~vswitch.core.wire.errors.WireError` (the port counts it).
     """
     if len(packet) < VNET_HDR_LEN:
         raise Truncated(f"virtio-net header: {len(packet)} bytes")
@@ -324,12 +327,18 @@ def read_vnet(packet: bytes) -> bytes:
     if gso == GSO_NONE:
         frame = packet[VNET_HDR_LEN:]
         return complete_checksum(frame, csum_start, csum_offset) if flags & F_NEEDS_CSUM else frame
-    ethertype = packet[VNET_HDR_LEN + 12:VNET_HDR_LEN + 14]
-    if gso_size and len(packet) > VNET_HDR_LEN + _TCP_IN_FRAME6 + tcp.MIN_HEADER_LEN and (
-            (gso == GSO_TCPV4 and ethertype == _ETHERTYPE_IPV4 and packet[VNET_HDR_LEN + _IP_PROTOCOL] == PROTO_TCP)
-            or (gso == GSO_TCPV6 and ethertype == _ETHERTYPE_IPV6 and packet[VNET_HDR_LEN + _IP + 6] == PROTO_TCP)):
+    ip = VNET_HDR_LEN + ip_at
+    if ip_at:
+        kind = packet[VNET_HDR_LEN + 12:VNET_HDR_LEN + 14]
+        is_v4, is_v6 = kind == _ETHERTYPE_IPV4, kind == _ETHERTYPE_IPV6
+    else:
+        kind = packet[ip:ip + 1]
+        is_v4, is_v6 = kind == b"\x45", False   # no options: what a TCP socket sends
+    if gso_size and len(packet) > ip + IPV6_HEADER_LEN + tcp.MIN_HEADER_LEN and (
+            (gso == GSO_TCPV4 and is_v4 and packet[ip + ipv4.PROTOCOL] == PROTO_TCP)
+            or (gso == GSO_TCPV6 and is_v6 and packet[ip + 6] == PROTO_TCP)):
         return super_frame(memoryview(packet)[VNET_HDR_LEN:], gso_type, gso_size)
-    raise UnsupportedOffload(f"GSO type {gso_type:#x} on ethertype {ethertype.hex()}")
+    raise UnsupportedOffload(f"GSO type {gso_type:#x} on {kind.hex()}")
 
 
 def from_vnet(packet: bytes) -> list[bytes]:

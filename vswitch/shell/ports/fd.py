@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
+from vswitch.core.wire import ethernet
 from vswitch.core.wire.errors import WireError
 from vswitch.core.wire.offload import SuperFrame, read_vnet
 
@@ -32,6 +33,7 @@ READ_SIZE = 65536 + 64  # the largest frame a device can hand over, with room to
 class FdPort:
     kind = "fd"
     capabilities = Capabilities(send_nowait=True)
+    vnet_ip_at = ethernet.HEADER_LEN   # where the IP header is behind a virtio-net header (0: bare IP, a TUN)
     # errno values meaning the device or interface is gone (not a bad frame)
     gone_errnos: frozenset[int] = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
 
@@ -72,7 +74,7 @@ class FdPort:
         TCP super-frame, taken whole (the switch cuts it for ports that take none); a malformed one is a
         counted receive error."""
         try:
-            frame = read_vnet(packet)
+            frame = read_vnet(packet, self.vnet_ip_at)
             if type(frame) is SuperFrame:
                 self._stats.rx_super_frames += 1
             frames.append(frame)

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import dpkt
 
+from vswitch.core.wire import ethernet
 from vswitch.core.wire.offload import cut_super_frames
 from vswitch.errors import PcapError
 
@@ -72,7 +73,7 @@ class PcapWriter:
         # Round to the file's microseconds first: dpkt would otherwise write
         # ts_usec = 1000000 for a time just below a whole second.
         ts = round(self._clock(), 6)
-        frames = cut_super_frames(frames)[0]   # what the wire carries: the segments
+        frames = cut_super_frames(frames, 0 if self._linktype == LINKTYPE_RAW else ethernet.HEADER_LEN)[0]   # the segments
         for frame in frames:
             self._writer.writepkt(frame[:SNAPLEN], ts)
         self._file.flush()

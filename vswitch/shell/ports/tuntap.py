@@ -8,7 +8,9 @@ limit), and only then does the task wait in ``wait_readable``.
 A TAP is opened with ``IFF_VNET_HDR`` and asks the kernel for checksum
 and TCP segmentation offloads (``TUNSETOFFLOAD``: :data:`OFFLOADS`): the
 container's stack then hands over TCP super-frames of up to 64 KB with
-partial checksums, one ``read`` where there were dozens. They pass through
+partial checksums, one ``read`` where there were dozens. A TUN (drop-in
+mode's ``flannel0``) does the same with bare IPv4 packets
+(:data:`TUN_OFFLOADS`: no TSO6, as nothing here cuts a bare IPv6 one). They pass through
 the switch whole (:class:`~vswitch.core.wire.offload.SuperFrame`), and a
 TAP writes one whole, behind the virtio-net header that says how to cut
 it: between two containers on one node nothing is segmented at all. A
@@ -38,10 +40,12 @@ import struct
 import threading
 from collections.abc import Sequence
 
+from vswitch.core.wire import ethernet
 from vswitch.core.wire.offload import (
     VNET_HDR_LEN,
     VNET_HDR_NONE,
     SuperFrame,
+    coalesce_ipv4,
     coalesce_tcp4,
     vnet_header,
 )
@@ -64,6 +68,7 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN   # what a SuperFrame carries
+TUN_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN              # a bare one: IPv4 only
 _IFREQ = struct.Struct("16sH")
 
 log = logging.getLogger(__name__)
@@ -73,7 +78,7 @@ _refusal_logged = False
 def tap_flags(kind: str) -> int:
     if kind not in ("tap", "tun"):
         raise ValueError(f"kind must be 'tap' or 'tun', not {kind!r}")
-    return (IFF_TAP | IFF_VNET_HDR if kind == "tap" else IFF_TUN) | IFF_NO_PI
+    return (IFF_TAP if kind == "tap" else IFF_TUN) | IFF_VNET_HDR | IFF_NO_PI
 
 
 def reopen_tun_device(netns: str | None, name: str, flags: int) -> int:
@@ -146,19 +151,19 @@ def open_tun_device(name: str, flags: int) -> int:
     return fd
 
 
-def ask_offloads(fd: int, name: str) -> int:
-    """Ask the kernel for :data:`OFFLOADS` on the TAP ``fd`` (opened with ``IFF_VNET_HDR``); returns what it
-    granted: all of them, or 0 when it refuses, which is logged once per daemon (every TAP would say the
-    same) and leaves the device handing over whole frames."""
+def ask_offloads(fd: int, name: str, offloads: int = OFFLOADS) -> int:
+    """Ask the kernel for ``offloads`` on the TAP or TUN ``fd`` (opened with ``IFF_VNET_HDR``); returns what
+    it granted: all of them, or 0 when it refuses, which is logged once per daemon (every device would say
+    the same) and leaves the device handing over whole frames."""
     global _refusal_logged
     try:
-        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
+        fcntl.ioctl(fd, TUNSETOFFLOAD, offloads)
     except OSError as exc:
         if not _refusal_logged:
             _refusal_logged = True
-            log.warning("%s: the kernel refuses TAP offloads (%s): whole frames, one a read", name, exc.strerror)
+            log.warning("%s: the kernel refuses TUN/TAP offloads (%s): whole frames, one a read", name, exc.strerror)
         return 0
-    return OFFLOADS
+    return offloads
 
 
 class TunTapPort(FdPort):
@@ -168,7 +173,11 @@ class TunTapPort(FdPort):
         super().__init__(name, fd, mtu=mtu)
         self.kind = kind
         self.vnet = vnet
-        self.offloads = ask_offloads(fd, name) if vnet else 0   # TUN_F_* flags the kernel granted
+        tap = kind == "tap"
+        self.vnet_ip_at = ethernet.HEADER_LEN if tap else 0   # a TUN's packets are bare IP
+        self._coalesce = coalesce_tcp4 if tap else coalesce_ipv4
+        # TUN_F_* flags the kernel granted
+        self.offloads = ask_offloads(fd, name, OFFLOADS if tap else TUN_OFFLOADS) if vnet else 0
         self.capabilities = Capabilities(
             medium=Medium.ETHERNET if kind == "tap" else Medium.IP, send_nowait=True, vnet_header=vnet,
             tso=bool(self.offloads),
@@ -176,7 +185,7 @@ class TunTapPort(FdPort):
 
     @classmethod
     def open(cls, name: str, *, kind: str = "tap", mtu: int = DEFAULT_MTU) -> "TunTapPort":
-        return cls(name, open_tun_device(name, tap_flags(kind)), kind=kind, mtu=mtu, vnet=kind == "tap")
+        return cls(name, open_tun_device(name, tap_flags(kind)), kind=kind, mtu=mtu, vnet=True)
 
     def persist(self, on: bool) -> None:
         """Make the device outlive its fd (TUNSETPERSIST 1), or go with it again (0): what a daemon restart
@@ -201,9 +210,9 @@ class TunTapPort(FdPort):
             return 1
         joined, count = frames[start], 1
         if type(joined) is not SuperFrame:
-            joined, count = coalesce_tcp4(frames, start)   # a lone frame comes back as it was
+            joined, count = self._coalesce(frames, start)   # a lone frame comes back as it was
         if type(joined) is SuperFrame:
-            os.writev(self._fd, (vnet_header(joined), joined))
+            os.writev(self._fd, (vnet_header(joined, self.vnet_ip_at), joined))
             self._stats.tx_super_frames += 1
         else:
             os.writev(self._fd, (VNET_HDR_NONE, joined))
