@@ -33,6 +33,7 @@ from vswitch.core.wire.addr import BROADCAST_MAC, Network, ip_to_str
 from vswitch.core.wire.checksum import internet_checksum
 from vswitch.core.wire.errors import WireError
 from vswitch.core.wire.ipv4 import decrement_ttl
+from vswitch.core.wire.offload import SuperFrame, segment
 
 from .fragment import fragment
 from .icmp import ERROR_TTL, ErrorPolicy, error_name, error_packet
@@ -225,6 +226,8 @@ class Router:
                 if ethertype == ETHERTYPE_IPV4:
                     if frame[_ETH_DST] != mac:
                         reason = DropReason.NOT_ROUTED if frame[0] & 1 else DropReason.NOT_FOR_ROUTER  # group address
+                    elif type(frame) is SuperFrame:
+                        reason = self._ip_input(iface, frame[_PAYLOAD:], now, emit, frame)
                     else:
                         reason = self._ip_input(iface, frame[_PAYLOAD:], now, emit)
                 elif ethertype == ETHERTYPE_ARP:
@@ -255,8 +258,14 @@ class Router:
 
     # -- IPv4 ---------------------------------------------------------------------
 
-    def _ip_input(self, iface: Interface, packet: bytes, now: float, emit: _Out) -> DropReason | None:
-        """Check, translate, deliver or forward one packet; a reason if it was dropped."""
+    def _ip_input(
+        self, iface: Interface, packet: bytes, now: float, emit: _Out, gso: SuperFrame | None = None,
+    ) -> DropReason | None:
+        """Check, translate, deliver or forward one packet; a reason if it was dropped.
+
+        ``gso`` is the super-frame ``packet`` came in, if it did: the packet is then forwarded whole, once,
+        and leaves as a super-frame cut as ``gso`` is (see :meth:`_forward_super`).
+        """
         size = len(packet)
         if size < _MIN_IHL:
             return DropReason.IP_TRUNCATED
@@ -279,9 +288,11 @@ class Router:
         src = packet[_SRC]
         if src[0] >= 224 or src[0] == 127 or src == _ZERO_IP or src in self._local:
             return DropReason.MARTIAN_SOURCE
+        if gso is not None and (packet[ipv4.PROTOCOL] != ipv4.PROTO_TCP or total < ihl + tcp.MIN_HEADER_LEN):
+            return DropReason.IP_LENGTH   # a super-frame not holding a TCP packet: nothing can cut it
         nat = self.nat
         if nat is not None:
-            verdict = nat.process(packet, iface.name, now)
+            verdict = nat.process(packet, iface.name, now, partial=gso is not None)
             if verdict.packet is None:
                 return verdict.drop
             packet = verdict.packet
@@ -289,23 +300,27 @@ class Router:
         local = self._local.get(dst)
         if local is not None:
             self._stats.delivered += 1
+            if gso is not None:
+                packet = _first_segment(gso, packet)   # one answer for what the sender sent at once
             return self._local_input(packet, ihl, now, emit)
         if dst == _LIMITED_BROADCAST or dst[0] >= 224:
             return DropReason.NOT_ROUTED
         route = self.routes.lookup(dst)
         if route is None:
-            self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
+            self._icmp_error(_first_segment(gso, packet), icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
         out = self._interfaces[route.interface]
         if route.connected and dst == out.broadcast and out.network.prefix_len < 31:
             return DropReason.NOT_ROUTED  # a directed broadcast, of any interface (Linux: bc_forwarding off)
         if not out.up:
-            self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
+            self._icmp_error(_first_segment(gso, packet), icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
         forwarded = decrement_ttl(packet)
         if forwarded is None:
-            self._icmp_error(packet, icmp.TIME_EXCEEDED, 0, now, emit)
+            self._icmp_error(_first_segment(gso, packet), icmp.TIME_EXCEEDED, 0, now, emit)
             return DropReason.TTL_EXCEEDED
+        if gso is not None:
+            return self._forward_super(gso, packet, forwarded, ihl, out, route.via or dst, now, emit)
         if total > out.mtu and int.from_bytes(packet[ipv4.FRAGMENT], "big") & ipv4.FLAG_DF:
             self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, now, emit, mtu=out.mtu)
             return DropReason.FRAGMENTATION_NEEDED
@@ -321,11 +336,55 @@ class Router:
             self._output(out, nexthop, packet, now, emit)
         return None
 
+    def _forward_super(self, gso: SuperFrame, packet: bytes, forwarded: bytes, ihl: int, out: Interface,
+                       nexthop: bytes, now: float, emit: _Out) -> DropReason | None:
+        """Forward the super-frame ``gso`` whose IP packet is ``packet`` (``forwarded`` once its TTL is down).
+
+        The next hop's MTU is held against each segment it will be cut into (headers and ``gso_size``), not
+        against the whole packet: segments that fit leave as one super-frame; too big with DF set, the
+        sender learns the MTU; too big without, it is cut here to the MSS that fits (what still does not fit,
+        options leaving no room, fragmented), as the kernel's GSO path does.
+        """
+        headers = ihl + ((packet[ihl + tcp.DATA_OFFSET] >> 4) << 2)
+        if headers + gso.gso_size <= out.mtu:
+            self._stats.forwarded += 1
+            self._output(out, nexthop, gso.like(_FRAME_HEADER_ROOM + forwarded), now, emit)
+            return None
+        if int.from_bytes(packet[ipv4.FRAGMENT], "big") & ipv4.FLAG_DF:
+            first = _first_segment(gso, packet)
+            self._icmp_error(first, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, now, emit, mtu=out.mtu)
+            return DropReason.FRAGMENTATION_NEEDED
+        room = out.mtu - headers
+        try:
+            segments = segment(gso.like(gso[:_PAYLOAD] + forwarded), room if room > 0 else None)
+        except WireError:
+            return DropReason.IP_LENGTH
+        self._stats.forwarded += 1
+        mtu = out.mtu
+        for piece in segments:
+            piece = piece[_PAYLOAD:]
+            if len(piece) > mtu:
+                fragments = fragment(piece, mtu)
+                self._stats.fragments_created += len(fragments)
+                for part in fragments:
+                    self._output(out, nexthop, part, now, emit)
+            else:
+                self._output(out, nexthop, piece, now, emit)
+        return None
+
     def _output(self, out: Interface, nexthop: bytes, packet: bytes, now: float, emit: _Out) -> None:
-        """Send ``packet`` to ``nexthop`` on ``out``: resolve its MAC, or hold the packet while ARP asks."""
+        """Send ``packet`` to ``nexthop`` on ``out``: resolve its MAC, or hold the packet while ARP asks.
+
+        A super-frame comes as a :class:`SuperFrame` whose Ethernet header is room for the real one (no
+        addresses yet); it is held so while ARP asks, and an L3 interface (which takes only whole packets) gets its segments.
+        """
         mac = out.mac
         if mac is None:
-            emit.send(out.name, packet)
+            if type(packet) is SuperFrame:
+                for piece in segment(packet):
+                    emit.send(out.name, piece[_PAYLOAD:])
+            else:
+                emit.send(out.name, packet)
             return
         neighbours = out.neighbours
         assert neighbours is not None
@@ -339,7 +398,10 @@ class Router:
             dst_mac = resolution.mac
             if dst_mac is None:
                 return
-        emit.send(out.name, dst_mac + mac + ETHERTYPE_IPV4 + packet)
+        if type(packet) is SuperFrame:
+            emit.send(out.name, _framed(dst_mac + mac + ETHERTYPE_IPV4, packet))
+        else:
+            emit.send(out.name, dst_mac + mac + ETHERTYPE_IPV4 + packet)
 
     def _send(self, packet: bytes, now: float, emit: _Out) -> None:
         """Route a packet the router made itself (no TTL decrement, no MTU check: they are small)."""
@@ -437,7 +499,7 @@ class Router:
             confirmed = message.op == arp_wire.OP_REPLY and frame[_ETH_DST] == iface.mac
             held = iface.neighbours.learn(sender, message.sender_mac, now, confirmed=confirmed, create=for_us)
             for packet in held:
-                emit.send(iface.name, message.sender_mac + iface.mac + ETHERTYPE_IPV4 + packet)
+                emit.send(iface.name, _framed(message.sender_mac + iface.mac + ETHERTYPE_IPV4, packet))
         if message.op != arp_wire.OP_REQUEST:
             return None
         if not for_us:
@@ -493,6 +555,8 @@ class Router:
                 self._arp_request(iface, target, emit, to=known.mac if known and known.mac else BROADCAST_MAC)
             for _, held in expiry.failed:
                 for packet in held:
+                    if type(packet) is SuperFrame:
+                        packet = _first_segment(packet, packet[_PAYLOAD:])
                     self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.HOST_UNREACHABLE, now, emit)
                     emit.drop(iface.name, DropReason.NEIGHBOUR_UNREACHABLE, packet)
         if self.nat is not None:
@@ -508,6 +572,28 @@ class Router:
 
     def drop_counts(self) -> dict[DropReason, int]:
         return dict(self._drops)
+
+
+_FRAME_HEADER_ROOM = bytes(12) + ETHERTYPE_IPV4   # where a super-frame's Ethernet header goes once its next hop is known
+
+
+def _framed(header: bytes, packet: bytes) -> bytes:
+    """``packet`` behind an Ethernet ``header``; a super-frame (its header room replaced) stays one."""
+    if type(packet) is SuperFrame:
+        return packet.like(header + packet[_PAYLOAD:])
+    return header + packet
+
+
+def _first_segment(gso: SuperFrame | None, packet: bytes) -> bytes:
+    """The IP packet of the first segment ``packet`` would be cut into as ``gso`` is; ``packet`` itself when it
+    came in no super-frame (or cannot be cut). What an ICMP error quotes and what the router answers: the
+    sender learns about the first segment it sent, once, not once per segment."""
+    if gso is None:
+        return packet
+    try:
+        return segment(gso.like(gso[:_PAYLOAD] + packet))[0][_PAYLOAD:]
+    except WireError:
+        return packet
 
 
 def _tcp_reset(src: bytes, dst: bytes, segment: tcp.Tcp, length: int) -> bytes:
