@@ -28,17 +28,18 @@ import attrs
 from vswitch.core.actions import Action, Drop, DropReason, Transmit
 from vswitch.core.nat import Nat
 from vswitch.core.wire import arp as arp_wire
-from vswitch.core.wire import ethernet, icmp, ipv4, tcp
+from vswitch.core.wire import ethernet, icmp, ipv4, tcp, udp
 from vswitch.core.wire.addr import BROADCAST_MAC, Network, ip_to_str
 from vswitch.core.wire.checksum import internet_checksum
 from vswitch.core.wire.errors import WireError
+from vswitch.core.wire.field import at
 from vswitch.core.wire.ipv4 import decrement_ttl
 from vswitch.core.wire.offload import SuperFrame, segment
 
 from .fragment import fragment
 from .icmp import ERROR_TTL, ErrorPolicy, error_name, error_packet
 from .neighbour import NeighbourTable
-from .routes import Route, RouteTable
+from .routes import ROUTE_CACHE, Route, RouteTable
 
 ETHERTYPE_IPV4 = b"\x08\x00"
 ETHERTYPE_ARP = b"\x08\x06"
@@ -48,6 +49,19 @@ _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 # lookup each time it is read.
 _ETH_DST, _ETH_SRC, _ETHERTYPE, _PAYLOAD = ethernet.DST, ethernet.SRC, ethernet.ETHERTYPE, ethernet.HEADER_LEN
 _MIN_IHL, _VER_IHL, _LENGTH, _SRC, _DST = ipv4.MIN_HEADER_LEN, ipv4.VER_IHL, ipv4.LENGTH.start, ipv4.SRC, ipv4.DST
+_TCP, _UDP, _UDP_HEADER_LEN = ipv4.PROTO_TCP, ipv4.PROTO_UDP, udp.HEADER_LEN
+_FLOW_END = _MIN_IHL + tcp.PORTS.stop   # addresses, then the ports of TCP or UDP right after a plain header
+# The same in an Ethernet frame, for the fast path (a plain IPv4 header of 20 bytes).
+_VER_IHL_AT, _LENGTH_AT, _TTL_AT = _PAYLOAD + _VER_IHL, _PAYLOAD + _LENGTH, _PAYLOAD + ipv4.TTL
+_PROTOCOL_AT, _CHECKSUM_AT = _PAYLOAD + ipv4.PROTOCOL, _PAYLOAD + ipv4.CHECKSUM.start
+_FRAGMENT_AT, _IP_HEADER = at(_PAYLOAD, ipv4.FRAGMENT), slice(_PAYLOAD, _PAYLOAD + _MIN_IHL)
+_SRC_AT, _DST_AT, _ADDRESSES_AT = at(_PAYLOAD, _SRC), at(_PAYLOAD, _DST), at(_PAYLOAD, ipv4.ADDRESSES)
+_FLOW_AT = slice(_SRC_AT.start, _PAYLOAD + _FLOW_END)
+_PORTS_AT = at(_PAYLOAD + _MIN_IHL, tcp.PORTS)
+_TCP_FLAGS_AT = _PAYLOAD + _MIN_IHL + tcp.FLAGS
+_TCP_CHECKSUM_AT, _UDP_CHECKSUM_AT = _PAYLOAD + _MIN_IHL + tcp.CHECKSUM.start, _PAYLOAD + _MIN_IHL + udp.CHECKSUM.start
+_DF_ONLY, _NOT_FRAGMENT = b"\x40\x00", b"\x00\x00"
+_TTL_DELTA = 0xFEFF   # RFC 1624's ~m + m' for the TTL's word (TTL, protocol) losing 0x0100
 
 
 @attrs.define(slots=True)
@@ -87,6 +101,23 @@ class RouterStatistics:
     icmp_rate_limited: int = 0
 
 
+class _Hop:
+    """Where packets to one destination go, as a lookup found it: the route, the neighbour's MAC (the frame
+    header, made once) and until when that holds. Good while the route table and the neighbour table it came
+    from have not changed (their generations) and the neighbour's entry is fresh (``until``)."""
+
+    __slots__ = ("header", "name", "out", "until", "neighbours", "neighbours_generation", "routes_generation")
+
+    def __init__(self, out: Interface, header: bytes, until: float, neighbours: NeighbourTable, routes: int) -> None:
+        self.out = out
+        self.name = out.name
+        self.header = header
+        self.until = until
+        self.neighbours = neighbours
+        self.neighbours_generation = neighbours.generation
+        self.routes_generation = routes
+
+
 class _Out:
     """What one call produces: frames per interface, in order, and drops."""
 
@@ -119,6 +150,9 @@ class Router:
         self._drops: Counter[DropReason] = Counter()
         self._stats = RouterStatistics()
         self._ident = 0
+        # The per-flow fast path's decisions: by destination without NAT (bounded as the route cache), and on
+        # each tracked connection with NAT (Connection.hops, bounded by the connection table and gone with it).
+        self._hops: dict[bytes, _Hop] = {}
 
     # -- configuration ------------------------------------------------------------
 
@@ -216,6 +250,7 @@ class Router:
                     drops.append(Drop(interface, reason, packet))
         else:
             mac, own = iface.mac, self._macs
+            fast = self._fast
             for frame in frames:
                 if len(frame) < _PAYLOAD:
                     drops.append(Drop(interface, DropReason.TRUNCATED, frame))
@@ -226,6 +261,8 @@ class Router:
                 if ethertype == ETHERTYPE_IPV4:
                     if frame[_ETH_DST] != mac:
                         reason = DropReason.NOT_ROUTED if frame[0] & 1 else DropReason.NOT_FOR_ROUTER  # group address
+                    elif type(frame) is bytes and fast(frame, now, emit):
+                        continue
                     elif type(frame) is SuperFrame:
                         reason = self._ip_input(iface, frame[_PAYLOAD:], now, emit, frame)
                     else:
@@ -237,6 +274,118 @@ class Router:
                 if reason is not None:
                     drops.append(Drop(interface, reason, frame))
         return self._actions(emit)
+
+    def _fast(self, frame: bytes, now: float, emit: _Out) -> bool:
+        """Forward ``frame`` on what the slow path decided for its flow, if it may: whether it did.
+
+        Only the commonest packet may: IPv4 without options, not a fragment, a TTL above one, a sound header
+        checksum, not too big for the way out; with NAT, TCP or UDP of a live tracked connection. Everything
+        the slow path checks per packet is checked here too (the source with the header without NAT: the
+        destination keys the decision); what it checks per flow is what the decision was made on. One copy of
+        the frame, with the Ethernet header, TTL, addresses, ports and both checksums rewritten in it.
+        """
+        if frame[_VER_IHL_AT] != 0x45:
+            return False
+        fragment_field = frame[_FRAGMENT_AT]
+        if fragment_field != _DF_ONLY and fragment_field != _NOT_FRAGMENT:
+            return False
+        ttl = frame[_TTL_AT]
+        total = frame[_LENGTH_AT] << 8 | frame[_LENGTH_AT + 1]
+        end = _PAYLOAD + total
+        if ttl <= 1 or total < _MIN_IHL or end > len(frame) or int.from_bytes(frame[_IP_HEADER], "big") % 0xFFFF:
+            return False   # a header checksum is sound when the header sums to 0xFFFF: 0 modulo 0xFFFF
+        nat = self.nat
+        routes = self.routes
+        if nat is None:
+            src = frame[_SRC_AT]
+            if src[0] >= 224 or src[0] == 127 or src == _ZERO_IP or src in self._local:
+                return False
+            hop = self._hops.get(frame[_DST_AT])
+            rewrite = None
+            if (hop is None or now >= hop.until or hop.routes_generation != routes.generation
+                    or hop.neighbours_generation != hop.neighbours.generation or total > hop.out.mtu):
+                return False
+        else:
+            proto = frame[_PROTOCOL_AT]
+            if proto == _TCP:
+                if total < _MIN_IHL + tcp.MIN_HEADER_LEN:
+                    return False
+                flags = frame[_TCP_FLAGS_AT]
+            elif proto == _UDP:
+                if total < _MIN_IHL + _UDP_HEADER_LEN:
+                    return False
+                flags = 0
+            else:
+                return False
+            found = nat.conntrack.by_tuple.get(frame[_PROTOCOL_AT:_PROTOCOL_AT + 1] + frame[_FLOW_AT])
+            if found is None:
+                return False
+            conn, direction = found
+            hop = conn.hops[direction]
+            if (hop is None or now >= hop.until or now >= conn.last + conn.timeout
+                    or hop.routes_generation != routes.generation
+                    or hop.neighbours_generation != hop.neighbours.generation
+                    or total > hop.out.mtu):
+                return False
+            nat.conntrack.count(conn, direction, flags, total, now)
+            rewrite = conn.rewrites[direction]
+            if rewrite.identity:
+                rewrite = None
+            else:
+                nat.count_translated(1)
+        check = ((frame[_CHECKSUM_AT] << 8 | frame[_CHECKSUM_AT + 1]) ^ 0xFFFF) + _TTL_DELTA
+        if rewrite is None:
+            check = (check & 0xFFFF) + (check >> 16)
+            out = b"".join((hop.header, frame[_PAYLOAD:_TTL_AT], bytes((ttl - 1, frame[_PROTOCOL_AT])),
+                            (check ^ 0xFFFF).to_bytes(2, "big"), frame[_SRC_AT.start:end]))
+        else:
+            packet = bytearray(frame[:end])
+            packet[:_PAYLOAD] = hop.header
+            packet[_TTL_AT] = ttl - 1
+            check += rewrite.ip_delta
+            check = (check & 0xFFFF) + (check >> 16)
+            check = ((check & 0xFFFF) + (check >> 16)) ^ 0xFFFF
+            packet[_CHECKSUM_AT] = check >> 8
+            packet[_CHECKSUM_AT + 1] = check & 0xFF
+            packet[_ADDRESSES_AT] = rewrite.addresses
+            packet[_PORTS_AT] = rewrite.ports
+            at = _TCP_CHECKSUM_AT if proto == _TCP else _UDP_CHECKSUM_AT
+            old = packet[at] << 8 | packet[at + 1]
+            if proto == _TCP or old:   # a zero UDP checksum means none
+                check = (old ^ 0xFFFF) + rewrite.l4_delta
+                check = ((check & 0xFFFF) + (check >> 16)) ^ 0xFFFF
+                if check == 0 and proto == _UDP:
+                    check = 0xFFFF
+                packet[at] = check >> 8
+                packet[at + 1] = check & 0xFF
+            out = bytes(packet)
+        self._stats.forwarded += 1
+        emit.send(hop.name, out)
+        return True
+
+    def _remember(self, arrived: bytes, dst: bytes, out: Interface, nexthop: bytes, now: float) -> None:
+        """Keep the decision the slow path just made for ``arrived`` (forwarded whole to ``nexthop`` on ``out``),
+        for :meth:`_fast`: when the neighbour's MAC was fresh, and with NAT only for a tracked connection."""
+        neighbours = out.neighbours
+        if neighbours is None or out.mac is None:
+            return
+        fresh = neighbours.fresh(nexthop, now)
+        if fresh is None:
+            return
+        nat = self.nat
+        if nat is None:
+            hops = self._hops
+            if len(hops) >= ROUTE_CACHE:
+                hops.clear()
+            hops[dst] = _Hop(out, fresh[0] + out.mac + ETHERTYPE_IPV4, fresh[1], neighbours, self.routes.generation)
+            return
+        if arrived[_VER_IHL] != 0x45 or arrived[ipv4.PROTOCOL] not in (_TCP, _UDP):
+            return
+        found = nat.conntrack.by_tuple.get(arrived[ipv4.PROTOCOL:ipv4.PROTOCOL + 1] + arrived[_SRC.start:_FLOW_END])
+        if found is not None:
+            conn, direction = found
+            conn.hops[direction] = _Hop(
+                out, fresh[0] + out.mac + ETHERTYPE_IPV4, fresh[1], neighbours, self.routes.generation)
 
     def _actions(self, emit: _Out) -> list[Action]:
         actions: list[Action] = []
@@ -253,7 +402,7 @@ class Router:
 
     def _count(self, drops: list[Action]) -> list[Action]:
         for drop in drops:
-            self._drops[drop.reason] += 1  # type: ignore[union-attr]
+            self._drops[drop.reason] += 1
         return drops
 
     # -- IPv4 ---------------------------------------------------------------------
@@ -290,6 +439,7 @@ class Router:
             return DropReason.MARTIAN_SOURCE
         if gso is not None and (packet[ipv4.PROTOCOL] != ipv4.PROTO_TCP or total < ihl + tcp.MIN_HEADER_LEN):
             return DropReason.IP_LENGTH   # a super-frame not holding a TCP packet: nothing can cut it
+        arrived = packet
         nat = self.nat
         if nat is not None:
             verdict = nat.process(packet, iface.name, now, partial=gso is not None)
@@ -334,6 +484,8 @@ class Router:
                 self._output(out, nexthop, piece, now, emit)
         else:
             self._output(out, nexthop, packet, now, emit)
+            if ihl == _MIN_IHL:
+                self._remember(arrived, dst, out, nexthop, now)
         return None
 
     def _forward_super(self, gso: SuperFrame, packet: bytes, forwarded: bytes, ihl: int, out: Interface,

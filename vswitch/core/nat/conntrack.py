@@ -27,6 +27,7 @@ import operator
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
@@ -187,6 +188,10 @@ class Connection:
     assured: bool = False
     packets: list[int] = attrs.Factory(lambda: [0, 0])
     bytes: list[int] = attrs.Factory(lambda: [0, 0])
+    # Per direction, what the router decided for the packets once translated (where they go, to which MAC),
+    # so that the next ones skip the route and neighbour lookups: a per-flow cache that goes with the
+    # connection. The router checks it is still good (see Router's hops).
+    hops: list[Any] = attrs.Factory(lambda: [None, None])   # the router's _Hop, which this package does not know
 
     @property
     def protocol(self) -> int:
@@ -281,13 +286,18 @@ class ConnectionTable:
 
     def track(self, conn: Connection, direction: int, packet: bytes, ihl: int, now: float) -> None:
         """Count ``packet`` (of ``direction``) and move the connection on: its state, and its place in the queues."""
+        tcp_flags = packet[ihl + _TCP_FLAGS] if conn.orig[KEY_PROTOCOL] == TCP else 0
+        self.count(conn, direction, tcp_flags, len(packet), now)
+
+    def count(self, conn: Connection, direction: int, tcp_flags: int, size: int, now: float) -> None:
+        """:meth:`track` for a packet of ``size`` bytes whose TCP flags (if TCP) were read already."""
         conn.packets[direction] += 1
-        conn.bytes[direction] += len(packet)
+        conn.bytes[direction] += size
         proto = conn.orig[KEY_PROTOCOL]
         state = conn.state
         new_state = state
         if proto == TCP:
-            flags = packet[ihl + _TCP_FLAGS]
+            flags = tcp_flags
             if flags & (_SYN | _FIN | _RST) or state is not State.ESTABLISHED:
                 new_state = self._tcp(conn, direction, flags)
         elif direction == REPLY and state is State.UNREPLIED:

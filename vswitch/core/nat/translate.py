@@ -255,6 +255,10 @@ class Nat:
                 self.mappings.unreserve(*key)
         return removed
 
+    def count_translated(self, packets: int) -> None:
+        """Count packets of tracked connections the router translated itself (its per-flow fast path)."""
+        self._stats.translated += packets
+
     # -- time -------------------------------------------------------------------
 
     def poll_at(self) -> float | None:
