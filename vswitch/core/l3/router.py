@@ -251,6 +251,7 @@ class Router:
         else:
             mac, own = iface.mac, self._macs
             fast = self._fast
+            translated = 0   # by the fast path, counted once
             for frame in frames:
                 if len(frame) < _PAYLOAD:
                     drops.append(Drop(interface, DropReason.TRUNCATED, frame))
@@ -261,7 +262,8 @@ class Router:
                 if ethertype == ETHERTYPE_IPV4:
                     if frame[_ETH_DST] != mac:
                         reason = DropReason.NOT_ROUTED if frame[0] & 1 else DropReason.NOT_FOR_ROUTER  # group address
-                    elif type(frame) is bytes and fast(frame, now, emit):
+                    elif type(frame) is bytes and (handled := fast(frame, now, emit)):
+                        translated += handled - 1
                         continue
                     elif type(frame) is SuperFrame:
                         reason = self._ip_input(iface, frame[_PAYLOAD:], now, emit, frame)
@@ -273,10 +275,13 @@ class Router:
                     reason = DropReason.UNSUPPORTED_ETHERTYPE
                 if reason is not None:
                     drops.append(Drop(interface, reason, frame))
+            if translated and self.nat is not None:
+                self.nat.count_translated(translated)
         return self._actions(emit)
 
-    def _fast(self, frame: bytes, now: float, emit: _Out) -> bool:
-        """Forward ``frame`` on what the slow path decided for its flow, if it may: whether it did.
+    def _fast(self, frame: bytes, now: float, emit: _Out) -> int:
+        """Forward ``frame`` on what the slow path decided for its flow, if it may: 0 if it did not, 2 if it
+        translated it (NAT), 1 otherwise.
 
         Only the commonest packet may: IPv4 without options, not a fragment, a TTL above one, a sound header
         checksum, not too big for the way out; with NAT, TCP or UDP of a live tracked connection. Everything
@@ -285,54 +290,52 @@ class Router:
         the frame, with the Ethernet header, TTL, addresses, ports and both checksums rewritten in it.
         """
         if frame[_VER_IHL_AT] != 0x45:
-            return False
+            return 0
         fragment_field = frame[_FRAGMENT_AT]
         if fragment_field != _DF_ONLY and fragment_field != _NOT_FRAGMENT:
-            return False
+            return 0
         ttl = frame[_TTL_AT]
         total = frame[_LENGTH_AT] << 8 | frame[_LENGTH_AT + 1]
         end = _PAYLOAD + total
         if ttl <= 1 or total < _MIN_IHL or end > len(frame) or int.from_bytes(frame[_IP_HEADER], "big") % 0xFFFF:
-            return False   # a header checksum is sound when the header sums to 0xFFFF: 0 modulo 0xFFFF
+            return 0   # a header checksum is sound when the header sums to 0xFFFF: 0 modulo 0xFFFF
         nat = self.nat
         routes = self.routes
         if nat is None:
             src = frame[_SRC_AT]
             if src[0] >= 224 or src[0] == 127 or src == _ZERO_IP or src in self._local:
-                return False
+                return 0
             hop = self._hops.get(frame[_DST_AT])
             rewrite = None
             if (hop is None or now >= hop.until or hop.routes_generation != routes.generation
                     or hop.neighbours_generation != hop.neighbours.generation or total > hop.out.mtu):
-                return False
+                return 0
         else:
             proto = frame[_PROTOCOL_AT]
             if proto == _TCP:
                 if total < _MIN_IHL + tcp.MIN_HEADER_LEN:
-                    return False
+                    return 0
                 flags = frame[_TCP_FLAGS_AT]
             elif proto == _UDP:
                 if total < _MIN_IHL + _UDP_HEADER_LEN:
-                    return False
+                    return 0
                 flags = 0
             else:
-                return False
+                return 0
             found = nat.conntrack.by_tuple.get(frame[_PROTOCOL_AT:_PROTOCOL_AT + 1] + frame[_FLOW_AT])
             if found is None:
-                return False
+                return 0
             conn, direction = found
             hop = conn.hops[direction]
             if (hop is None or now >= hop.until or now >= conn.last + conn.timeout
                     or hop.routes_generation != routes.generation
                     or hop.neighbours_generation != hop.neighbours.generation
                     or total > hop.out.mtu):
-                return False
+                return 0
             nat.conntrack.count(conn, direction, flags, total, now)
             rewrite = conn.rewrites[direction]
             if rewrite.identity:
                 rewrite = None
-            else:
-                nat.count_translated(1)
         check = ((frame[_CHECKSUM_AT] << 8 | frame[_CHECKSUM_AT + 1]) ^ 0xFFFF) + _TTL_DELTA
         if rewrite is None:
             check = (check & 0xFFFF) + (check >> 16)
@@ -360,8 +363,11 @@ class Router:
                 packet[at + 1] = check & 0xFF
             out = bytes(packet)
         self._stats.forwarded += 1
-        emit.send(hop.name, out)
-        return True
+        queue = emit.frames.get(hop.name)
+        if queue is None:
+            queue = emit.frames[hop.name] = []
+        queue.append(out)
+        return 1 if rewrite is None else 2
 
     def _remember(self, arrived: bytes, dst: bytes, out: Interface, nexthop: bytes, now: float) -> None:
         """Keep the decision the slow path just made for ``arrived`` (forwarded whole to ``nexthop`` on ``out``),
