@@ -26,11 +26,11 @@ from collections import Counter
 import attrs
 
 from vswitch.core.actions import Action, Drop, DropReason, Transmit
-from vswitch.core.nat import Nat
+from vswitch.core.nat import Connection, Nat
 from vswitch.core.wire import arp as arp_wire
 from vswitch.core.wire import ethernet, icmp, ipv4, tcp, udp
 from vswitch.core.wire.addr import BROADCAST_MAC, Network, ip_to_str
-from vswitch.core.wire.checksum import internet_checksum
+from vswitch.core.wire.checksum import fold, internet_checksum
 from vswitch.core.wire.errors import WireError
 from vswitch.core.wire.field import at
 from vswitch.core.wire.ipv4 import decrement_ttl
@@ -55,9 +55,8 @@ _FLOW_END = _MIN_IHL + tcp.PORTS.stop   # addresses, then the ports of TCP or UD
 _VER_IHL_AT, _LENGTH_AT, _TTL_AT = _PAYLOAD + _VER_IHL, _PAYLOAD + _LENGTH, _PAYLOAD + ipv4.TTL
 _PROTOCOL_AT, _CHECKSUM_AT = _PAYLOAD + ipv4.PROTOCOL, _PAYLOAD + ipv4.CHECKSUM.start
 _FRAGMENT_AT, _IP_HEADER = at(_PAYLOAD, ipv4.FRAGMENT), slice(_PAYLOAD, _PAYLOAD + _MIN_IHL)
-_SRC_AT, _DST_AT, _ADDRESSES_AT = at(_PAYLOAD, _SRC), at(_PAYLOAD, _DST), at(_PAYLOAD, ipv4.ADDRESSES)
-_FLOW_AT = slice(_SRC_AT.start, _PAYLOAD + _FLOW_END)
-_PORTS_AT = at(_PAYLOAD + _MIN_IHL, tcp.PORTS)
+_SRC_AT, _DST_AT = at(_PAYLOAD, _SRC), at(_PAYLOAD, _DST)
+_FLOW_AT = _REWRITTEN_AT = slice(_SRC_AT.start, _PAYLOAD + _FLOW_END)   # addresses and ports
 _TCP_FLAGS_AT = _PAYLOAD + _MIN_IHL + tcp.FLAGS
 _TCP_CHECKSUM_AT, _UDP_CHECKSUM_AT = _PAYLOAD + _MIN_IHL + tcp.CHECKSUM.start, _PAYLOAD + _MIN_IHL + udp.CHECKSUM.start
 _DF_ONLY, _NOT_FRAGMENT = b"\x40\x00", b"\x00\x00"
@@ -102,11 +101,14 @@ class RouterStatistics:
 
 
 class _Hop:
-    """Where packets to one destination go, as a lookup found it: the route, the neighbour's MAC (the frame
-    header, made once) and until when that holds. Good while the route table and the neighbour table it came
-    from have not changed (their generations) and the neighbour's entry is fresh (``until``)."""
+    """What the router decided for the packets of one flow, flattened so that a packet reads one object: the
+    neighbour's MAC (the frame header, made once), the way out and until when that holds, and with NAT the
+    connection and its rewrite. Good while the route table and the neighbour table it came from have not
+    changed (their generations), the neighbour's entry is fresh (``until``) and, with NAT, the connection lives.
+    """
 
-    __slots__ = ("header", "name", "out", "until", "neighbours", "neighbours_generation", "routes_generation")
+    __slots__ = ("header", "name", "out", "until", "neighbours", "neighbours_generation", "routes_generation",
+                 "conn", "direction", "rewritten", "ip_delta", "l4_delta")
 
     def __init__(self, out: Interface, header: bytes, until: float, neighbours: NeighbourTable, routes: int) -> None:
         self.out = out
@@ -116,6 +118,11 @@ class _Hop:
         self.neighbours = neighbours
         self.neighbours_generation = neighbours.generation
         self.routes_generation = routes
+        self.conn: Connection | None = None
+        self.direction = 0
+        self.rewritten: bytes | None = None   # new addresses and ports; None: only the TTL changes
+        self.ip_delta = _TTL_DELTA            # the header checksum's change, the TTL's included
+        self.l4_delta = 0
 
 
 class _Out:
@@ -150,8 +157,8 @@ class Router:
         self._drops: Counter[DropReason] = Counter()
         self._stats = RouterStatistics()
         self._ident = 0
-        # The per-flow fast path's decisions: by destination without NAT (bounded as the route cache), and on
-        # each tracked connection with NAT (Connection.hops, bounded by the connection table and gone with it).
+        # The per-flow fast path's decisions without NAT, by destination (bounded as the route cache); with
+        # NAT they are the connection table's (ConnectionTable.decided), by tuple.
         self._hops: dict[bytes, _Hop] = {}
 
     # -- configuration ------------------------------------------------------------
@@ -322,45 +329,37 @@ class Router:
                 flags = 0
             else:
                 return 0
-            found = nat.conntrack.by_tuple.get(frame[_PROTOCOL_AT:_PROTOCOL_AT + 1] + frame[_FLOW_AT])
-            if found is None:
+            conntrack = nat.conntrack
+            hop = conntrack.decided.get(frame[_PROTOCOL_AT:_PROTOCOL_AT + 1] + frame[_FLOW_AT])
+            if hop is None:
                 return 0
-            conn, direction = found
-            hop = conn.hops[direction]
-            if (hop is None or now >= hop.until or now >= conn.last + conn.timeout
-                    or hop.routes_generation != routes.generation
-                    or hop.neighbours_generation != hop.neighbours.generation
-                    or total > hop.out.mtu):
+            conn = hop.conn
+            if (now >= hop.until or now >= conn.last + conn.timeout or hop.routes_generation != routes.generation
+                    or hop.neighbours_generation != hop.neighbours.generation or total > hop.out.mtu):
                 return 0
-            nat.conntrack.count(conn, direction, flags, total, now)
-            rewrite = conn.rewrites[direction]
-            if rewrite.identity:
-                rewrite = None
-        check = ((frame[_CHECKSUM_AT] << 8 | frame[_CHECKSUM_AT + 1]) ^ 0xFFFF) + _TTL_DELTA
+            conntrack.count(conn, hop.direction, flags, total, now)
+            rewrite = hop.rewritten
+        check = ((frame[_CHECKSUM_AT] << 8 | frame[_CHECKSUM_AT + 1]) ^ 0xFFFF) + hop.ip_delta
+        check = ((check & 0xFFFF) + (check >> 16)) ^ 0xFFFF   # one fold: both terms are 16 bits
         if rewrite is None:
-            check = (check & 0xFFFF) + (check >> 16)
             out = b"".join((hop.header, frame[_PAYLOAD:_TTL_AT], bytes((ttl - 1, frame[_PROTOCOL_AT])),
-                            (check ^ 0xFFFF).to_bytes(2, "big"), frame[_SRC_AT.start:end]))
+                            check.to_bytes(2, "big"), frame[_SRC_AT.start:end]))
         else:
             packet = bytearray(frame[:end])
             packet[:_PAYLOAD] = hop.header
             packet[_TTL_AT] = ttl - 1
-            check += rewrite.ip_delta
-            check = (check & 0xFFFF) + (check >> 16)
-            check = ((check & 0xFFFF) + (check >> 16)) ^ 0xFFFF
             packet[_CHECKSUM_AT] = check >> 8
             packet[_CHECKSUM_AT + 1] = check & 0xFF
-            packet[_ADDRESSES_AT] = rewrite.addresses
-            packet[_PORTS_AT] = rewrite.ports
-            at = _TCP_CHECKSUM_AT if proto == _TCP else _UDP_CHECKSUM_AT
-            old = packet[at] << 8 | packet[at + 1]
+            packet[_REWRITTEN_AT] = rewrite
+            csum_at = _TCP_CHECKSUM_AT if proto == _TCP else _UDP_CHECKSUM_AT
+            old = packet[csum_at] << 8 | packet[csum_at + 1]
             if proto == _TCP or old:   # a zero UDP checksum means none
-                check = (old ^ 0xFFFF) + rewrite.l4_delta
+                check = (old ^ 0xFFFF) + hop.l4_delta
                 check = ((check & 0xFFFF) + (check >> 16)) ^ 0xFFFF
                 if check == 0 and proto == _UDP:
                     check = 0xFFFF
-                packet[at] = check >> 8
-                packet[at + 1] = check & 0xFF
+                packet[csum_at] = check >> 8
+                packet[csum_at + 1] = check & 0xFF
             out = bytes(packet)
         self._stats.forwarded += 1
         queue = emit.frames.get(hop.name)
@@ -387,11 +386,18 @@ class Router:
             return
         if arrived[_VER_IHL] != 0x45 or arrived[ipv4.PROTOCOL] not in (_TCP, _UDP):
             return
-        found = nat.conntrack.by_tuple.get(arrived[ipv4.PROTOCOL:ipv4.PROTOCOL + 1] + arrived[_SRC.start:_FLOW_END])
-        if found is not None:
-            conn, direction = found
-            conn.hops[direction] = _Hop(
-                out, fresh[0] + out.mac + ETHERTYPE_IPV4, fresh[1], neighbours, self.routes.generation)
+        key = arrived[ipv4.PROTOCOL:ipv4.PROTOCOL + 1] + arrived[_SRC.start:_FLOW_END]
+        found = nat.conntrack.by_tuple.get(key)
+        if found is None:
+            return
+        hop = _Hop(out, fresh[0] + out.mac + ETHERTYPE_IPV4, fresh[1], neighbours, self.routes.generation)
+        hop.conn, hop.direction = found
+        rewrite = hop.conn.rewrites[hop.direction]
+        if not rewrite.identity:
+            hop.rewritten = rewrite.addresses + rewrite.ports
+            hop.ip_delta = fold(rewrite.ip_delta + _TTL_DELTA)
+            hop.l4_delta = rewrite.l4_delta
+        nat.conntrack.decided[key] = hop
 
     def _actions(self, emit: _Out) -> list[Action]:
         actions: list[Action] = []
@@ -408,7 +414,7 @@ class Router:
 
     def _count(self, drops: list[Action]) -> list[Action]:
         for drop in drops:
-            self._drops[drop.reason] += 1
+            self._drops[drop.reason] += 1  # type: ignore[union-attr]
         return drops
 
     # -- IPv4 ---------------------------------------------------------------------
@@ -534,7 +540,8 @@ class Router:
         """Send ``packet`` to ``nexthop`` on ``out``: resolve its MAC, or hold the packet while ARP asks.
 
         A super-frame comes as a :class:`SuperFrame` whose Ethernet header is room for the real one (no
-        addresses yet); it is held so while ARP asks, and an L3 interface (which takes only whole packets) gets its segments.
+        addresses yet); it is held so while ARP asks, and an L3 interface (which takes only whole packets)
+        gets its segments.
         """
         mac = out.mac
         if mac is None:

@@ -216,6 +216,11 @@ class ConnectionTable:
 
     ``by_tuple`` maps a tuple to its connection and the direction it is
     (``ORIG`` or ``REPLY``): the one lookup of every packet.
+
+    ``decided`` maps a tuple to what the router decided for its packets (the rewrite and where they go,
+    flattened into one object: its per-flow fast path, one lookup instead of the conntrack's, the route's and
+    the neighbour's). The router fills it; the table drops a connection's entries with the connection, so the
+    cache never outlives nor outgrows it.
     """
 
     def __init__(self, mappings: Mappings, *, max_connections: int, max_per_source: int, timeouts: Timeouts) -> None:
@@ -223,6 +228,7 @@ class ConnectionTable:
         self.max_per_source = max_per_source
         self.timeouts = timeouts
         self.by_tuple: dict[bytes, tuple[Connection, int]] = {}
+        self.decided: dict[bytes, Any] = {}
         self.created = 0
         self.expired = 0
         self.early_dropped = 0      # unanswered connections dropped to make room
@@ -271,6 +277,8 @@ class ConnectionTable:
         del self._queues[conn.orig[KEY_PROTOCOL], conn.state][conn]
         self.by_tuple.pop(conn.orig, None)
         self.by_tuple.pop(conn.reply, None)
+        self.decided.pop(conn.orig, None)
+        self.decided.pop(conn.reply, None)
         self._count -= 1
         src = conn.orig[KEY_SRC]
         held = self._sources[src] - 1
