@@ -13,6 +13,22 @@ protocol unreachable, TCP RST), the route lookup, TTL, the next hop's MTU
 neighbour cache. The TTL is decremented with an incremental checksum update,
 as Linux's ``ip_decrease_ttl`` (:func:`~vswitch.core.wire.ipv4.decrement_ttl`).
 
+A TCP super-frame (:class:`~vswitch.core.wire.offload.SuperFrame`) is forwarded
+once, whole: one TTL decrement, one NAT rewrite, and it leaves a super-frame
+cut as it came. The next hop's MTU is held against the segments it will be
+cut into; what the router answers or reports about one (ICMP errors, a
+reset) is about its first segment, once, as the sender's stack sent it at
+once.
+
+The slow path above remembers what it decided for a flow (:class:`_Hop`:
+the rewrite, the way out, the neighbour's MAC as a ready frame header), by
+destination without NAT and in the connection table with NAT, and the
+flow's later packets take one lookup and one copy (:meth:`Router._fast`).
+A decision holds while the route and neighbour tables it came from are
+unchanged (their generations), the neighbour's entry is fresh and, with
+NAT, the connection lives (it goes with it); port forwards concern only new
+connections, which always take the slow path.
+
 The parts live beside this module: the route table in :mod:`.routes`, the
 ICMP error policy (RFC 1812, rate limits) in :mod:`.icmp`, fragmentation in
 :mod:`.fragment`, the neighbour cache in :mod:`.neighbour`. ICMP errors are
@@ -160,6 +176,7 @@ class Router:
         # The per-flow fast path's decisions without NAT, by destination (bounded as the route cache); with
         # NAT they are the connection table's (ConnectionTable.decided), by tuple.
         self._hops: dict[bytes, _Hop] = {}
+        self._headers: dict[bytes, bytes] = {}   # one object per frame header the hops use: read by every packet, kept hot
 
     # -- configuration ------------------------------------------------------------
 
@@ -337,7 +354,7 @@ class Router:
             if (now >= hop.until or now >= conn.last + conn.timeout or hop.routes_generation != routes.generation
                     or hop.neighbours_generation != hop.neighbours.generation or total > hop.out.mtu):
                 return 0
-            conntrack.count(conn, hop.direction, flags, total, now)
+            conntrack.count(conn, hop.direction, proto, flags, total, now)
             rewrite = hop.rewritten
         check = ((frame[_CHECKSUM_AT] << 8 | frame[_CHECKSUM_AT + 1]) ^ 0xFFFF) + hop.ip_delta
         check = ((check & 0xFFFF) + (check >> 16)) ^ 0xFFFF   # one fold: both terms are 16 bits
@@ -377,12 +394,17 @@ class Router:
         fresh = neighbours.fresh(nexthop, now)
         if fresh is None:
             return
+        header = fresh[0] + out.mac + ETHERTYPE_IPV4
+        headers = self._headers
+        if len(headers) >= ROUTE_CACHE:
+            headers.clear()
+        header = headers.setdefault(header, header)
         nat = self.nat
         if nat is None:
             hops = self._hops
             if len(hops) >= ROUTE_CACHE:
                 hops.clear()
-            hops[dst] = _Hop(out, fresh[0] + out.mac + ETHERTYPE_IPV4, fresh[1], neighbours, self.routes.generation)
+            hops[dst] = _Hop(out, header, fresh[1], neighbours, self.routes.generation)
             return
         if arrived[_VER_IHL] != 0x45 or arrived[ipv4.PROTOCOL] not in (_TCP, _UDP):
             return
@@ -390,7 +412,7 @@ class Router:
         found = nat.conntrack.by_tuple.get(key)
         if found is None:
             return
-        hop = _Hop(out, fresh[0] + out.mac + ETHERTYPE_IPV4, fresh[1], neighbours, self.routes.generation)
+        hop = _Hop(out, header, fresh[1], neighbours, self.routes.generation)
         hop.conn, hop.direction = found
         rewrite = hop.conn.rewrites[hop.direction]
         if not rewrite.identity:

@@ -294,14 +294,14 @@ class ConnectionTable:
 
     def track(self, conn: Connection, direction: int, packet: bytes, ihl: int, now: float) -> None:
         """Count ``packet`` (of ``direction``) and move the connection on: its state, and its place in the queues."""
-        tcp_flags = packet[ihl + _TCP_FLAGS] if conn.orig[KEY_PROTOCOL] == TCP else 0
-        self.count(conn, direction, tcp_flags, len(packet), now)
+        proto = conn.orig[KEY_PROTOCOL]
+        self.count(conn, direction, proto, packet[ihl + _TCP_FLAGS] if proto == TCP else 0, len(packet), now)
 
-    def count(self, conn: Connection, direction: int, tcp_flags: int, size: int, now: float) -> None:
-        """:meth:`track` for a packet of ``size`` bytes whose TCP flags (if TCP) were read already."""
+    def count(self, conn: Connection, direction: int, proto: int, tcp_flags: int, size: int, now: float) -> None:
+        """:meth:`track` for a packet of ``size`` bytes whose protocol (the connection's) and TCP flags (if TCP)
+        were read already: the router's fast path has them from the frame."""
         conn.packets[direction] += 1
         conn.bytes[direction] += size
-        proto = conn.orig[KEY_PROTOCOL]
         state = conn.state
         new_state = state
         if proto == TCP:
