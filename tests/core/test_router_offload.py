@@ -5,7 +5,7 @@ import struct
 
 import l3kit
 import test_nat_router as natkit
-from l3kit import REMOTE, drops, ip, make_router, transmits
+from l3kit import REMOTE, drops, ip, mac, make_router, transmits
 from scapy.all import ICMP, IP, TCP, Ether, IPerror, TCPerror, raw
 
 from vswitch.core.actions import DropReason
@@ -175,3 +175,27 @@ def test_a_port_forwarded_super_frame_keeps_its_partial_field_right_for_the_new_
     assert packet[TCP].chksum == _partial_field(natkit.X, natkit.B, len(sent) - 34)
     for piece in segment(frame):
         _valid_segment(piece)
+
+
+def test_a_super_frame_routed_to_an_l3_interface_leaves_as_its_segments():
+    router = make_router()
+    router.add_interface("tun", ip("10.9.0.1"), 24, mac=None)
+    sent = _super(Ether(src=l3kit.MAC["h1"], dst=l3kit.MAC["a"]), l3kit.IPS["h1"], "10.9.0.5")
+    packets = transmits(router.handle_frames("a", [sent], 1.0))["tun"]
+    assert len(packets) == 8 and all(type(p) is bytes for p in packets)
+    segments = [raw(Ether(src=l3kit.MAC["a"], dst=l3kit.MAC["h1"]) / IP(p)) for p in packets]
+    for piece in segments:
+        assert _valid_segment(piece)[IP].ttl == 63
+    assert _payload(segments) == PAYLOAD
+
+
+def test_a_super_frame_held_for_a_neighbour_that_never_answers_gets_one_host_unreachable():
+    router = make_router(neighbours=False, retrans_time=1.0, max_probes=1)
+    router.add_neighbour("a", ip("h1"), mac("h1"))
+    sent = _super(Ether(src=l3kit.MAC["h1"], dst=l3kit.MAC["a"]), l3kit.IPS["h1"], l3kit.IPS["h2"])
+    router.handle_frames("a", [sent], 1.0)
+    actions = router.handle_timer(5.0)
+    assert drops(actions) == [("b", DropReason.NEIGHBOUR_UNREACHABLE)]
+    (error,) = transmits(actions)["a"]
+    assert Ether(error)[ICMP].type == 3 and Ether(error)[ICMP].code == 1
+    assert Ether(error)[IPerror].len == 20 + 32 + GSO_SIZE
