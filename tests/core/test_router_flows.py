@@ -2,6 +2,8 @@
 every change the decision rests on takes effect at once (routes, interfaces, neighbours, connections, port
 forwards). Each test warms the flow with two packets first (the first decides, the second takes the fast path)."""
 
+import random
+
 import l3kit
 import pytest
 import test_nat_router as natkit
@@ -10,7 +12,7 @@ from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, raw
 
 from vswitch.core.actions import DropReason
 from vswitch.core.nat import TCP as PROTO_TCP
-from vswitch.core.nat import Forward
+from vswitch.core.nat import Forward, Nat
 from vswitch.core.wire.addr import ip_from_str
 
 
@@ -228,3 +230,15 @@ def test_a_route_change_redirects_a_translated_warm_flow():
     router.add_neighbour("wan", ip_from_str("192.0.2.253"), mac("x"))
     router.add_route(net(f"{natkit.S}/32"), via=ip_from_str("192.0.2.253"))
     assert Ether(_udp_from_a(1.2, router)).dst == l3kit.MAC["x"]
+
+
+def test_a_connection_dropped_early_is_not_translated_from_the_fast_path():
+    router = natkit.make_router()
+    router.nat = Nat(router, masquerade=router.nat.masquerade, max_connections=1, rng=random.Random(5))
+    _udp_from_a(1.0, router)
+    _udp_from_a(1.1, router)
+    sent, _ = natkit.handle(router, natkit.from_lan(natkit.B, IP(src=natkit.B, dst=natkit.S) / UDP(sport=7, dport=53)),
+                            1.2)   # the table is full: A's unanswered connection is dropped for B's
+    assert router.nat.statistics().early_dropped == 1
+    _udp_from_a(1.3, router)      # A's next packet is a new connection again (B's goes in its turn)
+    assert router.nat.statistics().created == 3
