@@ -124,7 +124,7 @@ class NeighbourTable:
         self._probing: dict[bytes, Neighbour] = {}  # incomplete, or stale and being refreshed
         self._stats = NeighbourStatistics()
         # Counts the changes of who is where (an address added, moved to another MAC or forgotten): what a
-        # cache of lookups (the router's hops) checks, with fresh_until for what time alone changes.
+        # cache of lookups (the router's hops) checks, with fresh() for what time alone changes.
         self.generation = 0
 
     # -- queries ----------------------------------------------------------

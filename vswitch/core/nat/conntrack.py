@@ -188,10 +188,6 @@ class Connection:
     assured: bool = False
     packets: list[int] = attrs.Factory(lambda: [0, 0])
     bytes: list[int] = attrs.Factory(lambda: [0, 0])
-    # Per direction, what the router decided for the packets once translated (where they go, to which MAC),
-    # so that the next ones skip the route and neighbour lookups: a per-flow cache that goes with the
-    # connection. The router checks it is still good (see Router's hops).
-    hops: list[Any] = attrs.Factory(lambda: [None, None])   # the router's _Hop, which this package does not know
 
     @property
     def protocol(self) -> int:
@@ -228,7 +224,7 @@ class ConnectionTable:
         self.max_per_source = max_per_source
         self.timeouts = timeouts
         self.by_tuple: dict[bytes, tuple[Connection, int]] = {}
-        self.decided: dict[bytes, Any] = {}
+        self.decided: dict[bytes, Any] = {}   # the router's decisions (l3.router._Hop), which this package does not know
         self.created = 0
         self.expired = 0
         self.early_dropped = 0      # unanswered connections dropped to make room
@@ -305,9 +301,8 @@ class ConnectionTable:
         state = conn.state
         new_state = state
         if proto == TCP:
-            flags = tcp_flags
-            if flags & (_SYN | _FIN | _RST) or state is not State.ESTABLISHED:
-                new_state = self._tcp(conn, direction, flags)
+            if tcp_flags & (_SYN | _FIN | _RST) or state is not State.ESTABLISHED:
+                new_state = self._tcp(conn, direction, tcp_flags)
         elif direction == REPLY and state is State.UNREPLIED:
             new_state = State.REPLIED
             conn.assured = proto == UDP
