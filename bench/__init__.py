@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smaller set-ups where a suite has them (nat: 1,000 routes, 4,000 connections; fuzz: 2,000"
                         " inputs); for smoke tests")
+    parser.add_argument("--core-only", action="store_true",
+                        help="nat: only its in-core part (nat.core.*), no devices, as on a machine that is not quiet")
     parser.add_argument("--count", type=int, help="fuzz: how many inputs to feed (default: 1,000,000)")
     parser.add_argument("--seed", type=int, help=f"fuzz: the random seed; a seed gives the same inputs every run"
                         f" (default: {fuzz.DEFAULT_SEED})")
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [args.suite]
     options = Options(
         duration=args.duration, rounds=args.rounds, warmup=args.warmup, profile=args.profile, quick=args.quick,
-        count=args.count, seed=args.seed,
+        count=args.count, seed=args.seed, core_only=args.core_only,
     )
     run_suites(names, options)
     return 0

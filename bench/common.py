@@ -28,6 +28,7 @@ class Options:
     quick: bool = False            # smaller set-ups (tables, connections) where a suite has them: smoke tests
     count: int | None = None       # how many inputs (fuzz)
     seed: int | None = None        # the random seed (fuzz)
+    core_only: bool = False        # only the in-core parts, no devices (nat): fine while the machine is busy
 
     def resolve(self, *, duration: float, rounds: int, warmup: float) -> "Options":
         return Options(
@@ -38,6 +39,7 @@ class Options:
             quick=self.quick,
             count=self.count,
             seed=self.seed,
+            core_only=self.core_only,
         )
 
 

@@ -123,6 +123,9 @@ class NeighbourTable:
         self._dynamic: OrderedDict[bytes, Neighbour] = OrderedDict()  # least recently used first
         self._probing: dict[bytes, Neighbour] = {}  # incomplete, or stale and being refreshed
         self._stats = NeighbourStatistics()
+        # Counts the changes of who is where (an address added, moved to another MAC or forgotten): what a
+        # cache of lookups (the router's hops) checks, with fresh() for what time alone changes.
+        self.generation = 0
 
     # -- queries ----------------------------------------------------------
 
@@ -150,6 +153,17 @@ class NeighbourTable:
         if now >= entry.confirmed + self.reachable_time or now - entry.used >= REFRESH_INTERVAL:
             return None  # stale or due a refresh of `used`: take the slow path in resolve()
         return entry.mac
+
+    def fresh(self, ip: bytes, now: float) -> tuple[bytes, float] | None:
+        """The MAC :meth:`lookup` gives now and until when it keeps giving it, unless :attr:`generation` moves;
+        None when it gives none now."""
+        entry = self._static.get(ip) or self._dynamic.get(ip)
+        if entry is None or entry.mac is None:
+            return None
+        if entry.static:
+            return entry.mac, float("inf")
+        until = min(entry.confirmed + self.reachable_time, entry.used + REFRESH_INTERVAL)
+        return (entry.mac, until) if now < until else None
 
     def resolve(self, ip: bytes, packet: bytes, now: float) -> Resolution:
         """Where to send ``packet`` for next hop ``ip``: a MAC, or held while the address resolves."""
@@ -205,6 +219,7 @@ class NeighbourTable:
             self._insert(entry)
         incomplete = entry.mac is None
         if entry.mac != mac:
+            self.generation += 1
             entry.mac = mac
             entry.confirmed = float("-inf")
         if confirmed:
@@ -221,15 +236,18 @@ class NeighbourTable:
 
     def add_static(self, ip: bytes, mac: bytes) -> None:
         self.remove(ip)
+        self.generation += 1
         self._static[ip] = Neighbour(ip, mac, static=True)
 
     def remove(self, ip: bytes) -> Neighbour | None:
+        self.generation += 1
         self._probing.pop(ip, None)
         return self._static.pop(ip, None) or self._dynamic.pop(ip, None)
 
     def flush(self) -> list[bytes]:
         """Forget every dynamic entry (the interface went down); returns the packets that were held."""
         held = [p for e in self._dynamic.values() for p in e.queue]
+        self.generation += 1
         self._dynamic.clear()
         self._probing.clear()
         return held
@@ -254,6 +272,7 @@ class NeighbourTable:
             if entry.probes >= self.max_probes:
                 del self._probing[ip]
                 del self._dynamic[ip]
+                self.generation += 1
                 self._stats.failed += 1
                 failed.append((ip, entry.queue))
                 continue
@@ -267,6 +286,7 @@ class NeighbourTable:
             if now < oldest.used + self.gc_stale_time or oldest.ip in self._probing:
                 break
             dynamic.popitem(last=False)
+            self.generation += 1
             self._stats.expired += 1
         return Expiry(requests, failed)
 
@@ -288,6 +308,7 @@ class NeighbourTable:
                 ip, victim = next(iter(self._dynamic.items()))
                 self._probing.pop(ip, None)
             del self._dynamic[ip]
+            self.generation += 1
             dropped = victim.queue
             self._stats.evicted += 1
         self._dynamic[entry.ip] = entry

@@ -13,6 +13,22 @@ protocol unreachable, TCP RST), the route lookup, TTL, the next hop's MTU
 neighbour cache. The TTL is decremented with an incremental checksum update,
 as Linux's ``ip_decrease_ttl`` (:func:`~vswitch.core.wire.ipv4.decrement_ttl`).
 
+A TCP super-frame (:class:`~vswitch.core.wire.offload.SuperFrame`) is forwarded
+once, whole: one TTL decrement, one NAT rewrite, and it leaves a super-frame
+cut as it came. The next hop's MTU is held against the segments it will be
+cut into; what the router answers or reports about one (ICMP errors, a
+reset) is about its first segment, once, as the sender's stack sent it at
+once.
+
+The slow path above remembers what it decided for a flow (:class:`_Hop`:
+the rewrite, the way out, the neighbour's MAC as a ready frame header), by
+destination without NAT and in the connection table with NAT, and the
+flow's later packets take one lookup and one copy (:meth:`Router._fast`).
+A decision holds while the route and neighbour tables it came from are
+unchanged (their generations), the neighbour's entry is fresh and, with
+NAT, the connection lives (it goes with it); port forwards concern only new
+connections, which always take the slow path.
+
 The parts live beside this module: the route table in :mod:`.routes`, the
 ICMP error policy (RFC 1812, rate limits) in :mod:`.icmp`, fragmentation in
 :mod:`.fragment`, the neighbour cache in :mod:`.neighbour`. ICMP errors are
@@ -26,18 +42,20 @@ from collections import Counter
 import attrs
 
 from vswitch.core.actions import Action, Drop, DropReason, Transmit
-from vswitch.core.nat import Nat
+from vswitch.core.nat import Connection, Nat
 from vswitch.core.wire import arp as arp_wire
-from vswitch.core.wire import ethernet, icmp, ipv4, tcp
+from vswitch.core.wire import ethernet, icmp, ipv4, tcp, udp
 from vswitch.core.wire.addr import BROADCAST_MAC, Network, ip_to_str
-from vswitch.core.wire.checksum import internet_checksum
+from vswitch.core.wire.checksum import fold, internet_checksum
 from vswitch.core.wire.errors import WireError
+from vswitch.core.wire.field import at
 from vswitch.core.wire.ipv4 import decrement_ttl
+from vswitch.core.wire.offload import SuperFrame, segment
 
 from .fragment import fragment
 from .icmp import ERROR_TTL, ErrorPolicy, error_name, error_packet
 from .neighbour import NeighbourTable
-from .routes import Route, RouteTable
+from .routes import ROUTE_CACHE, Route, RouteTable
 
 ETHERTYPE_IPV4 = b"\x08\x00"
 ETHERTYPE_ARP = b"\x08\x06"
@@ -47,6 +65,18 @@ _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 # lookup each time it is read.
 _ETH_DST, _ETH_SRC, _ETHERTYPE, _PAYLOAD = ethernet.DST, ethernet.SRC, ethernet.ETHERTYPE, ethernet.HEADER_LEN
 _MIN_IHL, _VER_IHL, _LENGTH, _SRC, _DST = ipv4.MIN_HEADER_LEN, ipv4.VER_IHL, ipv4.LENGTH.start, ipv4.SRC, ipv4.DST
+_TCP, _UDP, _UDP_HEADER_LEN = ipv4.PROTO_TCP, ipv4.PROTO_UDP, udp.HEADER_LEN
+_FLOW_END = _MIN_IHL + tcp.PORTS.stop   # addresses, then the ports of TCP or UDP right after a plain header
+# The same in an Ethernet frame, for the fast path (a plain IPv4 header of 20 bytes).
+_VER_IHL_AT, _LENGTH_AT, _TTL_AT = _PAYLOAD + _VER_IHL, _PAYLOAD + _LENGTH, _PAYLOAD + ipv4.TTL
+_PROTOCOL_AT, _CHECKSUM_AT = _PAYLOAD + ipv4.PROTOCOL, _PAYLOAD + ipv4.CHECKSUM.start
+_FRAGMENT_AT, _IP_HEADER = at(_PAYLOAD, ipv4.FRAGMENT), slice(_PAYLOAD, _PAYLOAD + _MIN_IHL)
+_SRC_AT, _DST_AT = at(_PAYLOAD, _SRC), at(_PAYLOAD, _DST)
+_FLOW_AT = _REWRITTEN_AT = slice(_SRC_AT.start, _PAYLOAD + _FLOW_END)   # addresses and ports
+_TCP_FLAGS_AT = _PAYLOAD + _MIN_IHL + tcp.FLAGS
+_TCP_CHECKSUM_AT, _UDP_CHECKSUM_AT = _PAYLOAD + _MIN_IHL + tcp.CHECKSUM.start, _PAYLOAD + _MIN_IHL + udp.CHECKSUM.start
+_DF_ONLY, _NOT_FRAGMENT = b"\x40\x00", b"\x00\x00"
+_TTL_DELTA = 0xFEFF   # RFC 1624's ~m + m' for the TTL's word (TTL, protocol) losing 0x0100
 
 
 @attrs.define(slots=True)
@@ -86,6 +116,31 @@ class RouterStatistics:
     icmp_rate_limited: int = 0
 
 
+class _Hop:
+    """What the router decided for the packets of one flow, flattened so that a packet reads one object: the
+    neighbour's MAC (the frame header, made once), the way out and until when that holds, and with NAT the
+    connection and its rewrite. Good while the route table and the neighbour table it came from have not
+    changed (their generations), the neighbour's entry is fresh (``until``) and, with NAT, the connection lives.
+    """
+
+    __slots__ = ("header", "name", "out", "until", "neighbours", "neighbours_generation", "routes_generation",
+                 "conn", "direction", "rewritten", "ip_delta", "l4_delta")
+
+    def __init__(self, out: Interface, header: bytes, until: float, neighbours: NeighbourTable, routes: int) -> None:
+        self.out = out
+        self.name = out.name
+        self.header = header
+        self.until = until
+        self.neighbours = neighbours
+        self.neighbours_generation = neighbours.generation
+        self.routes_generation = routes
+        self.conn: Connection | None = None
+        self.direction = 0
+        self.rewritten: bytes | None = None   # new addresses and ports; None: only the TTL changes
+        self.ip_delta = _TTL_DELTA            # the header checksum's change, the TTL's included
+        self.l4_delta = 0
+
+
 class _Out:
     """What one call produces: frames per interface, in order, and drops."""
 
@@ -118,6 +173,10 @@ class Router:
         self._drops: Counter[DropReason] = Counter()
         self._stats = RouterStatistics()
         self._ident = 0
+        # The per-flow fast path's decisions without NAT, by destination (bounded as the route cache); with
+        # NAT they are the connection table's (ConnectionTable.decided), by tuple.
+        self._hops: dict[bytes, _Hop] = {}
+        self._headers: dict[bytes, bytes] = {}   # one object per frame header the hops use: read by every packet, kept hot
 
     # -- configuration ------------------------------------------------------------
 
@@ -215,6 +274,8 @@ class Router:
                     drops.append(Drop(interface, reason, packet))
         else:
             mac, own = iface.mac, self._macs
+            fast = self._fast
+            translated = 0   # by the fast path, counted once
             for frame in frames:
                 if len(frame) < _PAYLOAD:
                     drops.append(Drop(interface, DropReason.TRUNCATED, frame))
@@ -225,6 +286,11 @@ class Router:
                 if ethertype == ETHERTYPE_IPV4:
                     if frame[_ETH_DST] != mac:
                         reason = DropReason.NOT_ROUTED if frame[0] & 1 else DropReason.NOT_FOR_ROUTER  # group address
+                    elif type(frame) is bytes and (handled := fast(frame, now, emit)):
+                        translated += handled - 1
+                        continue
+                    elif type(frame) is SuperFrame:
+                        reason = self._ip_input(iface, frame[_PAYLOAD:], now, emit, frame)
                     else:
                         reason = self._ip_input(iface, frame[_PAYLOAD:], now, emit)
                 elif ethertype == ETHERTYPE_ARP:
@@ -233,7 +299,127 @@ class Router:
                     reason = DropReason.UNSUPPORTED_ETHERTYPE
                 if reason is not None:
                     drops.append(Drop(interface, reason, frame))
+            if translated and self.nat is not None:
+                self.nat.count_translated(translated)
         return self._actions(emit)
+
+    def _fast(self, frame: bytes, now: float, emit: _Out) -> int:
+        """Forward ``frame`` on what the slow path decided for its flow, if it may: 0 if it did not, 2 if it
+        translated it (NAT), 1 otherwise.
+
+        Only the commonest packet may: IPv4 without options, not a fragment, a TTL above one, a sound header
+        checksum, not too big for the way out; with NAT, TCP or UDP of a live tracked connection. Everything
+        the slow path checks per packet is checked here too (the source with the header without NAT: the
+        destination keys the decision); what it checks per flow is what the decision was made on. One copy of
+        the frame, with the Ethernet header, TTL, addresses, ports and both checksums rewritten in it.
+        """
+        if frame[_VER_IHL_AT] != 0x45:
+            return 0
+        fragment_field = frame[_FRAGMENT_AT]
+        if fragment_field != _DF_ONLY and fragment_field != _NOT_FRAGMENT:
+            return 0
+        ttl = frame[_TTL_AT]
+        total = frame[_LENGTH_AT] << 8 | frame[_LENGTH_AT + 1]
+        end = _PAYLOAD + total
+        if ttl <= 1 or total < _MIN_IHL or end > len(frame) or int.from_bytes(frame[_IP_HEADER], "big") % 0xFFFF:
+            return 0   # a header checksum is sound when the header sums to 0xFFFF: 0 modulo 0xFFFF
+        nat = self.nat
+        routes = self.routes
+        if nat is None:
+            src = frame[_SRC_AT]
+            if src[0] >= 224 or src[0] == 127 or src == _ZERO_IP or src in self._local:
+                return 0
+            hop = self._hops.get(frame[_DST_AT])
+            rewrite = None
+            if (hop is None or now >= hop.until or hop.routes_generation != routes.generation
+                    or hop.neighbours_generation != hop.neighbours.generation or total > hop.out.mtu):
+                return 0
+        else:
+            proto = frame[_PROTOCOL_AT]
+            if proto == _TCP:
+                if total < _MIN_IHL + tcp.MIN_HEADER_LEN:
+                    return 0
+                flags = frame[_TCP_FLAGS_AT]
+            elif proto == _UDP:
+                if total < _MIN_IHL + _UDP_HEADER_LEN:
+                    return 0
+                flags = 0
+            else:
+                return 0
+            conntrack = nat.conntrack
+            hop = conntrack.decided.get(frame[_PROTOCOL_AT:_PROTOCOL_AT + 1] + frame[_FLOW_AT])
+            if hop is None:
+                return 0
+            conn = hop.conn
+            if (now >= hop.until or now >= conn.last + conn.timeout or hop.routes_generation != routes.generation
+                    or hop.neighbours_generation != hop.neighbours.generation or total > hop.out.mtu):
+                return 0
+            conntrack.count(conn, hop.direction, proto, flags, total, now)
+            rewrite = hop.rewritten
+        check = ((frame[_CHECKSUM_AT] << 8 | frame[_CHECKSUM_AT + 1]) ^ 0xFFFF) + hop.ip_delta
+        check = ((check & 0xFFFF) + (check >> 16)) ^ 0xFFFF   # one fold: both terms are 16 bits
+        if rewrite is None:
+            out = b"".join((hop.header, frame[_PAYLOAD:_TTL_AT], bytes((ttl - 1, frame[_PROTOCOL_AT])),
+                            check.to_bytes(2, "big"), frame[_SRC_AT.start:end]))
+        else:
+            packet = bytearray(frame[:end])
+            packet[:_PAYLOAD] = hop.header
+            packet[_TTL_AT] = ttl - 1
+            packet[_CHECKSUM_AT] = check >> 8
+            packet[_CHECKSUM_AT + 1] = check & 0xFF
+            packet[_REWRITTEN_AT] = rewrite
+            csum_at = _TCP_CHECKSUM_AT if proto == _TCP else _UDP_CHECKSUM_AT
+            old = packet[csum_at] << 8 | packet[csum_at + 1]
+            if proto == _TCP or old:   # a zero UDP checksum means none
+                check = (old ^ 0xFFFF) + hop.l4_delta
+                check = ((check & 0xFFFF) + (check >> 16)) ^ 0xFFFF
+                if check == 0 and proto == _UDP:
+                    check = 0xFFFF
+                packet[csum_at] = check >> 8
+                packet[csum_at + 1] = check & 0xFF
+            out = bytes(packet)
+        self._stats.forwarded += 1
+        queue = emit.frames.get(hop.name)
+        if queue is None:
+            queue = emit.frames[hop.name] = []
+        queue.append(out)
+        return 1 if rewrite is None else 2
+
+    def _remember(self, arrived: bytes, dst: bytes, out: Interface, nexthop: bytes, now: float) -> None:
+        """Keep the decision the slow path just made for ``arrived`` (forwarded whole to ``nexthop`` on ``out``),
+        for :meth:`_fast`: when the neighbour's MAC was fresh, and with NAT only for a tracked connection."""
+        neighbours = out.neighbours
+        if neighbours is None or out.mac is None:
+            return
+        fresh = neighbours.fresh(nexthop, now)
+        if fresh is None:
+            return
+        header = fresh[0] + out.mac + ETHERTYPE_IPV4
+        headers = self._headers
+        if len(headers) >= ROUTE_CACHE:
+            headers.clear()
+        header = headers.setdefault(header, header)
+        nat = self.nat
+        if nat is None:
+            hops = self._hops
+            if len(hops) >= ROUTE_CACHE:
+                hops.clear()
+            hops[dst] = _Hop(out, header, fresh[1], neighbours, self.routes.generation)
+            return
+        if arrived[_VER_IHL] != 0x45 or arrived[ipv4.PROTOCOL] not in (_TCP, _UDP):
+            return
+        key = arrived[ipv4.PROTOCOL:ipv4.PROTOCOL + 1] + arrived[_SRC.start:_FLOW_END]
+        found = nat.conntrack.by_tuple.get(key)
+        if found is None:
+            return
+        hop = _Hop(out, header, fresh[1], neighbours, self.routes.generation)
+        hop.conn, hop.direction = found
+        rewrite = hop.conn.rewrites[hop.direction]
+        if not rewrite.identity:
+            hop.rewritten = rewrite.addresses + rewrite.ports
+            hop.ip_delta = fold(rewrite.ip_delta + _TTL_DELTA)
+            hop.l4_delta = rewrite.l4_delta
+        nat.conntrack.decided[key] = hop
 
     def _actions(self, emit: _Out) -> list[Action]:
         actions: list[Action] = []
@@ -255,8 +441,14 @@ class Router:
 
     # -- IPv4 ---------------------------------------------------------------------
 
-    def _ip_input(self, iface: Interface, packet: bytes, now: float, emit: _Out) -> DropReason | None:
-        """Check, translate, deliver or forward one packet; a reason if it was dropped."""
+    def _ip_input(
+        self, iface: Interface, packet: bytes, now: float, emit: _Out, gso: SuperFrame | None = None,
+    ) -> DropReason | None:
+        """Check, translate, deliver or forward one packet; a reason if it was dropped.
+
+        ``gso`` is the super-frame ``packet`` came in, if it did: the packet is then forwarded whole, once,
+        and leaves as a super-frame cut as ``gso`` is (see :meth:`_forward_super`).
+        """
         size = len(packet)
         if size < _MIN_IHL:
             return DropReason.IP_TRUNCATED
@@ -279,9 +471,12 @@ class Router:
         src = packet[_SRC]
         if src[0] >= 224 or src[0] == 127 or src == _ZERO_IP or src in self._local:
             return DropReason.MARTIAN_SOURCE
+        if gso is not None and (packet[ipv4.PROTOCOL] != ipv4.PROTO_TCP or total < ihl + tcp.MIN_HEADER_LEN):
+            return DropReason.IP_LENGTH   # a super-frame not holding a TCP packet: nothing can cut it
+        arrived = packet
         nat = self.nat
         if nat is not None:
-            verdict = nat.process(packet, iface.name, now)
+            verdict = nat.process(packet, iface.name, now, partial=gso is not None)
             if verdict.packet is None:
                 return verdict.drop
             packet = verdict.packet
@@ -289,23 +484,27 @@ class Router:
         local = self._local.get(dst)
         if local is not None:
             self._stats.delivered += 1
+            if gso is not None:
+                packet = _first_segment(gso, packet)   # one answer for what the sender sent at once
             return self._local_input(packet, ihl, now, emit)
         if dst == _LIMITED_BROADCAST or dst[0] >= 224:
             return DropReason.NOT_ROUTED
         route = self.routes.lookup(dst)
         if route is None:
-            self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
+            self._icmp_error(_first_segment(gso, packet), icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
         out = self._interfaces[route.interface]
         if route.connected and dst == out.broadcast and out.network.prefix_len < 31:
             return DropReason.NOT_ROUTED  # a directed broadcast, of any interface (Linux: bc_forwarding off)
         if not out.up:
-            self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
+            self._icmp_error(_first_segment(gso, packet), icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
         forwarded = decrement_ttl(packet)
         if forwarded is None:
-            self._icmp_error(packet, icmp.TIME_EXCEEDED, 0, now, emit)
+            self._icmp_error(_first_segment(gso, packet), icmp.TIME_EXCEEDED, 0, now, emit)
             return DropReason.TTL_EXCEEDED
+        if gso is not None:
+            return self._forward_super(gso, packet, forwarded, ihl, out, route.via or dst, now, emit)
         if total > out.mtu and int.from_bytes(packet[ipv4.FRAGMENT], "big") & ipv4.FLAG_DF:
             self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, now, emit, mtu=out.mtu)
             return DropReason.FRAGMENTATION_NEEDED
@@ -319,13 +518,60 @@ class Router:
                 self._output(out, nexthop, piece, now, emit)
         else:
             self._output(out, nexthop, packet, now, emit)
+            if ihl == _MIN_IHL:
+                self._remember(arrived, dst, out, nexthop, now)
+        return None
+
+    def _forward_super(self, gso: SuperFrame, packet: bytes, forwarded: bytes, ihl: int, out: Interface,
+                       nexthop: bytes, now: float, emit: _Out) -> DropReason | None:
+        """Forward the super-frame ``gso`` whose IP packet is ``packet`` (``forwarded`` once its TTL is down).
+
+        The next hop's MTU is held against each segment it will be cut into (headers and ``gso_size``), not
+        against the whole packet: segments that fit leave as one super-frame; too big with DF set, the
+        sender learns the MTU; too big without, it is cut here to the MSS that fits (what still does not fit,
+        options leaving no room, fragmented), as the kernel's GSO path does.
+        """
+        headers = ihl + ((packet[ihl + tcp.DATA_OFFSET] >> 4) << 2)
+        if headers + gso.gso_size <= out.mtu:
+            self._stats.forwarded += 1
+            self._output(out, nexthop, gso.like(_FRAME_HEADER_ROOM + forwarded), now, emit)
+            return None
+        if int.from_bytes(packet[ipv4.FRAGMENT], "big") & ipv4.FLAG_DF:
+            first = _first_segment(gso, packet)
+            self._icmp_error(first, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, now, emit, mtu=out.mtu)
+            return DropReason.FRAGMENTATION_NEEDED
+        room = out.mtu - headers
+        try:
+            segments = segment(gso.like(gso[:_PAYLOAD] + forwarded), room if room > 0 else None)
+        except WireError:
+            return DropReason.IP_LENGTH
+        self._stats.forwarded += 1
+        mtu = out.mtu
+        for piece in segments:
+            piece = piece[_PAYLOAD:]
+            if len(piece) > mtu:
+                fragments = fragment(piece, mtu)
+                self._stats.fragments_created += len(fragments)
+                for part in fragments:
+                    self._output(out, nexthop, part, now, emit)
+            else:
+                self._output(out, nexthop, piece, now, emit)
         return None
 
     def _output(self, out: Interface, nexthop: bytes, packet: bytes, now: float, emit: _Out) -> None:
-        """Send ``packet`` to ``nexthop`` on ``out``: resolve its MAC, or hold the packet while ARP asks."""
+        """Send ``packet`` to ``nexthop`` on ``out``: resolve its MAC, or hold the packet while ARP asks.
+
+        A super-frame comes as a :class:`SuperFrame` whose Ethernet header is room for the real one (no
+        addresses yet); it is held so while ARP asks, and an L3 interface (which takes only whole packets)
+        gets its segments.
+        """
         mac = out.mac
         if mac is None:
-            emit.send(out.name, packet)
+            if type(packet) is SuperFrame:
+                for piece in segment(packet):
+                    emit.send(out.name, piece[_PAYLOAD:])
+            else:
+                emit.send(out.name, packet)
             return
         neighbours = out.neighbours
         assert neighbours is not None
@@ -339,7 +585,10 @@ class Router:
             dst_mac = resolution.mac
             if dst_mac is None:
                 return
-        emit.send(out.name, dst_mac + mac + ETHERTYPE_IPV4 + packet)
+        if type(packet) is SuperFrame:
+            emit.send(out.name, _framed(dst_mac + mac + ETHERTYPE_IPV4, packet))
+        else:
+            emit.send(out.name, dst_mac + mac + ETHERTYPE_IPV4 + packet)
 
     def _send(self, packet: bytes, now: float, emit: _Out) -> None:
         """Route a packet the router made itself (no TTL decrement, no MTU check: they are small)."""
@@ -437,7 +686,7 @@ class Router:
             confirmed = message.op == arp_wire.OP_REPLY and frame[_ETH_DST] == iface.mac
             held = iface.neighbours.learn(sender, message.sender_mac, now, confirmed=confirmed, create=for_us)
             for packet in held:
-                emit.send(iface.name, message.sender_mac + iface.mac + ETHERTYPE_IPV4 + packet)
+                emit.send(iface.name, _framed(message.sender_mac + iface.mac + ETHERTYPE_IPV4, packet))
         if message.op != arp_wire.OP_REQUEST:
             return None
         if not for_us:
@@ -493,6 +742,8 @@ class Router:
                 self._arp_request(iface, target, emit, to=known.mac if known and known.mac else BROADCAST_MAC)
             for _, held in expiry.failed:
                 for packet in held:
+                    if type(packet) is SuperFrame:
+                        packet = _first_segment(packet, packet[_PAYLOAD:])
                     self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.HOST_UNREACHABLE, now, emit)
                     emit.drop(iface.name, DropReason.NEIGHBOUR_UNREACHABLE, packet)
         if self.nat is not None:
@@ -508,6 +759,28 @@ class Router:
 
     def drop_counts(self) -> dict[DropReason, int]:
         return dict(self._drops)
+
+
+_FRAME_HEADER_ROOM = bytes(12) + ETHERTYPE_IPV4   # where a super-frame's Ethernet header goes once its next hop is known
+
+
+def _framed(header: bytes, packet: bytes) -> bytes:
+    """``packet`` behind an Ethernet ``header``; a super-frame (its header room replaced) stays one."""
+    if type(packet) is SuperFrame:
+        return packet.like(header + packet[_PAYLOAD:])
+    return header + packet
+
+
+def _first_segment(gso: SuperFrame | None, packet: bytes) -> bytes:
+    """The IP packet of the first segment ``packet`` would be cut into as ``gso`` is; ``packet`` itself when it
+    came in no super-frame (or cannot be cut). What an ICMP error quotes and what the router answers: the
+    sender learns about the first segment it sent, once, not once per segment."""
+    if gso is None:
+        return packet
+    try:
+        return segment(gso.like(gso[:_PAYLOAD] + packet))[0][_PAYLOAD:]
+    except WireError:
+        return packet
 
 
 def _tcp_reset(src: bytes, dst: bytes, segment: tcp.Tcp, length: int) -> bytes:

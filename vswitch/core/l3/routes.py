@@ -48,6 +48,7 @@ class RouteTable(Generic[R]):
         self._lengths: list[tuple[int, int, dict[int, R]]] = []  # (length, mask, routes), longest first
         self._cache: dict[bytes, R | None] = {}
         self._cache_size = cache_size
+        self.generation = 0   # counts the changes of the routes: what caches of lookups (the router's hops) check
 
     def add(self, route: R) -> None:
         """Add or replace the route for ``route.network``."""
@@ -85,6 +86,7 @@ class RouteTable(Generic[R]):
         """Empty the cache of destinations, as a change of the routes does (the router's when an interface
         goes up or down)."""
         self._cache.clear()
+        self.generation += 1
 
     def __iter__(self) -> Iterator[R]:
         return iter([r for _, _, routes in self._lengths for r in routes.values()])

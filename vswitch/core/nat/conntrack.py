@@ -27,6 +27,7 @@ import operator
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
@@ -211,6 +212,11 @@ class ConnectionTable:
 
     ``by_tuple`` maps a tuple to its connection and the direction it is
     (``ORIG`` or ``REPLY``): the one lookup of every packet.
+
+    ``decided`` maps a tuple to what the router decided for its packets (the rewrite and where they go,
+    flattened into one object: its per-flow fast path, one lookup instead of the conntrack's, the route's and
+    the neighbour's). The router fills it; the table drops a connection's entries with the connection, so the
+    cache never outlives nor outgrows it.
     """
 
     def __init__(self, mappings: Mappings, *, max_connections: int, max_per_source: int, timeouts: Timeouts) -> None:
@@ -218,6 +224,7 @@ class ConnectionTable:
         self.max_per_source = max_per_source
         self.timeouts = timeouts
         self.by_tuple: dict[bytes, tuple[Connection, int]] = {}
+        self.decided: dict[bytes, Any] = {}   # the router's decisions (l3.router._Hop), which this package does not know
         self.created = 0
         self.expired = 0
         self.early_dropped = 0      # unanswered connections dropped to make room
@@ -266,6 +273,8 @@ class ConnectionTable:
         del self._queues[conn.orig[KEY_PROTOCOL], conn.state][conn]
         self.by_tuple.pop(conn.orig, None)
         self.by_tuple.pop(conn.reply, None)
+        self.decided.pop(conn.orig, None)
+        self.decided.pop(conn.reply, None)
         self._count -= 1
         src = conn.orig[KEY_SRC]
         held = self._sources[src] - 1
@@ -281,15 +290,19 @@ class ConnectionTable:
 
     def track(self, conn: Connection, direction: int, packet: bytes, ihl: int, now: float) -> None:
         """Count ``packet`` (of ``direction``) and move the connection on: its state, and its place in the queues."""
-        conn.packets[direction] += 1
-        conn.bytes[direction] += len(packet)
         proto = conn.orig[KEY_PROTOCOL]
+        self.count(conn, direction, proto, packet[ihl + _TCP_FLAGS] if proto == TCP else 0, len(packet), now)
+
+    def count(self, conn: Connection, direction: int, proto: int, tcp_flags: int, size: int, now: float) -> None:
+        """:meth:`track` for a packet of ``size`` bytes whose protocol (the connection's) and TCP flags (if TCP)
+        were read already: the router's fast path has them from the frame."""
+        conn.packets[direction] += 1
+        conn.bytes[direction] += size
         state = conn.state
         new_state = state
         if proto == TCP:
-            flags = packet[ihl + _TCP_FLAGS]
-            if flags & (_SYN | _FIN | _RST) or state is not State.ESTABLISHED:
-                new_state = self._tcp(conn, direction, flags)
+            if tcp_flags & (_SYN | _FIN | _RST) or state is not State.ESTABLISHED:
+                new_state = self._tcp(conn, direction, tcp_flags)
         elif direction == REPLY and state is State.UNREPLIED:
             new_state = State.REPLIED
             conn.assured = proto == UDP

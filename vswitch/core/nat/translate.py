@@ -28,7 +28,12 @@ import attrs
 from vswitch.core.actions import DropReason
 from vswitch.core.wire import icmp, ipv4, tcp, udp
 from vswitch.core.wire.addr import Network, ip_to_str
-from vswitch.core.wire.checksum import adjust, delta, internet_checksum
+from vswitch.core.wire.checksum import (
+    adjust,
+    delta,
+    internet_checksum,
+    ones_complement_sum,
+)
 from vswitch.core.wire.field import at
 
 from .conntrack import (
@@ -62,7 +67,7 @@ MAX_FORWARDS = 4096           # port forwards in all, beyond which none is added
 
 # What the packet path reads for every packet, as module-level constants: a module's attribute costs a
 # lookup each time it is read.
-_VER_IHL, _PROTOCOL, _FLAGS = ipv4.VER_IHL, ipv4.PROTOCOL, ipv4.FLAGS
+_VER_IHL, _PROTOCOL, _FLAGS, _LENGTH = ipv4.VER_IHL, ipv4.PROTOCOL, ipv4.FLAGS, ipv4.LENGTH.start
 _FRAGMENT, _ADDRESSES = ipv4.FRAGMENT, ipv4.ADDRESSES
 _PROTOCOL_BYTE = slice(ipv4.PROTOCOL, ipv4.PROTOCOL + 1)   # the protocol as one byte, the first of a tuple
 _IP_CHECKSUM = ipv4.CHECKSUM.start
@@ -250,6 +255,10 @@ class Nat:
                 self.mappings.unreserve(*key)
         return removed
 
+    def count_translated(self, packets: int) -> None:
+        """Count packets of tracked connections the router translated itself (its per-flow fast path)."""
+        self._stats.translated += packets
+
     # -- time -------------------------------------------------------------------
 
     def poll_at(self) -> float | None:
@@ -260,8 +269,13 @@ class Nat:
 
     # -- packets ----------------------------------------------------------------
 
-    def process(self, packet: bytes, in_iface: str, now: float) -> Verdict:
-        """Translate one checked IPv4 packet that arrived on ``in_iface`` (before routing)."""
+    def process(self, packet: bytes, in_iface: str, now: float, *, partial: bool = False) -> Verdict:
+        """Translate one checked IPv4 packet that arrived on ``in_iface`` (before routing).
+
+        ``partial``: a TCP packet of a super-frame, whose checksum field holds only the pseudo-header sum
+        (CHECKSUM_PARTIAL); it is translated once, as one packet, and the field keeps that meaning for its
+        new addresses.
+        """
         ihl = (packet[_VER_IHL] & 0x0F) * 4
         proto = packet[_PROTOCOL]
         frag = packet[_FRAGMENT]
@@ -298,10 +312,10 @@ class Nat:
                 if rewrite.identity:
                     return Verdict(packet)
                 self._stats.translated += 1
-                return Verdict(self._apply(packet, ihl, rewrite))
-        return self._new(packet, ihl, key, in_iface, now)
+                return Verdict(self._apply(packet, ihl, rewrite, partial))
+        return self._new(packet, ihl, key, in_iface, now, partial)
 
-    def _new(self, packet: bytes, ihl: int, key: bytes, in_iface: str, now: float) -> Verdict:
+    def _new(self, packet: bytes, ihl: int, key: bytes, in_iface: str, now: float, partial: bool) -> Verdict:
         proto = key[KEY_PROTOCOL]
         src, dst = key[KEY_SRC], key[KEY_DST]
         routing = self.routing
@@ -370,7 +384,7 @@ class Nat:
         )
         conntrack.track(conn, ORIG, packet, ihl, now)
         self._stats.translated += 1
-        return Verdict(self._apply(packet, ihl, conn.rewrites[ORIG]))
+        return Verdict(self._apply(packet, ihl, conn.rewrites[ORIG], partial))
 
     def _dnat(self, key: bytes, local: str, in_iface: str) -> tuple[bytes, Mapping | None]:
         """Where a new connection to a router address goes: a forward rule, a hairpinned mapping, or nowhere."""
@@ -402,7 +416,9 @@ class Nat:
 
     # -- rewriting ------------------------------------------------------------------
 
-    def _apply(self, packet: bytes, ihl: int, rewrite: Rewrite) -> bytes:
+    def _apply(self, packet: bytes, ihl: int, rewrite: Rewrite, partial: bool = False) -> bytes:
+        """``packet`` rewritten; ``partial``: its TCP checksum field is the pseudo-header sum alone (a super-frame's),
+        so it is made again for the new addresses (a port change does not touch it)."""
         # checksum.adjust inlined: ~checksum (16 bits) + a folded delta needs one fold, and ~x & 0xFFFF is x ^ 0xFFFF
         out = bytearray(packet)
         out[_ADDRESSES] = rewrite.addresses
@@ -418,7 +434,11 @@ class Nat:
             out[ihl:ihl + _PORTS_END] = rewrite.ports
             csum_at = ihl + (_TCP_CHECKSUM if proto == TCP else _UDP_CHECKSUM)
         old = packet[csum_at] << 8 | packet[csum_at + 1]
-        if proto != UDP or old:  # a zero UDP checksum means none
+        if partial:
+            length = (packet[_LENGTH] << 8 | packet[_LENGTH + 1]) - ihl
+            out[csum_at:csum_at + 2] = ones_complement_sum(b"", ipv4.pseudo_header_sum(
+                rewrite.addresses[:4], rewrite.addresses[4:], proto, length)).to_bytes(2, "big")
+        elif proto != UDP or old:  # a zero UDP checksum means none
             total = (old ^ 0xFFFF) + rewrite.l4_delta
             new = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
             if proto == UDP and new == 0:
