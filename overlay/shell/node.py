@@ -18,7 +18,7 @@ def build_overlay(config: OverlayConfig, vtep_mac: bytes | None) -> Overlay:
     ethernet = config.device is not None and BACKENDS[config.backend].carries_ethernet
     return Overlay(
         backend=config.backend, network=config.network, subnet=config.subnet, port=config.port, vni=config.vni,
-        vtep_mac=vtep_mac, inside="ethernet" if ethernet else "ip", mtu=config.mtu,
+        vtep_mac=vtep_mac, inside="ethernet" if ethernet else "ip", mtu=config.mtu, coalesce=True,
     )
 
 

@@ -177,16 +177,26 @@ def test_a_port_forwarded_super_frame_keeps_its_partial_field_right_for_the_new_
         _valid_segment(piece)
 
 
-def test_a_super_frame_routed_to_an_l3_interface_leaves_as_its_segments():
+def test_a_super_frame_routed_to_an_l3_interface_leaves_whole_as_bare_ip_and_one_from_it_comes_in_whole():
     router = make_router()
     router.add_interface("tun", ip("10.9.0.1"), 24, mac=None)
     sent = _super(Ether(src=l3kit.MAC["h1"], dst=l3kit.MAC["a"]), l3kit.IPS["h1"], "10.9.0.5")
-    packets = transmits(router.handle_frames("a", [sent], 1.0))["tun"]
-    assert len(packets) == 8 and all(type(p) is bytes for p in packets)
-    segments = [raw(Ether(src=l3kit.MAC["a"], dst=l3kit.MAC["h1"]) / IP(p)) for p in packets]
+    (packet,) = transmits(router.handle_frames("a", [sent], 1.0))["tun"]
+    # whole, as bare IP: the overlay cuts it for its peers, the switch for a TUN without offloads
+    assert type(packet) is SuperFrame and packet.gso_size == sent.gso_size and packet[0] == 0x45
+    segments = [raw(Ether(src=l3kit.MAC["a"], dst=l3kit.MAC["h1"]) / IP(p)) for p in segment(packet, ip_at=0)]
+    assert len(segments) == 8
     for piece in segments:
         assert _valid_segment(piece)[IP].ttl == 63
     assert _payload(segments) == PAYLOAD
+    # and the way back: a bare super-frame from the L3 interface (the overlay's joined segments) leaves whole
+    back = super_frame(raw(IP(src="10.9.0.5", dst=l3kit.IPS["h1"], ttl=64, flags="DF")
+                           / TCP(sport=5201, dport=40000, flags="A") / PAYLOAD), GSO_TCPV4, 1448)
+    router.handle_frames("a", [raw(Ether(src=l3kit.MAC["h1"], dst=l3kit.MAC["a"]) / IP(src=l3kit.IPS["h1"], dst="10.9.0.5")
+                                   / b"warm the neighbour")], 1.0)
+    (frame,) = transmits(router.handle_frames("tun", [back], 1.0))["a"]
+    assert type(frame) is SuperFrame and Ether(frame)[IP].ttl == 63 and Ether(frame).dst == l3kit.MAC["h1"]
+    assert _payload(segment(frame)) == PAYLOAD
 
 
 def test_a_super_frame_held_for_a_neighbour_that_never_answers_gets_one_host_unreachable():

@@ -75,7 +75,7 @@ async def test_a_tap_recorded_to_pcap_keeps_its_fast_path(namespaces, tmp_path):
     tap = TunTapPort.open(name, kind="tap")
     writer = PcapWriter.open(str(tmp_path / "tap.pcap"))
     port = PcapPort(tap, writer)
-    assert port.capabilities == Capabilities(Medium.ETHERNET, send_nowait=True, vnet_header=True)
+    assert port.capabilities == Capabilities(Medium.ETHERNET, send_nowait=True, vnet_header=True, tso=True)
     switch = Switch(Bridge())
     try:
         with trio.fail_after(20):

@@ -269,7 +269,10 @@ class Router:
             drops += [Drop(interface, DropReason.PORT_DOWN, f) for f in frames]
         elif iface.mac is None:
             for packet in frames:
-                reason = self._ip_input(iface, packet, now, emit)
+                if type(packet) is SuperFrame:   # bare IP (the overlay's joined segments, a TUN's): framed here
+                    reason = self._ip_input(iface, packet, now, emit, packet.like(_FRAME_HEADER_ROOM + packet))
+                else:
+                    reason = self._ip_input(iface, packet, now, emit)
                 if reason is not None:
                     drops.append(Drop(interface, reason, packet))
         else:
@@ -562,16 +565,12 @@ class Router:
         """Send ``packet`` to ``nexthop`` on ``out``: resolve its MAC, or hold the packet while ARP asks.
 
         A super-frame comes as a :class:`SuperFrame` whose Ethernet header is room for the real one (no
-        addresses yet); it is held so while ARP asks, and an L3 interface (which takes only whole packets)
-        gets its segments.
+        addresses yet); it is held so while ARP asks, and an L3 interface gets it as a bare IP super-frame
+        (the overlay cuts it for its peers; the switch cuts it for a TUN without offloads).
         """
         mac = out.mac
         if mac is None:
-            if type(packet) is SuperFrame:
-                for piece in segment(packet):
-                    emit.send(out.name, piece[_PAYLOAD:])
-            else:
-                emit.send(out.name, packet)
+            emit.send(out.name, packet.like(packet[_PAYLOAD:]) if type(packet) is SuperFrame else packet)
             return
         neighbours = out.neighbours
         assert neighbours is not None
