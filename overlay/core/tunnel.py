@@ -83,17 +83,24 @@ _IP_IN_FRAME = ethernet.HEADER_LEN + ipv4.MIN_HEADER_LEN   # a frame that can ho
 DEFAULT_UNDERLAY_MTU = 1500
 
 
-def _join(packets: list[bytes], coalesce: Callable[..., tuple[bytes, int]]) -> list[bytes]:
+def _join(packets: list[bytes], coalesce: Callable[..., tuple[bytes, int]], verify: bool) -> list[bytes]:
     """``packets`` with each run of one TCP flow's segments joined into one super-frame, the rest as they were:
-    GRO's rules (:func:`~vswitch.core.wire.offload.coalesce_tcp4`), checksums verified, since they came from
-    a peer."""
+    GRO's rules (:func:`~vswitch.core.wire.offload.coalesce_tcp4`); with ``verify``, only segments whose TCP
+    checksum is right join, for the container's stack takes a super-frame's on trust."""
     out: list[bytes] = []
     start, count = 0, len(packets)
     while start < count:
-        joined, used = coalesce(packets, start, 64, True)
+        joined, used = coalesce(packets, start, 64, verify)
         out.append(joined)
         start += used
     return out
+
+
+def _ttl_taken(packet: bytes) -> bytes:
+    """``packet`` (a TTL above 1) with one hop less; a super-frame stays one."""
+    taken = decrement_ttl(packet)
+    assert taken is not None
+    return packet.like(taken) if type(packet) is SuperFrame else taken
 
 
 def _header_problem(packet: bytes, offset: int = 0) -> DropReason | None:
@@ -321,11 +328,11 @@ class Overlay:
                 result.append(self._refuse(peer, DropReason.FORGED_SOURCE, datagram))
                 continue
             if udp:
-                packet = decrement_ttl(datagram, offset)
-                if packet is None:
+                if datagram[offset + ipv4.TTL] <= 1:
                     result += self._undeliverable(UNDERLAY, datagram, datagram[offset:], icmp.TIME_EXCEEDED,
                                                   DropReason.TTL_EXCEEDED)
                     continue
+                packet = datagram[offset:]   # its TTL taken below, once a run of them is joined
             elif frames_inside:
                 packet = datagram[_INNER:]
             else:
@@ -337,7 +344,11 @@ class Overlay:
         if inside:
             self._stats.decapsulated += len(inside)
             if self.coalesce and len(inside) > 1:
-                inside = _join(inside, coalesce_tcp4 if frames_inside else coalesce_ipv4)
+                # flannel's udp backend always sends a UDP checksum, which covers the inner packet and which our
+                # kernel has checked; VXLAN may send none (Linux's default), and then only the inner one protects
+                inside = _join(inside, coalesce_tcp4 if frames_inside else coalesce_ipv4, verify=not udp)
+            if udp:   # flannel's proxy takes a hop off the TTL (one it has checked is above 1)
+                inside = [_ttl_taken(packet) for packet in inside]
             result.append(Transmit(INSIDE, inside))
         return result
 
