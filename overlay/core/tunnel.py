@@ -29,7 +29,7 @@ in front of a flannel device.
 """
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
@@ -71,6 +71,7 @@ from .codec import (
     flow_source_port,
     vxlan_header,
 )
+from .gro import DatagramRun, join_run, split_run
 from .peers import DEFAULT_MAX_PEERS, Lease, LeaseChanges, Peer, PeerTable
 
 _IPV4 = b"\x08\x00"
@@ -83,16 +84,22 @@ _IP_IN_FRAME = ethernet.HEADER_LEN + ipv4.MIN_HEADER_LEN   # a frame that can ho
 DEFAULT_UNDERLAY_MTU = 1500
 
 
-def _join(packets: list[bytes], coalesce: Callable[..., tuple[bytes, int]], verify: bool) -> list[bytes]:
+def _join(packets: list[bytes], joined_at: list[int], coalesce: Callable[..., tuple[bytes, int]],
+          verify: bool) -> list[bytes]:
     """``packets`` with each run of one TCP flow's segments joined into one super-frame, the rest as they were:
     GRO's rules (:func:`~vswitch.core.wire.offload.coalesce_tcp4`); with ``verify``, only segments whose TCP
-    checksum is right join, for the container's stack takes a super-frame's on trust."""
+    checksum is right join, for the container's stack takes a super-frame's on trust. The packets at
+    ``joined_at`` are super-frames joined already: they stay as they are, and nothing joins across them."""
     out: list[bytes] = []
     start, count = 0, len(packets)
-    while start < count:
-        joined, used = coalesce(packets, start, 64, verify)
-        out.append(joined)
-        start += used
+    for stop in (*joined_at, count):
+        while start < stop:
+            joined, used = coalesce(packets, start, min(64, stop - start), verify)
+            out.append(joined)
+            start += used
+        if stop < count:
+            out.append(packets[stop])
+            start = stop + 1
     return out
 
 
@@ -289,43 +296,28 @@ class Overlay:
     # -- peers → inside -------------------------------------------------------------------
 
     def decapsulate(self, datagrams: Sequence[bytes], now: float) -> list[TunnelAction]:
-        """Datagrams from the underlay to inside packets (or frames), refusing strangers and forgeries."""
+        """Datagrams from the underlay to inside packets (or frames), refusing strangers and forgeries.
+
+        A :class:`~.gro.DatagramRun` (the datagrams UDP GRO joined) that holds one TCP flow's segments, as
+        any bulk transfer's do, becomes one super-frame in one pass (:func:`~.gro.join_run`); any other is
+        taken datagram by datagram.
+        """
         inside: list[bytes] = []
+        joined_at: list[int] = []   # where in ``inside`` a run joined whole sits (joined no further)
         result: list[TunnelAction] = []
         by_address = self.peers.by_address
         udp = self.backend == "udp"
         frames_inside = self.inside == "ethernet"
-        vni_bytes = self._vxlan[VXLAN_VNI]
-        own_mac = self.vtep_mac
         offset = ADDRESS_LEN if udp else _INNER_IP   # where the inner IPv4 packet starts
-        ver_ihl, length_at, src = offset + ipv4.VER_IHL, offset + ipv4.LENGTH.start, at(offset, ipv4.SRC)
-        min_len = ipv4.MIN_HEADER_LEN
-        for datagram in datagrams:
+        refusal = self._refusal
+        for datagram in self._datagrams(datagrams, inside, joined_at, offset):
             peer = by_address(datagram[ADDRESS_IP])
             if peer is None:
                 result.append(self._drop(UNDERLAY, DropReason.UNKNOWN_PEER, datagram))
                 continue
-            if not udp:
-                if len(datagram) < offset or not datagram[ADDRESS_LEN + VXLAN_FLAGS] & VXLAN_FLAG_I:
-                    result.append(self._refuse(peer, DropReason.OVERLAY_MALFORMED, datagram))
-                    continue
-                if datagram[_VXLAN_VNI] != vni_bytes:
-                    result.append(self._refuse(peer, DropReason.FOREIGN_VNI, datagram))
-                    continue
-                if datagram[_INNER_DST] != own_mac:
-                    result.append(self._refuse(peer, DropReason.NOT_FOR_VTEP, datagram))
-                    continue
-                if datagram[_INNER_ETHERTYPE] != _IPV4:
-                    result.append(self._refuse(peer, DropReason.UNSUPPORTED_ETHERTYPE, datagram))
-                    continue
-            if len(datagram) < offset + min_len or datagram[ver_ihl] >> 4 != 4 or (   # as encapsulate checks
-                    (datagram[ver_ihl] != 0x45
-                     or not min_len <= (datagram[length_at] << 8 | datagram[length_at + 1]) <= len(datagram) - offset)
-                    and _header_problem(datagram, offset) is not None):
-                result.append(self._refuse(peer, DropReason.OVERLAY_MALFORMED, datagram))
-                continue
-            if datagram[src] not in peer.lease.subnet:
-                result.append(self._refuse(peer, DropReason.FORGED_SOURCE, datagram))
+            reason = refusal(datagram, peer, offset)
+            if reason is not None:
+                result.append(self._refuse(peer, reason, datagram))
                 continue
             if udp:
                 if datagram[offset + ipv4.TTL] <= 1:
@@ -346,11 +338,66 @@ class Overlay:
             if self.coalesce and len(inside) > 1:
                 # flannel's udp backend always sends a UDP checksum, which covers the inner packet and which our
                 # kernel has checked; VXLAN may send none (Linux's default), and then only the inner one protects
-                inside = _join(inside, coalesce_tcp4 if frames_inside else coalesce_ipv4, verify=not udp)
+                inside = _join(inside, joined_at, coalesce_tcp4 if frames_inside else coalesce_ipv4, verify=not udp)
             if udp:   # flannel's proxy takes a hop off the TTL (one it has checked is above 1)
                 inside = [_ttl_taken(packet) for packet in inside]
             result.append(Transmit(INSIDE, inside))
         return result
+
+    def _datagrams(self, datagrams: Sequence[bytes], inside: list[bytes], joined_at: list[int],
+                   offset: int) -> Iterator[bytes]:
+        """The datagrams to take one by one: each run's, unless it joins whole, straight into ``inside``."""
+        for datagram in datagrams:
+            if type(datagram) is not DatagramRun:
+                yield datagram
+                continue
+            joined = self._join_run(datagram, offset) if self.coalesce and self.inside == "ip" else None
+            if joined is None:
+                yield from split_run(datagram)
+                continue
+            joined_at.append(len(inside))
+            inside.append(joined)
+
+    def _join_run(self, run: DatagramRun, offset: int) -> bytes | None:
+        """``run`` as one super-frame, if its first datagram is a sound one from a peer and the rest are the same
+        flow's segments (:func:`~.gro.join_run`); None to take it datagram by datagram instead."""
+        peer = self.peers.by_address(run.header[ADDRESS_IP])
+        if peer is None:
+            return None
+        size = run.size
+        first = run.header + run[:size]
+        if self._refusal(first, peer, offset) is not None or (self.backend == "udp" and first[offset + ipv4.TTL] <= 1):
+            return None
+        joined = join_run(run, offset - ADDRESS_LEN, verify=self.backend != "udp")
+        if joined is not None:
+            count = -(-len(run) // size)
+            counters = peer.counters
+            counters.rx_packets += count
+            counters.rx_bytes += len(run)
+            self._stats.decapsulated += count - 1   # one more is counted with the rest of ``inside``
+        return joined
+
+    def _refusal(self, datagram: bytes, peer: Peer, offset: int) -> DropReason | None:
+        """Why a datagram from ``peer`` is refused (its inner IPv4 packet at ``offset``), or None."""
+        if self.backend != "udp":
+            if len(datagram) < offset or not datagram[ADDRESS_LEN + VXLAN_FLAGS] & VXLAN_FLAG_I:
+                return DropReason.OVERLAY_MALFORMED
+            if datagram[_VXLAN_VNI] != self._vxlan[VXLAN_VNI]:
+                return DropReason.FOREIGN_VNI
+            if datagram[_INNER_DST] != self.vtep_mac:
+                return DropReason.NOT_FOR_VTEP
+            if datagram[_INNER_ETHERTYPE] != _IPV4:
+                return DropReason.UNSUPPORTED_ETHERTYPE
+        ver_ihl, length_at = offset + ipv4.VER_IHL, offset + ipv4.LENGTH.start
+        min_len = ipv4.MIN_HEADER_LEN
+        if len(datagram) < offset + min_len or datagram[ver_ihl] >> 4 != 4 or (   # as encapsulate checks
+                (datagram[ver_ihl] != 0x45
+                 or not min_len <= (datagram[length_at] << 8 | datagram[length_at + 1]) <= len(datagram) - offset)
+                and _header_problem(datagram, offset) is not None):
+            return DropReason.OVERLAY_MALFORMED
+        if datagram[offset + ipv4.SRC.start:offset + ipv4.SRC.stop] not in peer.lease.subnet:
+            return DropReason.FORGED_SOURCE
+        return None
 
     def _undeliverable(self, side: str, frame: bytes, packet: bytes, type_: int, reason: DropReason) -> list[TunnelAction]:
         """``packet`` goes no further: its sender is owed an ICMP error (net unreachable, time exceeded: code 0)

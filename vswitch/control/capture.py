@@ -20,6 +20,7 @@ import trio
 from vswitch.core.wire import ethernet
 from vswitch.core.wire.offload import cut_super_frames
 from vswitch.overlay.core.codec import capture_frame
+from vswitch.overlay.core.gro import datagrams
 from vswitch.shell.ports import Port
 from vswitch.shell.ports.base import Medium
 from vswitch.shell.ports.pcap import (
@@ -97,7 +98,7 @@ class CaptureSession:
             local_ip, local_port = socket.inet_aton(device.address), device.port  # type: ignore[attr-defined]
 
             def convert(frames: list[bytes]) -> list[bytes]:
-                return [capture_frame(f, local_ip, local_port) for f in frames]
+                return [capture_frame(f, local_ip, local_port) for f in datagrams(frames)]
 
         linktype = LINKTYPE_RAW if medium is Medium.IP else LINKTYPE_ETHERNET
         return cls(device.name, count=count, max_frames=max_frames, max_bytes=max_bytes, convert=convert,

@@ -316,8 +316,8 @@ class Router:
         destination keys the decision); what it checks per flow is what the decision was made on. One copy of
         the frame, with the Ethernet header, TTL, addresses, ports and both checksums rewritten in it.
         """
-        if frame[_VER_IHL_AT] != 0x45:
-            return 0
+        if len(frame) < _PAYLOAD + _MIN_IHL or frame[_VER_IHL_AT] != 0x45:
+            return 0   # too short for an IPv4 header: the slow path says why
         fragment_field = frame[_FRAGMENT_AT]
         if fragment_field != _DF_ONLY and fragment_field != _NOT_FRAGMENT:
             return 0

@@ -399,7 +399,7 @@ def _coalescer(ip_at: int) -> _Coalesce:
         headers = tcp_at + ((first[data_offset] >> 4) << 2)
         total = (first[length_at] << 8) | first[length_at + 1]
         size = total - (headers - ip_at)
-        if size <= 0 or len(first) < ip_at + total or verify and not _tcp_sum_ok(first, src.start, ip_at + total):
+        if size <= 0 or len(first) < ip_at + total or verify and not tcp_sum_ok(first, src.start, ip_at + total):
             return first, 1
         end = start + 1
         last = min(len(frames), start + limit)
@@ -418,7 +418,7 @@ def _coalescer(ip_at: int) -> _Coalesce:
             length = ((frame[length_at] << 8) | frame[length_at + 1]) - (headers - ip_at)
             if (length <= 0 or length > size or joined + length > MAX_COALESCED or len(frame) < headers + length
                     or int.from_bytes(frame[tcp_seq], "big") != seq & 0xFFFFFFFF
-                    or verify and not _tcp_sum_ok(frame, src.start, headers + length)):
+                    or verify and not tcp_sum_ok(frame, src.start, headers + length)):
                 break
             payloads.append(frame[headers:headers + length])
             joined += length
@@ -447,7 +447,7 @@ def _coalescer(ip_at: int) -> _Coalesce:
     return coalesce
 
 
-def _tcp_sum_ok(packet: bytes, addresses_at: int, end: int) -> bool:
+def tcp_sum_ok(packet: bytes, addresses_at: int, end: int) -> bool:
     """Whether the TCP checksum of a plain IPv4 packet (20-byte header) is valid: its addresses, at
     ``addresses_at``, run straight into the TCP header, so the pseudo-header is one sum with the segment."""
     size = end - addresses_at

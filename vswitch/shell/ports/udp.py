@@ -33,6 +33,7 @@ import trio
 
 from vswitch.errors import DeviceError
 from vswitch.overlay.core.codec import ADDRESS_LEN, address_header, arrival
+from vswitch.overlay.core.gro import datagram_run
 
 from .base import DEFAULT_MTU, Capabilities, Medium, PortClosed, PortStatistics
 from .fd import READ_SIZE, FdPort
@@ -223,17 +224,18 @@ class UdpPort(FdPort):
 
 
 def split_gro(header: bytes, data: bytes, ancillary: list[tuple[int, int, bytes]]) -> list[bytes]:
-    """The datagrams of one read, each behind ``header``: several of one flow when UDP GRO joined them.
+    """The frames of one read: one datagram behind ``header``, or the several of one flow that UDP GRO joined,
+    as one :class:`~vswitch.overlay.core.gro.DatagramRun` (the overlay takes it apart in one pass).
 
     GRO's control message holds their size (the last may be shorter); a
     size of zero or of the whole read means one datagram. Pure: any bytes
-    in, datagrams out.
+    in, frames out.
     """
     for level, kind, value in ancillary:
         if level == SOL_UDP and kind == UDP_GRO:
             size = int.from_bytes(value[:4], "little")
             if 0 < size < len(data):
-                return [header + data[i:i + size] for i in range(0, len(data), size)]
+                return [datagram_run(header, data, size)]
     return [header + data]
 
 

@@ -1,0 +1,163 @@
+"""A UDP GRO run: a peer's datagrams the kernel joined into one read, taken apart in one pass.
+
+With UDP GRO (:mod:`vswitch.shell.ports.udp`) one read brings up to 64 KB of
+one peer's datagrams, back to back, each of one size but the last. When they
+carry one TCP flow's segments, as they do for any bulk transfer, the segments
+follow one another in the buffer at a fixed stride, and whether they form one
+run of that flow (GRO's rules, as :func:`~vswitch.core.wire.offload.coalesce_tcp4`
+applies them frame by frame) is a handful of whole-buffer operations:
+
+* every header byte of the full datagrams but the IP identification and the
+  two checksums must equal the first's, each sequence number the first's
+  plus k MSS: one masked comparison of their headers as one integer;
+* the last datagram, which may be shorter (and carry PSH), is checked alone.
+
+So :func:`join_run` makes the super-frame with a few operations per run and
+a slice per datagram, where taking the datagrams one by one costs a parse
+and a comparison each; anything it does not take, :func:`split_run` gives
+back as the datagrams they were.
+"""
+
+from collections.abc import Sequence
+
+from vswitch.core.wire import ipv4, tcp
+from vswitch.core.wire.checksum import internet_checksum
+from vswitch.core.wire.ipv4 import PROTO_TCP, pseudo_header_sum
+from vswitch.core.wire.offload import GSO_TCPV4, SuperFrame, super_frame, tcp_sum_ok
+
+_ACK, _ACK_PSH = 0x10, 0x18
+_MAX_MASKS = 1024   # cached (where, headers, datagrams) shapes: a handful in practice
+
+
+class DatagramRun(bytes):
+    """Datagrams from one peer that UDP GRO joined into one read, back to back, each ``size`` bytes but the
+    last (which may be shorter), and the address ``header`` (:mod:`.codec`) they all arrived with.
+
+    The underlay port hands one over as one frame; the overlay takes it in
+    one pass when it can (:func:`join_run`), and otherwise as the datagrams
+    :func:`split_run` gives, as if each had been read alone.
+    """
+
+    header: bytes
+    size: int
+
+
+def datagram_run(header: bytes, data: bytes, size: int) -> DatagramRun:
+    run = DatagramRun(data)
+    run.header = header
+    run.size = size
+    return run
+
+
+def split_run(run: DatagramRun) -> list[bytes]:
+    """The run's datagrams, each behind its address header."""
+    header, size = run.header, run.size
+    return [header + run[at:at + size] for at in range(0, len(run), size)]
+
+
+def datagrams(frames: Sequence[bytes]) -> list[bytes]:
+    """``frames`` from the underlay with each run split into its datagrams (what a capture records)."""
+    out: list[bytes] = []
+    for frame in frames:
+        if type(frame) is DatagramRun:
+            out += split_run(frame)
+        else:
+            out.append(frame)
+    return out
+
+
+def join_run(run: DatagramRun, ip_at: int, verify: bool) -> SuperFrame | None:
+    """The run as one TCP super-frame (the bare IPv4 packet), when its datagrams are one flow's segments in
+    order, each an IPv4 packet at ``ip_at`` (after the VXLAN and inner Ethernet headers, or 0): GRO's rules.
+    None when they are not, or when the run holds one datagram. With ``verify``, every segment's TCP
+    checksum must be right (an inner checksum is all that protects a VXLAN datagram sent with none).
+
+    The first datagram's outer and IP headers are the caller's to check (the peer's subnet, the VNI): every
+    other one joins only with the same bytes there.
+    """
+    size, length = run.size, len(run)
+    count = -(-length // size)
+    tcp_at = ip_at + ipv4.MIN_HEADER_LEN
+    if (count < 2 or size < tcp_at + tcp.MIN_HEADER_LEN or run[ip_at] != 0x45 or run[ip_at + ipv4.PROTOCOL] != PROTO_TCP
+            or run[ip_at + ipv4.FLAGS] & 0x3F or run[ip_at + ipv4.FLAGS + 1] or run[tcp_at + tcp.FLAGS] != _ACK
+            or (run[ip_at + 2] << 8 | run[ip_at + 3]) != size - ip_at):
+        return None
+    head = tcp_at + ((run[tcp_at + tcp.DATA_OFFSET] >> 4) << 2)   # where the payload starts in each datagram
+    mss = size - head
+    last_at = (count - 1) * size
+    seq_at = tcp_at + tcp.SEQ_NUM.start
+    seq = int.from_bytes(run[seq_at:seq_at + 4], "big")
+    if head < tcp_at + tcp.MIN_HEADER_LEN or mss <= 0 or length - last_at <= head or seq + (count - 1) * mss > 0xFFFFFFFF:
+        return None   # a sequence number that wraps inside the run is left to the datagram-by-datagram way
+    # the full datagrams: one masked comparison of all their headers
+    mask_one, mask, repeat, ramp = _masks(ip_at, head, count - 1)
+    headers = int.from_bytes(b"".join([run[at:at + head] for at in range(0, last_at, size)]), "big")
+    if headers & mask != (int.from_bytes(run[:head], "big") & mask_one) * repeat + mss * ramp:
+        return None
+    # the last: the same headers but for the IP length, identification and checksum, the sequence number (which
+    # follows), PSH and the TCP checksum
+    last = run[last_at:last_at + head]
+    flags = last[tcp_at + tcp.FLAGS]
+    total = last[ip_at + 2] << 8 | last[ip_at + 3]
+    payload = total - (head - ip_at)
+    if (last[:ip_at + 2] != run[:ip_at + 2] or last[ip_at + 6:ip_at + 10] != run[ip_at + 6:ip_at + 10]
+            or last[ip_at + 12:seq_at] != run[ip_at + 12:seq_at] or last[seq_at + 4:tcp_at + tcp.FLAGS] != run[seq_at + 4:tcp_at + tcp.FLAGS]
+            or last[tcp_at + tcp.WINDOW.start:tcp_at + tcp.CHECKSUM.start] != run[tcp_at + tcp.WINDOW.start:tcp_at + tcp.CHECKSUM.start]
+            or last[tcp_at + tcp.URGENT.start:head] != run[tcp_at + tcp.URGENT.start:head]
+            or flags not in (_ACK, _ACK_PSH) or not 0 < payload <= mss or last_at + ip_at + total > length
+            or int.from_bytes(last[seq_at:seq_at + 4], "big") != seq + (count - 1) * mss):
+        return None
+    if verify:
+        addresses = ip_at + ipv4.SRC.start
+        for at in range(0, last_at, size):
+            if not tcp_sum_ok(run, at + addresses, at + size):
+                return None
+        if not tcp_sum_ok(run, last_at + addresses, last_at + ip_at + total):
+            return None
+    # one super-frame: the first's headers with the whole length, PSH from the last, the partial checksum
+    ip_length = head - ip_at + (count - 1) * mss + payload
+    if ip_length > 0xFFFF:
+        return None   # more than one IPv4 packet holds
+    ip_header = bytearray(run[ip_at:tcp_at])
+    ip_header[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
+    ip_header[ipv4.CHECKSUM] = b"\0\0"
+    ip_header[ipv4.CHECKSUM] = internet_checksum(ip_header).to_bytes(2, "big")
+    tcp_header = bytearray(run[tcp_at:head])
+    tcp_header[tcp.FLAGS] = flags
+    partial = pseudo_header_sum(ip_header[ipv4.SRC], ip_header[ipv4.DST], PROTO_TCP, ip_length - ipv4.MIN_HEADER_LEN)
+    while partial >> 16:
+        partial = (partial & 0xFFFF) + (partial >> 16)
+    tcp_header[tcp.CHECKSUM] = partial.to_bytes(2, "big")
+    view = memoryview(run)
+    pieces = [view[at + head:at + size] for at in range(0, last_at, size)]
+    return super_frame(b"".join((ip_header, tcp_header, *pieces, view[last_at + head:last_at + head + payload])),
+                       GSO_TCPV4, mss)
+
+
+_shapes: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
+
+
+def _masks(ip_at: int, head: int, count: int) -> tuple[int, int, int, int]:
+    """For ``count`` datagram headers of ``head`` bytes joined as one integer: the mask of one header's bytes
+    that must be equal (all but the IP identification and checksum and the TCP checksum), that mask for all
+    of them, the multiplier that repeats one header in every place, and the ramp that adds k MSS to the k-th
+    sequence number (the first header is the most significant)."""
+    shape = (ip_at, head, count)
+    found = _shapes.get(shape)
+    if found is not None:
+        return found
+    tcp_at = ip_at + ipv4.MIN_HEADER_LEN
+    one = bytearray(b"\xff" * head)
+    for start, stop in ((ip_at + ipv4.IDENT.start, ip_at + ipv4.IDENT.stop),
+                        (ip_at + ipv4.CHECKSUM.start, ip_at + ipv4.CHECKSUM.stop),
+                        (tcp_at + tcp.CHECKSUM.start, tcp_at + tcp.CHECKSUM.stop)):
+        one[start:stop] = bytes(stop - start)
+    mask_one = int.from_bytes(one, "big")
+    bits = 8 * head
+    repeat = sum(1 << (bits * k) for k in range(count))
+    seq_shift = 8 * (head - (tcp_at + tcp.SEQ_NUM.stop))   # the sequence number's place in one header
+    ramp = sum((count - 1 - k) << (bits * k + seq_shift) for k in range(count))
+    if len(_shapes) >= _MAX_MASKS:
+        _shapes.clear()
+    found = _shapes[shape] = (mask_one, mask_one * repeat, repeat, ramp)
+    return found
