@@ -25,7 +25,14 @@ from vswitch.core.wire.checksum import internet_checksum
 from vswitch.core.wire.ipv4 import PROTO_TCP, pseudo_header_sum
 from vswitch.core.wire.offload import GSO_TCPV4, SuperFrame, super_frame, tcp_sum_ok
 
+from .codec import VXLAN_FLAG_I
+
 _ACK, _ACK_PSH = 0x10, 0x18
+# Before a VXLAN datagram's inner IPv4 packet (at 22): what no check reads (the flags but I, the reserved bytes,
+# the inner source MAC), and the VNI, inner destination MAC and ethertype, which must be the first's.
+_VXLAN_LOOSE = ((0, 4), (7, 8), (14, 20))
+_VXLAN_SAME = ((4, 7), (8, 14), (20, 22))
+_WITHOUT_I = bytes(0 if value & VXLAN_FLAG_I else 1 for value in range(256))   # translate: 0 where the I flag is set
 _MAX_MASKS = 1024   # cached (where, headers, datagrams) shapes: a handful in practice
 
 
@@ -66,10 +73,12 @@ def datagrams(frames: Sequence[bytes]) -> list[bytes]:
     return out
 
 
-def join_run(run: DatagramRun, ip_at: int, verify: bool) -> SuperFrame | None:
-    """The run as one TCP super-frame (the bare IPv4 packet), when its datagrams are one flow's segments in
-    order, each an IPv4 packet at ``ip_at`` (after the VXLAN and inner Ethernet headers, or 0): GRO's rules.
-    None when they are not, or when the run holds one datagram. With ``verify``, every segment's TCP
+def join_run(run: DatagramRun, ip_at: int, verify: bool, start: int = 0) -> tuple[SuperFrame | None, int]:
+    """The longest run of one TCP flow's segments in order (GRO's rules) from datagram ``start`` on, as one
+    super-frame (the bare IPv4 packet; each an IPv4 packet at ``ip_at``: after the VXLAN and inner Ethernet
+    headers, or 0), and how many datagrams it took (two or more). (None, 1) when the datagram after
+    ``start`` does not follow it; (None, 0) when none from ``start`` on could join here (another kind of
+    packet, a sequence number about to wrap): take them one by one. With ``verify``, every segment's TCP
     checksum must be right (an inner checksum is all that protects a VXLAN datagram sent with none).
 
     The first datagram's outer and IP headers are the caller's to check (the peer's subnet, the VNI): every
@@ -77,61 +86,91 @@ def join_run(run: DatagramRun, ip_at: int, verify: bool) -> SuperFrame | None:
     """
     size, length = run.size, len(run)
     count = -(-length // size)
+    first_at = start * size
     tcp_at = ip_at + ipv4.MIN_HEADER_LEN
-    if (count < 2 or size < tcp_at + tcp.MIN_HEADER_LEN or run[ip_at] != 0x45 or run[ip_at + ipv4.PROTOCOL] != PROTO_TCP
-            or run[ip_at + ipv4.FLAGS] & 0x3F or run[ip_at + ipv4.FLAGS + 1] or run[tcp_at + tcp.FLAGS] != _ACK
-            or (run[ip_at + 2] << 8 | run[ip_at + 3]) != size - ip_at):
-        return None
-    head = tcp_at + ((run[tcp_at + tcp.DATA_OFFSET] >> 4) << 2)   # where the payload starts in each datagram
+    if (count - start < 2 or size < tcp_at + tcp.MIN_HEADER_LEN or run[first_at + ip_at] != 0x45
+            or run[first_at + ip_at + ipv4.PROTOCOL] != PROTO_TCP or run[first_at + ip_at + ipv4.FLAGS] & 0x3F
+            or run[first_at + ip_at + ipv4.FLAGS + 1] or run[first_at + tcp_at + tcp.FLAGS] != _ACK
+            or (run[first_at + ip_at + 2] << 8 | run[first_at + ip_at + 3]) != size - ip_at):
+        return None, 0
+    head = tcp_at + ((run[first_at + tcp_at + tcp.DATA_OFFSET] >> 4) << 2)   # where each datagram's payload starts
     mss = size - head
     last_at = (count - 1) * size
     seq_at = tcp_at + tcp.SEQ_NUM.start
-    seq = int.from_bytes(run[seq_at:seq_at + 4], "big")
-    if head < tcp_at + tcp.MIN_HEADER_LEN or mss <= 0 or length - last_at <= head or seq + (count - 1) * mss > 0xFFFFFFFF:
-        return None   # a sequence number that wraps inside the run is left to the datagram-by-datagram way
-    # the full datagrams: one masked comparison of all their headers
-    mask_one, mask, repeat, ramp = _masks(ip_at, head, count - 1)
-    headers = int.from_bytes(b"".join([run[at:at + head] for at in range(0, last_at, size)]), "big")
-    if headers & mask != (int.from_bytes(run[:head], "big") & mask_one) * repeat + mss * ramp:
-        return None
-    # the last: the same headers but for the IP length, identification and checksum, the sequence number (which
-    # follows), PSH and the TCP checksum
-    last = run[last_at:last_at + head]
-    flags = last[tcp_at + tcp.FLAGS]
-    total = last[ip_at + 2] << 8 | last[ip_at + 3]
+    seq = int.from_bytes(run[first_at + seq_at:first_at + seq_at + 4], "big")
+    if head < tcp_at + tcp.MIN_HEADER_LEN or mss <= 0 or length - last_at <= head or seq + (count - start) * mss > 0xFFFFFFFF:
+        return None, 0   # a sequence number that may wrap inside the run is left to the datagram-by-datagram way
+    first = run[first_at:first_at + head]
+    # the full datagrams after the first: their headers as one integer, compared at once, masked, with the first's
+    # repeated (each sequence number k MSS on); the first that differs ends the run, or may be its last
+    full = count - 1 - start
+    following = full
+    if full:
+        mask_one, mask, repeat, ramp = _masks(ip_at, head, full)
+        headers = int.from_bytes(b"".join([run[at:at + head] for at in range(first_at, last_at, size)]), "big")
+        differ = (headers & mask) ^ ((int.from_bytes(first, "big") & mask_one) * repeat + mss * ramp)
+        if differ:
+            following = full - 1 - (differ.bit_length() - 1) // (8 * head)   # the first that differs, from ``start``
+        if ip_at:   # and VXLAN's I flag, in each
+            without = run[first_at + size:last_at:size].translate(_WITHOUT_I).find(1)
+            if without >= 0:
+                following = min(following, without + 1)   # datagrams from ``start``: the slice began after it
+    # the datagram that ends it: the same headers but for the IP length, identification and checksum, the
+    # sequence number (which follows), PSH and the TCP checksum, and no more payload than the others
+    end_at = first_at + following * size
+    end = run[end_at:end_at + head]
+    flags = end[tcp_at + tcp.FLAGS] if len(end) == head else 0
+    total = end[ip_at + 2] << 8 | end[ip_at + 3] if len(end) == head else 0
     payload = total - (head - ip_at)
-    if (last[:ip_at + 2] != run[:ip_at + 2] or last[ip_at + 6:ip_at + 10] != run[ip_at + 6:ip_at + 10]
-            or last[ip_at + 12:seq_at] != run[ip_at + 12:seq_at] or last[seq_at + 4:tcp_at + tcp.FLAGS] != run[seq_at + 4:tcp_at + tcp.FLAGS]
-            or last[tcp_at + tcp.WINDOW.start:tcp_at + tcp.CHECKSUM.start] != run[tcp_at + tcp.WINDOW.start:tcp_at + tcp.CHECKSUM.start]
-            or last[tcp_at + tcp.URGENT.start:head] != run[tcp_at + tcp.URGENT.start:head]
-            or flags not in (_ACK, _ACK_PSH) or not 0 < payload <= mss or last_at + ip_at + total > length
-            or int.from_bytes(last[seq_at:seq_at + 4], "big") != seq + (count - 1) * mss):
-        return None
+    used = following + 1
+    if (len(end) < head or not _same_outer(end, first, ip_at) or end[ip_at:ip_at + 2] != first[ip_at:ip_at + 2]
+            or end[ip_at + 6:ip_at + 10] != first[ip_at + 6:ip_at + 10]
+            or end[ip_at + 12:seq_at] != first[ip_at + 12:seq_at]
+            or end[seq_at + 4:tcp_at + tcp.FLAGS] != first[seq_at + 4:tcp_at + tcp.FLAGS]
+            or end[tcp_at + tcp.WINDOW.start:tcp_at + tcp.CHECKSUM.start] != first[tcp_at + tcp.WINDOW.start:tcp_at + tcp.CHECKSUM.start]
+            or end[tcp_at + tcp.URGENT.start:head] != first[tcp_at + tcp.URGENT.start:head]
+            or flags not in (_ACK, _ACK_PSH) or not 0 < payload <= mss or end_at + ip_at + total > min(length, end_at + size)
+            or int.from_bytes(end[seq_at:seq_at + 4], "big") != seq + following * mss):
+        used = following   # it does not follow: the run ends before it, with a full one
+        payload = mss
+        flags = _ACK
+        total = size - ip_at
+    if used < 2:
+        return None, 1
+    stop_at = first_at + (used - 1) * size   # the last datagram taken
     if verify:
         addresses = ip_at + ipv4.SRC.start
-        for at in range(0, last_at, size):
+        for at in range(first_at, stop_at, size):
             if not tcp_sum_ok(run, at + addresses, at + size):
-                return None
-        if not tcp_sum_ok(run, last_at + addresses, last_at + ip_at + total):
-            return None
+                return None, 0
+        if not tcp_sum_ok(run, stop_at + addresses, stop_at + ip_at + total):
+            return None, 0
     # one super-frame: the first's headers with the whole length, PSH from the last, the partial checksum
-    ip_length = head - ip_at + (count - 1) * mss + payload
+    ip_length = head - ip_at + (used - 1) * mss + payload
     if ip_length > 0xFFFF:
-        return None   # more than one IPv4 packet holds
-    ip_header = bytearray(run[ip_at:tcp_at])
+        return None, 0   # more than one IPv4 packet holds
+    ip_header = bytearray(first[ip_at:tcp_at])
     ip_header[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
     ip_header[ipv4.CHECKSUM] = b"\0\0"
     ip_header[ipv4.CHECKSUM] = internet_checksum(ip_header).to_bytes(2, "big")
-    tcp_header = bytearray(run[tcp_at:head])
+    tcp_header = bytearray(first[tcp_at:head])
     tcp_header[tcp.FLAGS] = flags
     partial = pseudo_header_sum(ip_header[ipv4.SRC], ip_header[ipv4.DST], PROTO_TCP, ip_length - ipv4.MIN_HEADER_LEN)
     while partial >> 16:
         partial = (partial & 0xFFFF) + (partial >> 16)
     tcp_header[tcp.CHECKSUM] = partial.to_bytes(2, "big")
     view = memoryview(run)
-    pieces = [view[at + head:at + size] for at in range(0, last_at, size)]
-    return super_frame(b"".join((ip_header, tcp_header, *pieces, view[last_at + head:last_at + head + payload])),
-                       GSO_TCPV4, mss)
+    pieces = [view[at + head:at + size] for at in range(first_at, stop_at, size)]
+    joined = b"".join((ip_header, tcp_header, *pieces, view[stop_at + head:stop_at + head + payload]))
+    return super_frame(joined, GSO_TCPV4, mss), used
+
+
+def _same_outer(datagram: bytes, first: bytes, ip_at: int) -> bool:
+    """Whether ``datagram`` has the VXLAN header and inner Ethernet header the first has, as far as the checks
+    read them (none before flannel's udp packets)."""
+    if not ip_at:
+        return True
+    return bool(datagram[0] & VXLAN_FLAG_I) and all(datagram[a:b] == first[a:b] for a, b in _VXLAN_SAME)
 
 
 _shapes: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
@@ -150,7 +189,8 @@ def _masks(ip_at: int, head: int, count: int) -> tuple[int, int, int, int]:
     one = bytearray(b"\xff" * head)
     for start, stop in ((ip_at + ipv4.IDENT.start, ip_at + ipv4.IDENT.stop),
                         (ip_at + ipv4.CHECKSUM.start, ip_at + ipv4.CHECKSUM.stop),
-                        (tcp_at + tcp.CHECKSUM.start, tcp_at + tcp.CHECKSUM.stop)):
+                        (tcp_at + tcp.CHECKSUM.start, tcp_at + tcp.CHECKSUM.stop),
+                        *(_VXLAN_LOOSE if ip_at else ())):
         one[start:stop] = bytes(stop - start)
     mask_one = int.from_bytes(one, "big")
     bits = 8 * head

@@ -346,36 +346,49 @@ class Overlay:
 
     def _datagrams(self, datagrams: Sequence[bytes], inside: list[bytes], joined_at: list[int],
                    offset: int) -> Iterator[bytes]:
-        """The datagrams to take one by one: each run's, unless it joins whole, straight into ``inside``."""
+        """The datagrams to take one by one; the runs of one flow's segments in a GRO run, joined whole, go
+        straight into ``inside`` (their places in ``joined_at``)."""
+        joining = self.coalesce and self.inside == "ip"
         for datagram in datagrams:
             if type(datagram) is not DatagramRun:
                 yield datagram
                 continue
-            joined = self._join_run(datagram, offset) if self.coalesce and self.inside == "ip" else None
-            if joined is None:
+            if not joining:
                 yield from split_run(datagram)
                 continue
-            joined_at.append(len(inside))
-            inside.append(joined)
+            header, size = datagram.header, datagram.size
+            count = -(-len(datagram) // size)
+            at = 0
+            while at < count:
+                joined, used = self._join_run(datagram, at, offset)
+                if joined is not None:
+                    joined_at.append(len(inside))
+                    inside.append(joined)
+                    at += used
+                elif used:
+                    yield header + datagram[at * size:(at + 1) * size]
+                    at += 1
+                else:
+                    yield from (header + datagram[i:i + size] for i in range(at * size, len(datagram), size))
+                    break
 
-    def _join_run(self, run: DatagramRun, offset: int) -> bytes | None:
-        """``run`` as one super-frame, if its first datagram is a sound one from a peer and the rest are the same
-        flow's segments (:func:`~.gro.join_run`); None to take it datagram by datagram instead."""
+    def _join_run(self, run: DatagramRun, start: int, offset: int) -> tuple[bytes | None, int]:
+        """:func:`~.gro.join_run` from datagram ``start`` on, if that one is a sound datagram from a peer (the rest
+        join only with its headers); the peer's counters count what it took."""
         peer = self.peers.by_address(run.header[ADDRESS_IP])
         if peer is None:
-            return None
+            return None, 0
         size = run.size
-        first = run.header + run[:size]
+        first = run.header + run[start * size:(start + 1) * size]
         if self._refusal(first, peer, offset) is not None or (self.backend == "udp" and first[offset + ipv4.TTL] <= 1):
-            return None
-        joined = join_run(run, offset - ADDRESS_LEN, verify=self.backend != "udp")
+            return None, 1
+        joined, used = join_run(run, offset - ADDRESS_LEN, self.backend != "udp", start)
         if joined is not None:
-            count = -(-len(run) // size)
             counters = peer.counters
-            counters.rx_packets += count
-            counters.rx_bytes += len(run)
-            self._stats.decapsulated += count - 1   # one more is counted with the rest of ``inside``
-        return joined
+            counters.rx_packets += used
+            counters.rx_bytes += min(len(run), (start + used) * size) - start * size
+            self._stats.decapsulated += used - 1   # one more is counted with the rest of ``inside``
+        return joined, used
 
     def _refusal(self, datagram: bytes, peer: Peer, offset: int) -> DropReason | None:
         """Why a datagram from ``peer`` is refused (its inner IPv4 packet at ``offset``), or None."""
