@@ -1208,10 +1208,17 @@ def _split_gro(batch: Batch) -> None:
             raise Invariant("the GRO split lost or changed bytes")
         for frame in frames:
             if type(frame) is DatagramRun:
+                count = -(-len(frame) // frame.size)
                 for ip_at, verify in ((0, False), (22, True)):
-                    joined = join_run(frame, ip_at, verify)
-                    if joined is not None and len(segment(joined, None, 0)) < 2:
-                        raise Invariant("a run of several datagrams joined into a super-frame of one segment")
+                    start = 0
+                    while start < count:   # as the overlay walks a run
+                        joined, used = join_run(frame, ip_at, verify, start)
+                        if joined is None:
+                            if not used:
+                                break
+                        elif used < 2 or start + used > count or len(segment(joined, None, 0)) != used:
+                            raise Invariant(f"{used} datagrams joined into {len(segment(joined, None, 0))} segments")
+                        start += used
 
 
 def _capture(batch: Batch) -> None:
