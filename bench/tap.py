@@ -21,6 +21,8 @@ from .devices import unavailable as devices_unavailable
 
 DEFAULTS = dict(duration=10.0, rounds=1, warmup=0.0)
 TARGET_GBITS = 1.0
+TARGET_RATIO = 0.30       # of the kernel bridge's throughput, at least
+TARGET_RTT_RATIO = 3.0    # times the kernel bridge's round trip, at most
 PINGS = 20
 
 
@@ -80,5 +82,7 @@ def run(options: Options = Options()) -> Iterator[dict[str, Any]]:
     yield result("tap.rtt", ours_rtt, "ms", pings=PINGS)
     yield result("tap.kernel_bridge.tcp", round(kernel / 1e9, 3), "Gbit/s", seconds=seconds)
     yield result("tap.kernel_bridge.rtt", kernel_rtt, "ms", pings=PINGS)
-    yield result("tap.tcp_ratio", round(ours / kernel, 4), "ratio", note="vswitch / kernel bridge")
-    yield result("tap.rtt_ratio", round(ours_rtt / kernel_rtt, 2), "ratio", note="vswitch / kernel bridge")
+    yield result("tap.tcp_ratio", round(ours / kernel, 4), "ratio", note="vswitch / kernel bridge",
+                 target=TARGET_RATIO, meets_target=ours / kernel >= TARGET_RATIO)
+    yield result("tap.rtt_ratio", round(ours_rtt / kernel_rtt, 2), "ratio", note="vswitch / kernel bridge",
+                 target=TARGET_RTT_RATIO, meets_target=ours_rtt / kernel_rtt <= TARGET_RTT_RATIO)
