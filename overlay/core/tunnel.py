@@ -55,8 +55,8 @@ from vswitch.core.wire.offload import (
     SuperFrame,
     coalesce_ipv4,
     coalesce_tcp4,
+    ipv4_segment_parts,
     segment,
-    segment_ipv4,
 )
 
 from .backends import BACKENDS
@@ -71,7 +71,7 @@ from .codec import (
     flow_source_port,
     vxlan_header,
 )
-from .gro import DatagramRun, join_run, split_run
+from .gro import DatagramRun, datagram_run, join_run, split_run
 from .peers import DEFAULT_MAX_PEERS, Lease, LeaseChanges, Peer, PeerTable
 
 _IPV4 = b"\x08\x00"
@@ -274,23 +274,29 @@ class Overlay:
              result: list[TunnelAction]) -> bool:
         """Cut super-frame ``frame`` (as ``sent``: its TTL taken) into datagrams for ``peer``, each ``prefix``
         and a whole packet of at most the overlay's MTU with full checksums, for peers (flanneld, the
-        kernel's vxlan) take no super-frames. They follow one another in ``out``, of one size but the last, so
-        the underlay port sends them in one ``sendmsg`` with UDP GSO. False if it cannot be cut (dropped)."""
+        kernel's vxlan) take no super-frames. They go into ``out`` as one :class:`~.gro.DatagramRun`, built
+        in one copy, of one size but the last: the underlay port sends it with UDP GSO, one ``sendmsg`` for
+        up to 64 KB. False if it cannot be cut (dropped)."""
+        address, outer = prefix[:ADDRESS_LEN], prefix[ADDRESS_LEN:]
         try:
             if frame.gso_type & ~GSO_ECN == GSO_TCPV4 and sent[ip_at - 2:ip_at] in (b"", _IPV4):
                 ihl = (sent[ip_at] & 0x0F) << 2
-                room = self.mtu - ihl - ((sent[ip_at + ihl + tcp.DATA_OFFSET] >> 4) << 2)
-                link = sent[:ip_at]
-                segments = segment_ipv4(sent, min(frame.gso_size, room), ip_at, prefix + link)
+                headers = ihl + ((sent[ip_at + ihl + tcp.DATA_OFFSET] >> 4) << 2)
+                mss = min(frame.gso_size, self.mtu - headers)
+                data = b"".join(ipv4_segment_parts(sent, mss, ip_at, outer + sent[:ip_at]))
+                size = len(outer) + ip_at + headers + mss   # each datagram's, but the last's
             else:   # TCPv6 in a frame (the ethernet inside): cut at the sender's MSS, which its device's MTU bounds
-                segments = [prefix + piece for piece in segment(frame)]
+                pieces = segment(frame)
+                data, size = b"".join(outer + piece for piece in pieces), len(outer) + len(pieces[0])
         except (WireError, IndexError):
             result.append(self._drop(INSIDE, DropReason.SUPER_FRAME_MALFORMED, frame))
             return False
-        out += segments
+        count = -(-len(data) // size)
+        out.append(datagram_run(address, data, size) if count > 1 else address + data)
+        self._stats.encapsulated += count - 1   # one more is counted with the rest of ``out``
         counters = peer.counters
-        counters.tx_packets += len(segments)
-        counters.tx_bytes += sum(map(len, segments)) - ADDRESS_LEN * len(segments)
+        counters.tx_packets += count
+        counters.tx_bytes += len(data)
         return True
 
     # -- peers → inside -------------------------------------------------------------------

@@ -22,6 +22,7 @@ import socket, sys
 from scapy.all import IP, TCP, raw
 from vswitch.core.wire.addr import Network
 from vswitch.core.wire.offload import GSO_TCPV4, super_frame
+from vswitch.overlay.core.gro import datagrams
 from vswitch.overlay.core.peers import Lease
 from vswitch.overlay.core.tunnel import Overlay
 from vswitch.shell.ports.udp import UdpPort
@@ -34,15 +35,16 @@ payload = bytes(i * 13 & 0xFF for i in range(60000))
 packet = raw(IP(src="10.244.1.2", dst="10.244.2.2", flags="DF") / TCP(sport=40000, dport=9, seq=1, ack=1,
              flags="A", options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]) / payload)
 (sent,) = overlay.encapsulate([super_frame(packet, GSO_TCPV4, 1448)], 0.0)
-datagrams = sent.frames
+frames = sent.frames   # one run of datagrams, sent whole with UDP GSO
+count = len(datagrams(frames))
 if corrupt:   # the last byte of every segment's payload flipped: checksums no longer match
-    datagrams = [d[:-1] + bytes([d[-1] ^ 0xFF]) for d in datagrams]
+    frames = [d[:-1] + bytes([d[-1] ^ 0xFF]) for d in datagrams(frames)]
 port = UdpPort.open("underlay", "10.99.0.1", 8472, source_ports=True)
 start = calls = 0
-while start < len(datagrams):
-    start += port._write_some(datagrams, start)
+while start < len(frames):
+    start += port._write_some(frames, start)
     calls += 1
-print(len(datagrams), calls, port.offloads)
+print(count, calls, port.offloads)
 """
 
 

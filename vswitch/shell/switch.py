@@ -26,6 +26,7 @@ import trio
 from vswitch.core.actions import Action, Drop, DropReason, Transmit
 from vswitch.core.wire import ethernet
 from vswitch.core.wire.offload import cut_super_frames
+from vswitch.overlay.core.gro import datagrams
 
 from .faults import Faults
 from .ports.base import DEFAULT_BATCH, Medium, Port, PortClosed, PortStatistics
@@ -93,6 +94,8 @@ class _PortRunner:
         self.sending = False               # the send task has a batch in flight
         self.tso = capabilities.tso        # takes super-frames whole; otherwise they are cut before queueing
         self.ip_at = 0 if capabilities.medium is Medium.IP else ethernet.HEADER_LEN   # where a cut finds IP
+        # an underlay without GSO (the memory underlay) takes the overlay's runs of datagrams one by one
+        self.split_runs = capabilities.medium is Medium.UDP and not capabilities.udp_offloads
         self.send_nowait: Callable[[Sequence[bytes]], int] | None = (
             port.send_nowait if capabilities.send_nowait else None  # type: ignore[attr-defined]
         )
@@ -358,6 +361,8 @@ class Switch:
                     frames, malformed = cut_super_frames(frames, runner.ip_at)
                     if malformed:
                         self._drops[DropReason.SUPER_FRAME_MALFORMED] += malformed
+                if runner.split_runs:
+                    frames = datagrams(frames)
                 if runner.send_nowait is not None and not runner.queue and not runner.sending:
                     try:
                         done = runner.send_nowait(frames)

@@ -99,7 +99,16 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
 
 def segment_ipv4(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None = None) -> list[bytes]:
     """Cut the IPv4/TCP super-packet at ``packet[ip_at:]`` into packets carrying at most ``mss`` bytes each,
-    each behind ``prefix`` (by default what precedes the IP header: an Ethernet header, or nothing).
+    each behind ``prefix`` (by default what precedes the IP header: an Ethernet header, or nothing): see
+    :func:`ipv4_segment_parts`."""
+    parts = ipv4_segment_parts(packet, mss, ip_at, prefix)
+    return [parts[i] + parts[i + 1] for i in range(0, len(parts), 2)]
+
+
+def ipv4_segment_parts(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None = None) -> list[bytes]:
+    """The segments of the IPv4/TCP super-packet at ``packet[ip_at:]``, each carrying at most ``mss`` bytes
+    behind ``prefix``, as their parts: each segment's headers, then its payload (a view of ``packet``), so a
+    caller that sends them back to back (the overlay, with UDP GSO) joins them all in one copy.
 
     As :func:`segment_tcp4` for any link header, or none (an L3 interface, a
     TUN); ``prefix`` lets a caller that wraps each segment (the overlay: the
@@ -168,7 +177,8 @@ def segment_ipv4(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None =
         ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
         ip_check = (ip_check & 0xFFFF) + (ip_check >> 16)
         out.append(pack(head, ip_length, ident, ip_mid, ~ip_check & 0xFFFF, addresses, seq, tcp_ack, segment_flags,
-                        tcp_window, ~tcp_check & 0xFFFF, tcp_tail) + chunk)
+                        tcp_window, ~tcp_check & 0xFFFF, tcp_tail))
+        out.append(chunk)
         ident = (ident + 1) & 0xFFFF
         seq = (seq + mss) & 0xFFFFFFFF
         segment_flags = flags & ~(FIN | PSH | _CWR)

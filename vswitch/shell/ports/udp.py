@@ -33,7 +33,7 @@ import trio
 
 from vswitch.errors import DeviceError
 from vswitch.overlay.core.codec import ADDRESS_LEN, address_header, arrival
-from vswitch.overlay.core.gro import datagram_run
+from vswitch.overlay.core.gro import DatagramRun, datagram_run, split_run
 
 from .base import DEFAULT_MTU, Capabilities, Medium, PortClosed, PortStatistics
 from .fd import READ_SIZE, FdPort
@@ -130,6 +130,9 @@ class UdpPort(FdPort):
         that port and connected to the peer, made the first time it is needed.
         """
         frame = frames[start]
+        if type(frame) is DatagramRun:
+            self._write_run(frame)
+            return 1
         key = frame[:ADDRESS_LEN]
         if frame[6:8] == b"\0\0":
             sock, sockaddr = self._sock, self._sockaddrs.get(key[:6]) or self._sockaddr_of(key)
@@ -168,6 +171,34 @@ class UdpPort(FdPort):
                 raise   # the port waits until the socket can take more
             self._stats.tx_dropped += end - start   # a full flow socket: lost, as UDP may lose
         return end - start
+
+    def _write_run(self, run: DatagramRun) -> None:
+        """Send a run of datagrams built back to back (a super-frame the overlay cut) with UDP GSO: as many
+        as one ``sendmsg`` takes at a time (:data:`GSO_MAX_SEGMENTS`, :data:`GSO_MAX_BYTES`). From a flow's
+        port without a socket for it, they leave one by one by the raw socket."""
+        header, size = run.header, run.size
+        if header[6:8] == b"\0\0":
+            sock, sockaddr = self._sock, self._sockaddrs.get(header[:6]) or self._sockaddr_of(header)
+        else:
+            sock, sockaddr = self._flow_socket(header), None
+            if sock is None:
+                for datagram in split_run(run):
+                    self._write_raw(datagram)
+                return
+        step = size * max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        view = memoryview(run)
+        for at in range(0, len(run), step):
+            try:
+                if sockaddr:
+                    sock.sendmsg([view[at:at + step]], control, 0, sockaddr)
+                else:
+                    sock.sendmsg([view[at:at + step]], control)
+            except BlockingIOError:
+                if sock is self._sock and at == 0:
+                    raise   # nothing sent yet: the port waits until the socket can take more
+                self._stats.tx_dropped += -(-(len(run) - at) // size)   # the rest is lost, as UDP may lose
+                return
 
     def _sockaddr_of(self, header: bytes) -> tuple[str, int]:
         if len(self._sockaddrs) >= 4096:
