@@ -1,16 +1,25 @@
 """Ports declare what they can do; the switch goes by that, and wrappers pass it through."""
 
+import os
 from collections.abc import Sequence
 
 import trio
-from scapy.all import IP, TCP, Ether, raw
+from scapy.all import IP, TCP, Dot1Q, Ether, raw
 from scapy.utils import rdpcap
 from shellkit import eth, mac, recv, start_switch
 
 from vswitch.control.capture import CaptureSession
 from vswitch.core.actions import DropReason, Transmit
 from vswitch.core.l2.bridge import Bridge
-from vswitch.core.wire.offload import GSO_TCPV4, SuperFrame, segment, super_frame
+from vswitch.core.wire.offload import (
+    F_NEEDS_CSUM,
+    GSO_TCPV4,
+    VNET_HDR,
+    SuperFrame,
+    segment,
+    segment_tcp4,
+    super_frame,
+)
 from vswitch.shell.ports import (
     Capabilities,
     ImpairedPort,
@@ -20,6 +29,7 @@ from vswitch.shell.ports import (
     PcapPort,
     PcapWriter,
 )
+from vswitch.shell.ports.fd import FdPort
 from vswitch.shell.ports.udp import MemoryUnderlay
 from vswitch.shell.switch import Switch
 
@@ -147,3 +157,15 @@ def test_a_live_capture_keeps_a_super_frame_as_the_segments_it_stands_for():
     frame, segments = _super_frame()
     session.push([eth(A, B, 1), frame])
     assert session.summary()["buffered"] == 1 + len(segments) == 4
+
+
+def test_a_super_frame_the_core_does_not_carry_whole_is_cut_at_the_port():
+    """A VLAN-tagged one, say: the port reading it cuts it into its segments, as before offloads."""
+    tagged = raw(Ether(src=A.hex(":"), dst=B.hex(":")) / Dot1Q(vlan=5) / IP(src="10.0.0.1", dst="10.0.0.2")
+                 / TCP(sport=1, dport=2, flags="A") / bytes(3000))
+    port = FdPort("p", os.open(os.devnull, os.O_RDONLY))
+    frames: list[bytes] = []
+    port._from_vnet(VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV4, 58, 1400, 38, 16) + tagged, frames)
+    assert frames == segment_tcp4(tagged, 1400) and len(frames) == 3
+    assert port.statistics().rx_errors == 0 and port.statistics().rx_super_frames == 0
+    os.close(port.fileno())

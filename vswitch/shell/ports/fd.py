@@ -16,7 +16,7 @@ import trio
 
 from vswitch.core.wire import ethernet
 from vswitch.core.wire.errors import WireError
-from vswitch.core.wire.offload import SuperFrame, read_vnet
+from vswitch.core.wire.offload import SuperFrame, UnsupportedOffload, from_vnet, read_vnet
 
 from .base import (
     DEFAULT_BATCH,
@@ -71,10 +71,17 @@ class FdPort:
 
     def _from_vnet(self, packet: bytes, frames: list[bytes]) -> None:
         """Append the frame of a packet whose virtio-net header asks for work: a checksum to complete, or a
-        TCP super-frame, taken whole (the switch cuts it for ports that take none); a malformed one is a
-        counted receive error."""
+        TCP super-frame, taken whole (the switch cuts it for ports that take none). One the core does not
+        carry whole (VLAN-tagged, say) is cut here into its segments; a malformed one is a counted receive
+        error."""
         try:
-            frame = read_vnet(packet, self.vnet_ip_at)
+            try:
+                frame = read_vnet(packet, self.vnet_ip_at)
+            except UnsupportedOffload:
+                if not self.vnet_ip_at:
+                    raise
+                frames += from_vnet(packet)
+                return
             if type(frame) is SuperFrame:
                 self._stats.rx_super_frames += 1
             frames.append(frame)
