@@ -537,7 +537,12 @@ class Router:
         headers = ihl + ((packet[ihl + tcp.DATA_OFFSET] >> 4) << 2)
         if headers + gso.gso_size <= out.mtu:
             self._stats.forwarded += 1
-            self._output(out, nexthop, gso.like(_FRAME_HEADER_ROOM + forwarded), now, emit)
+            mac = out.mac
+            dst_mac = out.neighbours.lookup(nexthop, now) if out.neighbours is not None else None
+            if mac is not None and dst_mac is not None:   # the common case: its Ethernet header goes on in one copy
+                emit.send(out.name, gso.like(b"".join((dst_mac, mac, ETHERTYPE_IPV4, forwarded))))
+            else:
+                self._output(out, nexthop, gso.like(_FRAME_HEADER_ROOM + forwarded), now, emit)
             return None
         if int.from_bytes(packet[ipv4.FRAGMENT], "big") & ipv4.FLAG_DF:
             first = _first_segment(gso, packet)
