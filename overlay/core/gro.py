@@ -21,9 +21,14 @@ back as the datagrams they were.
 from collections.abc import Sequence
 
 from vswitch.core.wire import ipv4, tcp
-from vswitch.core.wire.checksum import internet_checksum
-from vswitch.core.wire.ipv4 import PROTO_TCP, pseudo_header_sum
-from vswitch.core.wire.offload import GSO_TCPV4, SuperFrame, super_frame, tcp_sum_ok
+from vswitch.core.wire.ipv4 import PROTO_TCP
+from vswitch.core.wire.offload import (
+    GSO_TCPV4,
+    SuperFrame,
+    joined_headers,
+    super_frame,
+    tcp_sum_ok,
+)
 
 from .codec import VXLAN_FLAG_I
 
@@ -62,8 +67,11 @@ def split_run(run: DatagramRun) -> list[bytes]:
     return [header + run[at:at + size] for at in range(0, len(run), size)]
 
 
-def datagrams(frames: Sequence[bytes]) -> list[bytes]:
-    """``frames`` from the underlay with each run split into its datagrams (what a capture records)."""
+def datagrams(frames: Sequence[bytes]) -> Sequence[bytes]:
+    """``frames`` from the underlay with each run split into its datagrams (what a capture records, what an
+    underlay without GSO sends); without a run among them, ``frames`` itself."""
+    if not any(type(frame) is DatagramRun for frame in frames):
+        return frames
     out: list[bytes] = []
     for frame in frames:
         if type(frame) is DatagramRun:
@@ -149,19 +157,10 @@ def join_run(run: DatagramRun, ip_at: int, verify: bool, start: int = 0) -> tupl
     ip_length = head - ip_at + (used - 1) * mss + payload
     if ip_length > 0xFFFF:
         return None, 0   # more than one IPv4 packet holds
-    ip_header = bytearray(first[ip_at:tcp_at])
-    ip_header[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
-    ip_header[ipv4.CHECKSUM] = b"\0\0"
-    ip_header[ipv4.CHECKSUM] = internet_checksum(ip_header).to_bytes(2, "big")
-    tcp_header = bytearray(first[tcp_at:head])
-    tcp_header[tcp.FLAGS] = flags
-    partial = pseudo_header_sum(ip_header[ipv4.SRC], ip_header[ipv4.DST], PROTO_TCP, ip_length - ipv4.MIN_HEADER_LEN)
-    while partial >> 16:
-        partial = (partial & 0xFFFF) + (partial >> 16)
-    tcp_header[tcp.CHECKSUM] = partial.to_bytes(2, "big")
+    headers = joined_headers(first[ip_at:tcp_at], first[tcp_at:head], ip_length, flags)
     view = memoryview(run)
     pieces = [view[at + head:at + size] for at in range(first_at, stop_at, size)]
-    joined = b"".join((ip_header, tcp_header, *pieces, view[stop_at + head:stop_at + head + payload]))
+    joined = b"".join((headers, *pieces, view[stop_at + head:stop_at + head + payload]))
     return super_frame(joined, GSO_TCPV4, mss), used
 
 

@@ -32,9 +32,9 @@ from vswitch.core.wire.checksum import (
     adjust,
     delta,
     internet_checksum,
-    ones_complement_sum,
 )
 from vswitch.core.wire.field import at
+from vswitch.core.wire.offload import partial_tcp_checksum
 
 from .conntrack import (
     DEFAULT_MAX_CONNECTIONS,
@@ -436,8 +436,8 @@ class Nat:
         old = packet[csum_at] << 8 | packet[csum_at + 1]
         if partial:
             length = (packet[_LENGTH] << 8 | packet[_LENGTH + 1]) - ihl
-            out[csum_at:csum_at + 2] = ones_complement_sum(b"", ipv4.pseudo_header_sum(
-                rewrite.addresses[:4], rewrite.addresses[4:], proto, length)).to_bytes(2, "big")
+            out[csum_at:csum_at + 2] = partial_tcp_checksum(
+                rewrite.addresses[:4], rewrite.addresses[4:], length).to_bytes(2, "big")
         elif proto != UDP or old:  # a zero UDP checksum means none
             total = (old ^ 0xFFFF) + rewrite.l4_delta
             new = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF

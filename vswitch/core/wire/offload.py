@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from . import ethernet, ipv4, tcp
-from .checksum import internet_checksum
+from .checksum import internet_checksum, ones_complement_sum
 from .errors import Malformed, Truncated, WireError
 from .ethernet import ETH_P_IP, ETH_P_IPV6, Ethernet
 from .field import at
@@ -385,7 +385,7 @@ def _coalescer(ip_at: int) -> _Coalesce:
     min_len = tcp_at + tcp.MIN_HEADER_LEN
     ver_ihl, protocol, flags_at = ip_at + ipv4.VER_IHL, ip_at + ipv4.PROTOCOL, ip_at + ipv4.FLAGS
     length_at = ip_at + ipv4.LENGTH.start
-    src, dst = at(ip_at, ipv4.SRC), at(ip_at, ipv4.DST)
+    src = at(ip_at, ipv4.SRC)
     data_offset, tcp_flags, tcp_seq = tcp_at + tcp.DATA_OFFSET, tcp_at + tcp.FLAGS, at(tcp_at, tcp.SEQ_NUM)
     ethertype = ethernet.ETHERTYPE if ip_at else slice(0, 0)   # without a link header, nothing to compare
     ipv4_type = _ETHERTYPE_IPV4 if ip_at else b""
@@ -439,22 +439,32 @@ def _coalescer(ip_at: int) -> _Coalesce:
                 break   # PSH or a shorter segment ends the run
         if end - start == 1:
             return first, 1
-        ip_length = headers - ip_at + joined
-        ip_header = bytearray(first[ip_at:tcp_at])
-        ip_header[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
-        ip_header[ipv4.CHECKSUM] = b"\0\0"
-        ip_header[ipv4.CHECKSUM] = internet_checksum(ip_header).to_bytes(2, "big")
-        tcp_header = bytearray(first[tcp_at:headers])
-        if psh:
-            tcp_header[tcp.FLAGS] = _ACK_PSH
-        # CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, the kernel takes the rest as valid.
-        partial = pseudo_header_sum(first[src], first[dst], PROTO_TCP, ip_length - ipv4.MIN_HEADER_LEN)
-        while partial >> 16:
-            partial = (partial & 0xFFFF) + (partial >> 16)
-        tcp_header[tcp.CHECKSUM] = partial.to_bytes(2, "big")
-        return super_frame(b"".join((first[:ip_at], ip_header, tcp_header, *payloads)), GSO_TCPV4, size), end - start
+        headers_of = joined_headers(first[ip_at:tcp_at], first[tcp_at:headers], headers - ip_at + joined,
+                                    _ACK_PSH if psh else _ACK)
+        return super_frame(b"".join((first[:ip_at], headers_of, *payloads)), GSO_TCPV4, size), end - start
 
     return coalesce
+
+
+def partial_tcp_checksum(src: bytes, dst: bytes, tcp_length: int) -> int:
+    """What CHECKSUM_PARTIAL leaves in a TCP checksum field: the pseudo-header sum, folded, not complemented
+    (the kernel, or whoever cuts the packet, adds the rest)."""
+    return ones_complement_sum(b"", pseudo_header_sum(src, dst, PROTO_TCP, tcp_length))
+
+
+def joined_headers(ip_header: bytes, tcp_header: bytes, ip_length: int, flags: int) -> bytes:
+    """The IPv4 and TCP headers of a super-frame joined from segments with these headers (a 20-byte IPv4
+    header): the whole length with its header checksum, ``flags`` (PSH from the last segment), and the
+    partial TCP checksum."""
+    ip = bytearray(ip_header)
+    ip[ipv4.LENGTH] = ip_length.to_bytes(2, "big")
+    ip[ipv4.CHECKSUM] = b"\0\0"
+    ip[ipv4.CHECKSUM] = internet_checksum(ip).to_bytes(2, "big")
+    segment_header = bytearray(tcp_header)
+    segment_header[tcp.FLAGS] = flags
+    segment_header[tcp.CHECKSUM] = partial_tcp_checksum(
+        ip_header[ipv4.SRC], ip_header[ipv4.DST], ip_length - ipv4.MIN_HEADER_LEN).to_bytes(2, "big")
+    return bytes(ip + segment_header)
 
 
 def tcp_sum_ok(packet: bytes, addresses_at: int, end: int) -> bool:

@@ -16,7 +16,12 @@ import trio
 
 from vswitch.core.wire import ethernet
 from vswitch.core.wire.errors import WireError
-from vswitch.core.wire.offload import SuperFrame, UnsupportedOffload, from_vnet, read_vnet
+from vswitch.core.wire.offload import (
+    SuperFrame,
+    UnsupportedOffload,
+    from_vnet,
+    read_vnet,
+)
 
 from .base import (
     DEFAULT_BATCH,
