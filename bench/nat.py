@@ -28,6 +28,10 @@ inside interface (original direction) and the outside one (answers):
 
 * ``nat.core.routed.<size>B``: a router without NAT (the outside routes back);
 * ``nat.core.masquerade.<size>B``: the router with the NAT, every packet translated;
+* ``nat.core.routed.scale_ratio`` / ``nat.core.masquerade.scale_ratio``: the
+  time per 64-byte packet through those routers over the time through routers
+  with small tables (100 routes, 100 inside hosts, 1,000 connections), the same
+  number of distinct frames each, in turn; the target is at most 1.10;
 * ``nat.core.lookup.hit`` / ``.miss``: ``RouteTable.lookup`` alone over the
   same 10,000 routes, destinations already cached, or more distinct
   destinations than the cache holds so that every lookup walks the prefix lengths.
@@ -111,6 +115,10 @@ from .devices import unavailable as devices_unavailable
 CORE_DEFAULTS = dict(duration=0.5, rounds=3, warmup=0.2)
 DEVICE_SECONDS = 5
 SEED = 4  # the tables are random, the same every run
+# The small tables the large ones are held against (``*.scale_ratio``), with the same number of distinct frames.
+SMALL_TABLES = dict(routes=100, connections=1_000, hosts=100, servers=1_000)
+SCALE_FRAME = 64
+SCALE_TARGET = 1.10   # the large tables within 10% of the small ones
 
 
 def unavailable() -> str | None:
@@ -379,16 +387,18 @@ def _establish(topo: Topology, router: Router, now: float) -> list[bytes]:
     return replies
 
 
+def _schedule(topo: Topology, replies: list[bytes], picks: list[list[int]], size: int) -> list[tuple[str, list[bytes]]]:
+    """The batches of ``picks`` (flow indexes) as frames of ``size`` bytes: outbound and answers in turn."""
+    flows = topo.flows
+    return [("gw", [_outbound(topo, flows[i], size, ACK) for i in batch]) if b % 2 == 0
+            else ("ext", [_inbound(replies[i], size, ACK) for i in batch])
+            for b, batch in enumerate(picks)]
+
+
 def _forwarding(label: str, topo: Topology, router: Router, replies: list[bytes], picks: list[list[int]],
                 size: int, opts: Options) -> dict[str, Any]:
     """Packets/s through ``Router.handle_frames``: batches of established flows, both directions in turn."""
-    flows = topo.flows
-    schedule = []
-    for b, batch in enumerate(picks):
-        if b % 2 == 0:
-            schedule.append(("gw", [_outbound(topo, flows[i], size, ACK) for i in batch]))
-        else:
-            schedule.append(("ext", [_inbound(replies[i], size, ACK) for i in batch]))
+    schedule = _schedule(topo, replies, picks, size)
     per_chunk = sum(len(frames) for _, frames in schedule)
     handle = router.handle_frames
     clock = time.monotonic
@@ -421,6 +431,36 @@ def _forwarding(label: str, topo: Topology, router: Router, replies: list[bytes]
     return result(
         name, round(pps), "packets/s", frame_size=size, mbit_s=round(pps * size * 8 / 1e6, 1), batch=BATCH,
         **extra, rounds=[round(r) for r in rounds],
+    )
+
+
+def _scale(label: str, large: tuple[Router, list[tuple[str, list[bytes]]]],
+           small: tuple[Router, list[tuple[str, list[bytes]]]], opts: Options) -> dict[str, Any]:
+    """The time per packet through a router with the large tables over one with the small tables, the same
+    number of distinct frames each. A pass over each in turn, for twice a part's measuring time, keeping the
+    quickest pass of each: the machine's moods fall on both alike, and a pass it slowed is not kept."""
+    quickest = [math.inf, math.inf]
+    perf_counter, clock = time.perf_counter, time.monotonic
+    deadline = perf_counter() + 2 * opts.rounds * opts.duration
+    while True:
+        for i, (router, schedule) in enumerate((large, small)):
+            handle = router.handle_frames
+            packets = sum(len(frames) for _, frames in schedule)
+            start = perf_counter()
+            for interface, frames in schedule:
+                handle(interface, frames, clock())
+            quickest[i] = min(quickest[i], (perf_counter() - start) / packets)
+        if perf_counter() >= deadline:
+            break
+    ratio = quickest[0] / quickest[1]
+    tables: dict[str, Any] = {"routes": len(large[0].routes), "small_routes": len(small[0].routes)}
+    if large[0].nat is not None and small[0].nat is not None:
+        tables.update(connections=len(large[0].nat), small_connections=len(small[0].nat))
+    return result(
+        f"nat.core.{label}.scale_ratio", round(ratio, 3), "ratio", frame_size=SCALE_FRAME,
+        us_per_packet=round(quickest[0] * 1e6, 2), small_us_per_packet=round(quickest[1] * 1e6, 2), **tables,
+        target=SCALE_TARGET, meets_target=ratio <= SCALE_TARGET,
+        note="time per packet, large tables / small tables: the quickest pass of each, taken in turn",
     )
 
 
@@ -559,16 +599,26 @@ def run_core(options: Options = Options()) -> Iterator[dict[str, Any]]:
     now = time.monotonic()
     picks = [topo.rng.choices(range(len(topo.flows)), k=BATCH) for _ in range(sizes.batches)]
 
+    small = Topology(attrs.evolve(sizes, **SMALL_TABLES))
+    small_picks = [small.rng.choices(range(len(small.flows)), k=BATCH) for _ in range(sizes.batches)]
+
     routed = topo.router(nat=False)
     replies = _replies(topo, routed)
     for size in FRAME_SIZES:
         yield _forwarding("routed", topo, routed, replies, picks, size, opts)
+    small_routed = small.router(nat=False)
+    yield _scale("routed", (routed, _schedule(topo, replies, picks, SCALE_FRAME)),
+                 (small_routed, _schedule(small, _replies(small, small_routed), small_picks, SCALE_FRAME)), opts)
 
     masquerading = topo.router(nat=True)
     replies = _establish(topo, masquerading, now)
     for size in FRAME_SIZES:
         yield _forwarding("masquerade", topo, masquerading, replies, picks, size, opts)
-    del masquerading, replies
+    small_masquerading = small.router(nat=True)
+    small_replies = _establish(small, small_masquerading, now)
+    yield _scale("masquerade", (masquerading, _schedule(topo, replies, picks, SCALE_FRAME)),
+                 (small_masquerading, _schedule(small, small_replies, small_picks, SCALE_FRAME)), opts)
+    del masquerading, replies, small_masquerading, small_replies
 
     # Every server and inside host: fewer than the cache holds, so after two passes every lookup hits.
     cached = topo.servers + topo.hosts

@@ -89,7 +89,8 @@ def test_nat_core_measures_router_nat_and_lookups() -> None:
     lines = check_lines("".join(json.dumps(line) + "\n" for line in bench.nat.run_core(QUICK)))
     values = {line["name"]: line["value"] for line in lines}
     assert set(values) == {
-        "nat.core.routed.64B", "nat.core.routed.1500B", "nat.core.masquerade.64B", "nat.core.masquerade.1500B",
+        "nat.core.routed.64B", "nat.core.routed.1500B", "nat.core.routed.scale_ratio",
+        "nat.core.masquerade.64B", "nat.core.masquerade.1500B", "nat.core.masquerade.scale_ratio",
         "nat.core.lookup.hit", "nat.core.lookup.miss",
         "nat.core.new_connections.empty", "nat.core.new_connections.source_at_limit",
         "nat.core.new_connections.beside_source_at_limit", "nat.core.new_connections.ports_exhausted",
@@ -98,6 +99,13 @@ def test_nat_core_measures_router_nat_and_lookups() -> None:
     masquerade = next(line for line in lines if line["name"] == "nat.core.masquerade.64B")
     assert masquerade["connections"] == bench.nat.QUICK.connections
     assert masquerade["routes"] == bench.nat.QUICK.routes + 3  # plus the default and two connected routes
+    # the large tables against the small ones, in the same run
+    scale = values["nat.core.masquerade.scale_ratio"]
+    line = next(line for line in lines if line["name"] == "nat.core.masquerade.scale_ratio")
+    assert (line["connections"], line["small_connections"]) == (bench.nat.QUICK.connections,
+                                                                bench.nat.SMALL_TABLES["connections"])
+    assert abs(scale - line["us_per_packet"] / line["small_us_per_packet"]) < 0.05
+    assert line["meets_target"] == (scale <= 1.10)
     # new connections: what became of them in each case, and the slowest case against the empty table
     new = {line["name"].rsplit(".", 1)[1]: line for line in lines if line["name"].startswith("nat.core.new_connections.")}
     assert {name: line["outcome"] for name, line in new.items() if "outcome" in line} == {
