@@ -30,7 +30,10 @@ from vswitch.core.wire.offload import (
     tcp_sum_ok,
 )
 
-from .codec import VXLAN_FLAG_I
+from .codec import UDP_OVERHEAD, VXLAN_FLAG_I, VXLAN_OVERHEAD
+
+GSO_MAX_SEGMENTS = 64     # the kernel's UDP_MAX_SEGMENTS: datagrams in one UDP GSO send
+GSO_MAX_BYTES = 65000     # payload in one UDP GSO send: below the 64 KiB of one IPv4 packet with its headers
 
 _ACK, _ACK_PSH = 0x10, 0x18
 # Before a VXLAN datagram's inner IPv4 packet (at 22): what no check reads (the flags but I, the reserved bytes,
@@ -39,6 +42,14 @@ _VXLAN_LOOSE = ((0, 4), (7, 8), (14, 20))
 _VXLAN_SAME = ((4, 7), (8, 14), (20, 22))
 _WITHOUT_I = bytes(0 if value & VXLAN_FLAG_I else 1 for value in range(256))   # translate: 0 where the I flag is set
 _MAX_MASKS = 1024   # cached (where, headers, datagrams) shapes: a handful in practice
+
+
+def segments_per_send(mtu: int) -> int:
+    """The most segments a super-frame of packets of at most ``mtu`` bytes may have for the overlay to send it,
+    wrapped for either backend, in one UDP GSO send, and for the peer to read it in one GRO read: the
+    ``gso_max_segs`` of a container's device on an overlay node. Without it a 64 KB super-frame takes two sends,
+    the second of a few datagrams, and so two reads, two joins and two writes at the peer."""
+    return max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // (mtu + VXLAN_OVERHEAD - UDP_OVERHEAD)))
 
 
 class DatagramRun(bytes):

@@ -8,6 +8,7 @@ The other shell parts: :mod:`.leases` (where leases come from), :mod:`.subnet_en
 from vswitch.config import OverlayConfig
 from vswitch.core.wire.addr import ip_to_str, mac_to_str
 from vswitch.overlay.core.backends import BACKENDS
+from vswitch.overlay.core.gro import segments_per_send
 from vswitch.overlay.core.peers import LeaseChanges
 from vswitch.overlay.core.tunnel import Overlay
 from vswitch.shell.netns import ip
@@ -36,11 +37,12 @@ def restart_needed(old: OverlayConfig, new: OverlayConfig) -> list[str]:
 
 
 async def configure_device(config: OverlayConfig, vtep_mac: bytes | None) -> None:
-    """Address the device as flanneld does: the subnet's network address as a /32, the MTU, up, the network's route."""
+    """Address the device as flanneld does: the subnet's network address as a /32, the MTU, up, the network's route.
+    Its ``gso_max_segs`` is what one UDP GSO send takes (:func:`segments_per_send`), as a container's TAP's."""
     name = device_name(config)
     if vtep_mac is not None:
         await ip("link", "set", "dev", name, "address", mac_to_str(vtep_mac))
-    await ip("link", "set", "dev", name, "mtu", str(config.mtu))
+    await ip("link", "set", "dev", name, "mtu", str(config.mtu), "gso_max_segs", str(segments_per_send(config.mtu)))
     await ip("addr", "replace", f"{ip_to_str(config.subnet.network)}/32", "dev", name)
     await ip("link", "set", "dev", name, "up")
     if config.backend == "udp":

@@ -15,11 +15,15 @@ from scapy.all import IP, TCP, raw
 
 from vswitch.core.actions import Drop, Transmit
 from vswitch.core.wire.offload import SuperFrame
+from vswitch.overlay.core.codec import UDP_OVERHEAD, VXLAN_OVERHEAD
 from vswitch.overlay.core.gro import (
+    GSO_MAX_BYTES,
+    GSO_MAX_SEGMENTS,
     DatagramRun,
     datagram_run,
     datagrams,
     join_run,
+    segments_per_send,
     split_run,
 )
 
@@ -110,3 +114,12 @@ def test_every_header_byte_of_a_later_datagram_counts_as_its_datagrams_would(bac
             changed[at] = value
             data = b"".join([*wrapped[:which], bytes(changed), *wrapped[which + 1:]])
             _same_as_one_by_one(backend, datagram_run(from_peer(2, b"", backend), data, len(wrapped[0])))
+
+
+@given(st.integers(68, 9000))
+def test_a_super_frame_of_segments_per_send_leaves_in_one_udp_gso_send(mtu):
+    count = segments_per_send(mtu)
+    wrapped = mtu + VXLAN_OVERHEAD - UDP_OVERHEAD   # the largest datagram either backend makes of a packet
+    assert 1 <= count <= GSO_MAX_SEGMENTS
+    assert count * wrapped <= GSO_MAX_BYTES or count == 1
+    assert count == GSO_MAX_SEGMENTS or (count + 1) * wrapped > GSO_MAX_BYTES   # and no fewer than fit

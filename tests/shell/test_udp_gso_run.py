@@ -8,10 +8,10 @@ from scapy.all import IP, TCP, raw
 
 from vswitch.core.wire.addr import Network
 from vswitch.core.wire.offload import GSO_TCPV4, super_frame
-from vswitch.overlay.core.gro import DatagramRun, split_run
+from vswitch.overlay.core.gro import GSO_MAX_BYTES, DatagramRun, split_run
 from vswitch.overlay.core.peers import Lease
 from vswitch.overlay.core.tunnel import Overlay
-from vswitch.shell.ports.udp import GSO_MAX_BYTES, UdpPort
+from vswitch.shell.ports.udp import UdpPort
 
 
 @pytest.mark.parametrize("backend", ["udp", "vxlan"])

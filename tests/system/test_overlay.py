@@ -46,6 +46,8 @@ from netkit import (
     wait_until,
 )
 
+from vswitch.overlay.core.gro import segments_per_send
+
 pytestmark = [requires_root, pytest.mark.timeout(120)]
 
 needs_iperf3 = pytest.mark.skipif(shutil.which("iperf3") is None, reason="needs iperf3 (CI installs it)")
@@ -173,8 +175,21 @@ def test_every_container_reaches_every_other(net):
     assert peers[0]["tx_packets"] > 0 and peers[0]["rx_packets"] > 0 and peers[0]["rx_dropped"] == 0
 
 
+def _rx_frames(daemon: Daemon, port: str) -> tuple[int, int]:
+    """A port's frames and super-frames received so far."""
+    rx = next(p for p in daemon.show("ports") if p["name"] == port)["rx"]  # type: ignore[union-attr]
+    return rx["frames"], rx["super_frames"]
+
+
 @needs_iperf3
 def test_tcp_stream_across_nodes(net):
+    """A container's stream crosses; its device's super-frames are no bigger than one UDP GSO send takes, so
+    each one reaches the peer as one GRO read (at its default 64 KB, each would take two sends and reads)."""
+    tap = net.containers[1][0][0]
+    (link,) = [link for link in json.loads(in_ns(net.c1a, "ip", "-d", "-j", "link", "show").stdout)
+               if link["ifname"] != "lo"]
+    assert link["gso_max_segs"] == segments_per_send(OVERLAY_MTU[net.backend])
+    sent_before, reads_before = _rx_frames(net.daemons[1], tap), _rx_frames(net.daemons[2], "underlay")[0]
     server = start_in_ns(net.c2a, "iperf3", "-s", "-1", "--forceflush", ready="Server listening")
     try:
         result = in_ns(net.c1a, "iperf3", "-c", C2A, "-t", "1", "-J", "--connect-timeout", "3000",
@@ -184,6 +199,11 @@ def test_tcp_stream_across_nodes(net):
         assert report["end"]["sum_received"]["bytes"] > 1_000_000
     finally:
         stop(server)
+    frames, super_frames = (after - before for after, before in zip(_rx_frames(net.daemons[1], tap), sent_before,
+                                                                      strict=True))
+    reads = _rx_frames(net.daemons[2], "underlay")[0] - reads_before
+    assert super_frames > 10, f"the container's stack handed over {super_frames} super-frames"
+    assert reads <= 1.2 * frames + 20, f"{frames} frames from the container, {reads} reads at the peer"
 
 
 @needs_tshark

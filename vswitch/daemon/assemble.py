@@ -40,14 +40,16 @@ def stable_mac(*parts: str) -> bytes:
     return bytes([0x02]) + digest[:5]
 
 
-async def open_device_port(pc: PortConfig) -> Port:
-    """Open a tap or packet port and configure its link; DeviceError says what went wrong."""
+async def open_device_port(pc: PortConfig, *, gso_max_segs: int | None = None) -> Port:
+    """Open a tap, tun or packet port and configure its link (a tap's or tun's with ``gso_max_segs``, if
+    given); DeviceError says what went wrong."""
     if pc.type == "packet":
         assert pc.device is not None  # config validation guarantees it
         return PacketPort.open(pc.device, name=pc.name, mtu=pc.mtu)
     port = TunTapPort.open(pc.name, kind=pc.type, mtu=pc.mtu)  # tap or tun
     try:
-        await configure_link(pc.name, netns=pc.netns, address=pc.address, gateway=pc.gateway, mtu=pc.mtu)
+        await configure_link(pc.name, netns=pc.netns, address=pc.address, gateway=pc.gateway, mtu=pc.mtu,
+                             gso_max_segs=gso_max_segs)
     except BaseException:
         with trio.CancelScope(shield=True):
             await port.aclose()

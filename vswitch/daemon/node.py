@@ -17,6 +17,7 @@ from vswitch.core.nat import Forward
 from vswitch.core.wire.addr import ip_from_str, ip_to_str, mac_to_str
 from vswitch.errors import DeviceError
 from vswitch.overlay.core.backends import BACKENDS
+from vswitch.overlay.core.gro import segments_per_send
 from vswitch.overlay.core.peers import Lease, LeaseChanges
 from vswitch.overlay.core.tunnel import Overlay
 from vswitch.overlay.shell.leases import EtcdLeases, StaticLeases
@@ -109,7 +110,7 @@ class Node:
                     port, new = await self._open_tap(pc, "config", saved.pop(pc.name, None))
                     created += [port] if new else []
                 else:
-                    port = await open_device_port(pc)
+                    port = await open_device_port(pc, gso_max_segs=self._segments(pc) if pc.type == "tun" else None)
                 opened.append(port)
                 self.switch.add_port(with_pcap(port, pc, self.pcaps))
             if self.overlay is not None:
@@ -126,6 +127,11 @@ class Node:
                 await self.remove_host_rules()
             raise
 
+    def _segments(self, pc: PortConfig) -> int | None:
+        """A container device's ``gso_max_segs``: on an overlay node, no more than the overlay sends in one
+        UDP GSO send (:func:`segments_per_send`); elsewhere the kernel's default."""
+        return segments_per_send(pc.mtu) if self.overlay is not None else None
+
     @property
     def live_restore(self) -> bool:
         return self.config.node.live_restore and self.state is not None
@@ -136,7 +142,8 @@ class Node:
         tap = None
         if saved is not None and (saved.port.netns, saved.port.ifname) == (pc.netns, pc.ifname):
             try:
-                tap = await restore.take_back(attrs.evolve(saved, port=pc), previous=saved.port.address)
+                tap = await restore.take_back(attrs.evolve(saved, port=pc), previous=saved.port.address,
+                                              gso_max_segs=self._segments(pc))
                 log.info("took back %s (%s in netns %s)", pc.name, pc.ifname, pc.netns)
             except DeviceError as exc:
                 log.warning("cannot take back %s, making it again: %s", pc.name, exc)
@@ -144,7 +151,7 @@ class Node:
             await restore.delete(saved)   # moved to another namespace or name
         new = tap is None
         if tap is None:
-            tap = await restore.link_tap(pc, persist=self.live_restore)
+            tap = await restore.link_tap(pc, persist=self.live_restore, gso_max_segs=self._segments(pc))
         self.taps[pc.name] = tap
         if self.live_restore:
             self.links[pc.name] = restore.Attachment(pc, origin, restore.netns_inode(pc.netns))
@@ -156,7 +163,7 @@ class Node:
         namespace went away is dropped, with its address."""
         if saved.origin == "attach" and name not in self.switch.ports:
             try:
-                tap = await restore.take_back(saved)
+                tap = await restore.take_back(saved, gso_max_segs=self._segments(saved.port))
             except DeviceError as exc:
                 log.warning("attached port %s dropped: %s", name, exc)
             else:

@@ -94,9 +94,10 @@ def netns_inode(netns: str | None) -> int | None:
     return os.stat(netns_path(netns)).st_ino if netns is not None else None
 
 
-async def link_tap(port: PortConfig, *, persist: bool) -> TunTapPort:
+async def link_tap(port: PortConfig, *, persist: bool, gso_max_segs: int | None = None) -> TunTapPort:
     """A new TAP for ``port`` (completed): made under a unique name in the host, moved into its namespace, named
-    ``ifname`` there and configured; persistent if asked. On failure nothing is left behind."""
+    ``ifname`` there and configured (with ``gso_max_segs``, if given); persistent if asked. On failure nothing is
+    left behind."""
     assert port.ifname is not None and port.mac is not None
     host_name = f"vs{secrets.token_hex(6)}" if port.netns is not None else port.ifname
     tap = TunTapPort(port.name, open_tun_device(host_name, tap_flags("tap")), mtu=port.mtu, vnet=True)
@@ -104,7 +105,8 @@ async def link_tap(port: PortConfig, *, persist: bool) -> TunTapPort:
         if persist:
             tap.persist(True)
         await configure_link(host_name, netns=port.netns, ifname=port.ifname, mac=mac_to_str(port.mac),
-                             address=port.address, gateway=port.gateway, mtu=port.mtu, routes=port.routes)
+                             address=port.address, gateway=port.gateway, mtu=port.mtu, routes=port.routes,
+                             gso_max_segs=gso_max_segs)
     except BaseException:
         with trio.CancelScope(shield=True):
             await discard(tap)
@@ -112,10 +114,11 @@ async def link_tap(port: PortConfig, *, persist: bool) -> TunTapPort:
     return tap
 
 
-async def take_back(attachment: Attachment, *, previous: IPv4Interface | None = None) -> TunTapPort:
+async def take_back(attachment: Attachment, *, previous: IPv4Interface | None = None,
+                    gso_max_segs: int | None = None) -> TunTapPort:
     """The TAP of a saved attachment, re-opened where it is, its configuration made sure of (no-ops when it
-    has it); ``previous``, the address it had, is removed when the attachment has another now. DeviceError
-    with ENOENT when its namespace or the device is gone."""
+    has it; ``gso_max_segs`` as :func:`link_tap`); ``previous``, the address it had, is removed when the
+    attachment has another now. DeviceError with ENOENT when its namespace or the device is gone."""
     port = attachment.port
     assert port.ifname is not None and port.mac is not None
     try:
@@ -131,7 +134,8 @@ async def take_back(attachment: Attachment, *, previous: IPv4Interface | None = 
         if previous is not None and previous != port.address:
             await ip("addr", "del", str(previous), "dev", port.ifname, netns=port.netns, check=False)
         await configure_link(port.ifname, netns=port.netns, mac=mac_to_str(port.mac), address=port.address,
-                             gateway=port.gateway, mtu=port.mtu, move=False, routes=port.routes)
+                             gateway=port.gateway, mtu=port.mtu, move=False, routes=port.routes,
+                             gso_max_segs=gso_max_segs)
     except BaseException:
         with trio.CancelScope(shield=True):
             await tap.aclose()

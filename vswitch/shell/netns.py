@@ -64,10 +64,11 @@ async def netns_exists(netns: str) -> bool:
 async def configure_link(
     device: str, *, netns: str | None = None, address: str | IPv4Interface | None = None,
     gateway: str | IPv4Address | None = None, mtu: int | None = None, ifname: str | None = None,
-    mac: str | None = None, move: bool = True, routes: Iterable[Network] = (),
+    mac: str | None = None, move: bool = True, routes: Iterable[Network] = (), gso_max_segs: int | None = None,
 ) -> None:
     """Move ``device`` into ``netns`` (if given, and ``move``) and rename it ``ifname`` there, then set its MAC,
-    MTU, up, address and the routes via ``gateway`` (the default route, unless ``routes`` names the networks),
+    MTU and ``gso_max_segs`` (the most segments its stack's super-frames have), up, address and the routes via
+    ``gateway`` (the default route, unless ``routes`` names the networks),
     and bring ``lo`` up; all of them are no-ops on a device that has them
     already (a device taken back after a restart, with ``move`` false).
 
@@ -82,9 +83,9 @@ async def configure_link(
         device = ifname
     if mac is not None:
         await ip("link", "set", "dev", device, "address", mac, netns=netns)
-    if mtu is not None:
-        await ip("link", "set", "dev", device, "mtu", str(mtu), netns=netns)
-    await ip("link", "set", "dev", device, "up", netns=netns)
+    settings = [*(("mtu", str(mtu)) if mtu is not None else ()),
+                *(("gso_max_segs", str(gso_max_segs)) if gso_max_segs is not None else ())]
+    await ip("link", "set", "dev", device, *settings, "up", netns=netns)
     if address is not None:
         await ip("addr", "replace", str(address), "dev", device, netns=netns)
     if gateway is not None:

@@ -33,7 +33,13 @@ import trio
 
 from vswitch.errors import DeviceError
 from vswitch.overlay.core.codec import ADDRESS_LEN, address_header, arrival
-from vswitch.overlay.core.gro import DatagramRun, datagram_run, split_run
+from vswitch.overlay.core.gro import (
+    GSO_MAX_BYTES,
+    GSO_MAX_SEGMENTS,
+    DatagramRun,
+    datagram_run,
+    split_run,
+)
 
 from .base import DEFAULT_MTU, Capabilities, Medium, PortClosed, PortStatistics
 from .fd import READ_SIZE, FdPort
@@ -45,8 +51,6 @@ SOCKET_BUFFER = 4 << 20   # bytes: room for bursts of a fast peer
 SOL_UDP = 17
 UDP_SEGMENT = 103         # send: the kernel cuts one buffer into datagrams of this size (GSO)
 UDP_GRO = 104             # receive: datagrams of one flow arrive joined, their size in a control message
-GSO_MAX_SEGMENTS = 64     # the kernel's UDP_MAX_SEGMENTS
-GSO_MAX_BYTES = 65000     # below the 64 KiB limit of one IPv4 packet with its headers
 FLOW_SOCKETS = 256        # sockets bound to a flow's hashed source port (VXLAN), least recently made go first
 _UDP = struct.Struct("!HHHH")
 _GRO_SPACE = socket.CMSG_SPACE(4)
