@@ -269,8 +269,8 @@ class Router:
             drops += [Drop(interface, DropReason.PORT_DOWN, f) for f in frames]
         elif iface.mac is None:
             for packet in frames:
-                if type(packet) is SuperFrame:   # bare IP (the overlay's joined segments, a TUN's): framed here
-                    reason = self._ip_input(iface, packet, now, emit, packet.like(_FRAME_HEADER_ROOM + packet))
+                if type(packet) is SuperFrame:   # bare IP (the overlay's joined segments, a TUN's)
+                    reason = self._ip_input(iface, packet, now, emit, packet)
                 else:
                     reason = self._ip_input(iface, packet, now, emit)
                 if reason is not None:
@@ -502,12 +502,12 @@ class Router:
         if not out.up:
             self._icmp_error(_first_segment(gso, packet), icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE, now, emit)
             return DropReason.NO_ROUTE
+        if gso is not None:
+            return self._forward_super(gso, packet, ihl, out, route.via or dst, now, emit)
         forwarded = decrement_ttl(packet)
         if forwarded is None:
-            self._icmp_error(_first_segment(gso, packet), icmp.TIME_EXCEEDED, 0, now, emit)
+            self._icmp_error(packet, icmp.TIME_EXCEEDED, 0, now, emit)
             return DropReason.TTL_EXCEEDED
-        if gso is not None:
-            return self._forward_super(gso, packet, forwarded, ihl, out, route.via or dst, now, emit)
         if total > out.mtu and int.from_bytes(packet[ipv4.FRAGMENT], "big") & ipv4.FLAG_DF:
             self._icmp_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, now, emit, mtu=out.mtu)
             return DropReason.FRAGMENTATION_NEEDED
@@ -525,24 +525,35 @@ class Router:
                 self._remember(arrived, dst, out, nexthop, now)
         return None
 
-    def _forward_super(self, gso: SuperFrame, packet: bytes, forwarded: bytes, ihl: int, out: Interface,
-                       nexthop: bytes, now: float, emit: _Out) -> DropReason | None:
-        """Forward the super-frame ``gso`` whose IP packet is ``packet`` (``forwarded`` once its TTL is down).
+    def _forward_super(self, gso: SuperFrame, packet: bytes, ihl: int, out: Interface, nexthop: bytes, now: float,
+                       emit: _Out) -> DropReason | None:
+        """Forward ``packet``, the IP packet of the super-frame ``gso`` (its TTL not yet down), whole.
 
         The next hop's MTU is held against each segment it will be cut into (headers and ``gso_size``), not
         against the whole packet: segments that fit leave as one super-frame; too big with DF set, the
         sender learns the MTU; too big without, it is cut here to the MSS that fits (what still does not fit,
         options leaving no room, fragmented), as the kernel's GSO path does.
+
+        Only the IP header is rewritten (the TTL): it is joined to the rest, behind the Ethernet header when
+        the next hop's MAC is known, in the one copy that makes the super-frame that leaves.
         """
+        ip_header = decrement_ttl(packet[:ihl])
+        if ip_header is None:
+            self._icmp_error(_first_segment(gso, packet), icmp.TIME_EXCEEDED, 0, now, emit)
+            return DropReason.TTL_EXCEEDED
+        rest = memoryview(packet)[ihl:]
         headers = ihl + ((packet[ihl + tcp.DATA_OFFSET] >> 4) << 2)
         if headers + gso.gso_size <= out.mtu:
             self._stats.forwarded += 1
             mac = out.mac
+            if mac is None:   # an L3 interface (the overlay, a TUN) takes the bare IP super-frame
+                emit.send(out.name, gso.like(b"".join((ip_header, rest))))
+                return None
             dst_mac = out.neighbours.lookup(nexthop, now) if out.neighbours is not None else None
-            if mac is not None and dst_mac is not None:   # the common case: its Ethernet header goes on in one copy
-                emit.send(out.name, gso.like(b"".join((dst_mac, mac, ETHERTYPE_IPV4, forwarded))))
+            if dst_mac is not None:   # the common case
+                emit.send(out.name, gso.like(b"".join((dst_mac, mac, ETHERTYPE_IPV4, ip_header, rest))))
             else:
-                self._output(out, nexthop, gso.like(_FRAME_HEADER_ROOM + forwarded), now, emit)
+                self._output(out, nexthop, gso.like(b"".join((_FRAME_HEADER_ROOM, ip_header, rest))), now, emit)
             return None
         if int.from_bytes(packet[ipv4.FRAGMENT], "big") & ipv4.FLAG_DF:
             first = _first_segment(gso, packet)
@@ -550,7 +561,7 @@ class Router:
             return DropReason.FRAGMENTATION_NEEDED
         room = out.mtu - headers
         try:
-            segments = segment(gso.like(gso[:_PAYLOAD] + forwarded), room if room > 0 else None)
+            segments = segment(gso.like(b"".join((_FRAME_HEADER_ROOM, ip_header, rest))), room if room > 0 else None)
         except WireError:
             return DropReason.IP_LENGTH
         self._stats.forwarded += 1
@@ -782,7 +793,7 @@ def _first_segment(gso: SuperFrame | None, packet: bytes) -> bytes:
     if gso is None:
         return packet
     try:
-        return segment(gso.like(gso[:_PAYLOAD] + packet))[0][_PAYLOAD:]
+        return segment(gso.like(_FRAME_HEADER_ROOM + packet))[0][_PAYLOAD:]
     except WireError:
         return packet
 

@@ -418,15 +418,20 @@ class Nat:
 
     def _apply(self, packet: bytes, ihl: int, rewrite: Rewrite, partial: bool = False) -> bytes:
         """``packet`` rewritten; ``partial``: its TCP checksum field is the pseudo-header sum alone (a super-frame's),
-        so it is made again for the new addresses (a port change does not touch it)."""
+        so it is made again for the new addresses (a port change does not touch it).
+
+        Only the headers are rewritten, up to the last byte a translation changes (the TCP checksum; UDP's and
+        ICMP's headers are 8 bytes): they are joined to the rest of the packet in one copy, which for a
+        super-frame is up to 64 KB."""
         # checksum.adjust inlined: ~checksum (16 bits) + a folded delta needs one fold, and ~x & 0xFFFF is x ^ 0xFFFF
-        out = bytearray(packet)
+        proto = packet[_PROTOCOL]
+        end = ihl + (_TCP_CHECKSUM + 2 if proto == TCP else _UDP_MIN)   # process() checked the packet has them
+        out = bytearray(packet[:end])
         out[_ADDRESSES] = rewrite.addresses
         total = ((packet[_IP_CHECKSUM] << 8 | packet[_IP_CHECKSUM + 1]) ^ 0xFFFF) + rewrite.ip_delta
         total = ((total & 0xFFFF) + (total >> 16)) ^ 0xFFFF
         out[_IP_CHECKSUM] = total >> 8
         out[_IP_CHECKSUM + 1] = total & 0xFF
-        proto = packet[_PROTOCOL]
         if proto == ICMP:
             out[ihl + _IDENT:ihl + _IDENT_END] = rewrite.ports[:2]   # the identifier, the source port of an echo's tuple
             csum_at = ihl + _ICMP_CHECKSUM
@@ -447,7 +452,7 @@ class Nat:
             out[csum_at + 1] = new & 0xFF
         if packet[_FLAGS] & _MF:  # first fragment: remember how to translate the rest of the datagram
             self._remember_fragment(packet, rewrite)
-        return bytes(out)
+        return b"".join((out, memoryview(packet)[end:]))
 
     def _remember_fragment(self, packet: bytes, rewrite: Rewrite) -> None:
         fragments = self._fragments
