@@ -92,13 +92,16 @@ def datagrams(frames: Sequence[bytes]) -> Sequence[bytes]:
     return out
 
 
-def join_run(run: DatagramRun, ip_at: int, verify: bool, start: int = 0) -> tuple[SuperFrame | None, int]:
+def join_run(run: DatagramRun, ip_at: int, verify: bool, start: int = 0, hop: bool = False
+             ) -> tuple[SuperFrame | None, int]:
     """The longest run of one TCP flow's segments in order (GRO's rules) from datagram ``start`` on, as one
     super-frame (the bare IPv4 packet; each an IPv4 packet at ``ip_at``: after the VXLAN and inner Ethernet
     headers, or 0), and how many datagrams it took (two or more). (None, 1) when the datagram after
     ``start`` does not follow it; (None, 0) when none from ``start`` on could join here (another kind of
     packet, a sequence number about to wrap): take them one by one. With ``verify``, every segment's TCP
-    checksum must be right (an inner checksum is all that protects a VXLAN datagram sent with none).
+    checksum must be right (an inner checksum is all that protects a VXLAN datagram sent with none). With
+    ``hop``, the super-frame's TTL is one less than the segments' (flannel's proxy takes a hop; the caller has
+    checked the first's is above 1, and the others join only with the same).
 
     The first datagram's outer and IP headers are the caller's to check (the peer's subnet, the VNI): every
     other one joins only with the same bytes there.
@@ -168,7 +171,10 @@ def join_run(run: DatagramRun, ip_at: int, verify: bool, start: int = 0) -> tupl
     ip_length = head - ip_at + (used - 1) * mss + payload
     if ip_length > 0xFFFF:
         return None, 0   # more than one IPv4 packet holds
-    headers = joined_headers(first[ip_at:tcp_at], first[tcp_at:head], ip_length, flags)
+    ip_header = first[ip_at:tcp_at]
+    if hop:
+        ip_header = b"".join((ip_header[:ipv4.TTL], bytes((ip_header[ipv4.TTL] - 1,)), ip_header[ipv4.TTL + 1:]))
+    headers = joined_headers(ip_header, first[tcp_at:head], ip_length, flags)
     view = memoryview(run)
     pieces = [view[at + head:at + size] for at in range(first_at, stop_at, size)]
     joined = b"".join((headers, *pieces, view[stop_at + head:stop_at + head + payload]))

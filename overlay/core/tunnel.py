@@ -103,13 +103,6 @@ def _join(packets: list[bytes], joined_at: list[int], coalesce: Callable[..., tu
     return out
 
 
-def _ttl_taken(packet: bytes) -> bytes:
-    """``packet`` (a TTL above 1) with one hop less; a super-frame stays one."""
-    taken = decrement_ttl(packet)
-    assert taken is not None
-    return packet.like(taken) if type(packet) is SuperFrame else taken
-
-
 def _header_problem(packet: bytes, offset: int = 0) -> DropReason | None:
     """Why the IPv4 header at ``packet[offset:]`` (20 bytes or more, version 4) is no sound one, or None:
     a header length below 20 bytes or past the packet, a total length below the header or past the packet."""
@@ -212,18 +205,18 @@ class Overlay:
             if peer is None:
                 result += self._undeliverable(INSIDE, packet, packet, icmp.DEST_UNREACHABLE, DropReason.NO_LEASE)
                 continue
-            if udp:
-                sent = decrement_ttl(packet)
-                if sent is None:
+            if udp:   # flannel's proxy takes a hop off the TTL; a super-frame's is taken in its segments' headers
+                if packet[ipv4.TTL] <= 1:
                     result += self._undeliverable(INSIDE, packet, packet, icmp.TIME_EXCEEDED, DropReason.TTL_EXCEEDED)
                     continue
+                sent = packet if type(packet) is SuperFrame else decrement_ttl(packet)
                 prefix = peer.header
             else:
                 sent = packet
                 sport = flow_source_port(packet)
                 prefix = b"".join((peer.header[ADDRESS_PEER], sport.to_bytes(2, "big"), headers[peer.lease.subnet]))
             if type(packet) is SuperFrame:
-                if not self._cut(packet, sent, 0, prefix, peer, out, result):
+                if not self._cut(packet, 0, prefix, peer, out, result, hop=udp):
                     continue
             else:
                 datagram = prefix + sent
@@ -259,7 +252,7 @@ class Overlay:
                 sport = flow_source_port(frame[dst] + frame[ethernet.SRC] + b"\x40" + bytes(19))
             prefix = b"".join((peer.header[ADDRESS_PEER], sport.to_bytes(2, "big"), vxlan))
             if type(frame) is SuperFrame:
-                self._cut(frame, frame, header_len, prefix, peer, out, result)
+                self._cut(frame, header_len, prefix, peer, out, result)
                 continue
             datagram = prefix + frame
             out.append(datagram)
@@ -270,20 +263,20 @@ class Overlay:
             result.append(Transmit(UNDERLAY, out))
         return result
 
-    def _cut(self, frame: SuperFrame, sent: bytes, ip_at: int, prefix: bytes, peer: Peer, out: list[bytes],
-             result: list[TunnelAction]) -> bool:
-        """Cut super-frame ``frame`` (as ``sent``: its TTL taken) into datagrams for ``peer``, each ``prefix``
+    def _cut(self, frame: SuperFrame, ip_at: int, prefix: bytes, peer: Peer, out: list[bytes],
+             result: list[TunnelAction], hop: bool = False) -> bool:
+        """Cut super-frame ``frame`` (with ``hop``, a TTL taken in each segment) into datagrams for ``peer``, each ``prefix``
         and a whole packet of at most the overlay's MTU with full checksums, for peers (flanneld, the
         kernel's vxlan) take no super-frames. They go into ``out`` as one :class:`~.gro.DatagramRun`, built
         in one copy, of one size but the last: the underlay port sends it with UDP GSO, one ``sendmsg`` for
         up to 64 KB. False if it cannot be cut (dropped)."""
         address, outer = prefix[:ADDRESS_LEN], prefix[ADDRESS_LEN:]
         try:
-            if frame.gso_type & ~GSO_ECN == GSO_TCPV4 and sent[ip_at - 2:ip_at] in (b"", _IPV4):
-                ihl = (sent[ip_at] & 0x0F) << 2
-                headers = ihl + ((sent[ip_at + ihl + tcp.DATA_OFFSET] >> 4) << 2)
+            if frame.gso_type & ~GSO_ECN == GSO_TCPV4 and frame[ip_at - 2:ip_at] in (b"", _IPV4):
+                ihl = (frame[ip_at] & 0x0F) << 2
+                headers = ihl + ((frame[ip_at + ihl + tcp.DATA_OFFSET] >> 4) << 2)
                 mss = min(frame.gso_size, self.mtu - headers)
-                data = b"".join(ipv4_segment_parts(sent, mss, ip_at, outer + sent[:ip_at]))
+                data = b"".join(ipv4_segment_parts(frame, mss, ip_at, outer + frame[:ip_at], hop))
                 size = len(outer) + ip_at + headers + mss   # each datagram's, but the last's
             else:   # TCPv6 in a frame (the ethernet inside): cut at the sender's MSS, which its device's MTU bounds
                 pieces = segment(frame)
@@ -330,7 +323,7 @@ class Overlay:
                     result += self._undeliverable(UNDERLAY, datagram, datagram[offset:], icmp.TIME_EXCEEDED,
                                                   DropReason.TTL_EXCEEDED)
                     continue
-                packet = datagram[offset:]   # its TTL taken below, once a run of them is joined
+                packet = decrement_ttl(datagram, offset)   # flannel's proxy takes a hop, in the copy that unwraps
             elif frames_inside:
                 packet = datagram[_INNER:]
             else:
@@ -345,8 +338,6 @@ class Overlay:
                 # flannel's udp backend always sends a UDP checksum, which covers the inner packet and which our
                 # kernel has checked; VXLAN may send none (Linux's default), and then only the inner one protects
                 inside = _join(inside, joined_at, coalesce_tcp4 if frames_inside else coalesce_ipv4, verify=not udp)
-            if udp:   # flannel's proxy takes a hop off the TTL (one it has checked is above 1)
-                inside = [_ttl_taken(packet) for packet in inside]
             result.append(Transmit(INSIDE, inside))
         return result
 
@@ -386,9 +377,10 @@ class Overlay:
             return None, 0
         size = run.size
         first = run.header + run[start * size:(start + 1) * size]
-        if self._refusal(first, peer, offset) is not None or (self.backend == "udp" and first[offset + ipv4.TTL] <= 1):
+        udp = self.backend == "udp"
+        if self._refusal(first, peer, offset) is not None or (udp and first[offset + ipv4.TTL] <= 1):
             return None, 1
-        joined, used = join_run(run, offset - ADDRESS_LEN, self.backend != "udp", start)
+        joined, used = join_run(run, offset - ADDRESS_LEN, not udp, start, hop=udp)
         if joined is not None:
             counters = peer.counters
             counters.rx_packets += used

@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 from overlaykit import from_peer, make_overlay, vtep, vxlan_payload
 from scapy.all import IP, TCP, UDP, Ether, raw
 
-from vswitch.core.actions import INSIDE, UNDERLAY, Drop, DropReason, Transmit
+from vswitch.core.actions import (
+    INSIDE,
+    UNDERLAY,
+    Drop,
+    DropReason,
+    Transmit,
+    Unreachable,
+)
 from vswitch.core.wire.ipv4 import pseudo_header_sum
 from vswitch.core.wire.offload import GSO_TCPV4, SuperFrame, segment_ipv4, super_frame
 from vswitch.overlay.core.codec import ADDRESS_LEN, VXLAN_HEADER_LEN
@@ -19,11 +26,11 @@ OPTIONS = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6))]   # 12 bytes, as
 
 
 def super_packet(payload_len: int, *, gso_size: int = 1448, seq: int = 1000, flags: str = "PA", ident: int = 7,
-                 src: str = "10.244.1.2", dst: str = "10.244.2.2") -> tuple[SuperFrame, bytes]:
+                 src: str = "10.244.1.2", dst: str = "10.244.2.2", ttl: int = 64) -> tuple[SuperFrame, bytes]:
     """A bare IPv4/TCP super-packet as the router hands it to the overlay (the TCP checksum partial, as the
     kernel leaves it), and its payload."""
     payload = bytes((i * 7 + 3) & 0xFF for i in range(payload_len))
-    pkt = IP(src=src, dst=dst, id=ident, flags="DF") / TCP(sport=40000, dport=5201, seq=seq, ack=5, flags=flags,
+    pkt = IP(src=src, dst=dst, id=ident, flags="DF", ttl=ttl) / TCP(sport=40000, dport=5201, seq=seq, ack=5, flags=flags,
                                                            options=OPTIONS) / payload
     data = bytearray(raw(pkt))
     partial = pseudo_header_sum(data[12:16], data[16:20], 6, len(data) - 20) % 0xFFFF
@@ -89,6 +96,23 @@ def test_the_mtu_bounds_the_segments_below_the_senders_mss():
     frame, _ = super_packet(20000, gso_size=1448)
     (sent,) = overlay.encapsulate([frame], 0.0)
     assert {len(raw(inner_of(d, "vxlan"))) for d in split(sent.frames)[:-1]} == {1000}
+
+
+@pytest.mark.parametrize("ttl", [1, 2])
+def test_the_udp_backend_takes_a_super_frames_hop_in_each_segment_or_answers_for_its_first(ttl):
+    """flannel's proxy takes a hop off every packet: a super-frame's is taken in its segments' headers, and one
+    that has none left is owed one ICMP time exceeded, and dropped whole."""
+    overlay = make_overlay("udp")
+    frame, _ = super_packet(10000, gso_size=1400, ttl=ttl)
+    actions = overlay.encapsulate([frame], 0.0)
+    if ttl == 2:
+        (sent,) = actions
+        inners = [inner_of(d, "udp") for d in split(sent.frames)]
+        assert len(inners) == 8 and all(inner.ttl == 1 and checksums_ok(inner) for inner in inners)
+        return
+    unreachable, drop = actions
+    assert type(unreachable) is Unreachable and (unreachable.type, unreachable.code) == (11, 0)
+    assert type(drop) is Drop and drop.reason is DropReason.TTL_EXCEEDED and drop.frame is frame
 
 
 def test_a_super_frame_from_a_flannel_1_tap_leaves_as_whole_frames():

@@ -105,10 +105,13 @@ def segment_ipv4(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None =
     return [parts[i] + parts[i + 1] for i in range(0, len(parts), 2)]
 
 
-def ipv4_segment_parts(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None = None) -> list[bytes]:
+def ipv4_segment_parts(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None = None,
+                       hop: bool = False) -> list[bytes]:
     """The segments of the IPv4/TCP super-packet at ``packet[ip_at:]``, each carrying at most ``mss`` bytes
     behind ``prefix``, as their parts: each segment's headers, then its payload (a view of ``packet``), so a
-    caller that sends them back to back (the overlay, with UDP GSO) joins them all in one copy.
+    caller that sends them back to back (the overlay, with UDP GSO) joins them all in one copy. With ``hop``
+    their TTL is one less than the super-packet's (which the caller has checked is above 1): a router's hop
+    taken in the segments' own headers, not in a copy of the whole.
 
     As :func:`segment_tcp4` for any link header, or none (an L3 interface, a
     TUN); ``prefix`` lets a caller that wraps each segment (the overlay: the
@@ -134,6 +137,8 @@ def ipv4_segment_parts(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | 
     if prefix is None:
         prefix = bytes(packet[:ip_at])
     ip_header, tcp_header = bytes(packet[ip_at:tcp_at]), bytes(packet[tcp_at:headers_end])
+    if hop:
+        ip_header = b"".join((ip_header[:ipv4.TTL], bytes((ip_header[ipv4.TTL] - 1,)), ip_header[ipv4.TTL + 1:]))
     # The sums of what every segment shares: the IP header but its length, identification and checksum; the
     # pseudo-header but its length, and the TCP header but its sequence number, flags and checksum.
     ip_sum = int.from_bytes(ip_header[0:2] + ip_header[6:10] + ip_header[12:], "big") % 0xFFFF
