@@ -40,7 +40,8 @@ lease — router mode, the overlay fully in userspace:
 * ``overlay.vswitch_vxlan.tcp``: VXLAN (MTU 1450);
 
 each with ``ratio_to_kernel_vxlan`` and ``ratio_to_tinc`` from the same run,
-and ``meets_target`` (the target: at least tinc's figure).
+and ``meets_target``: the target is at least 3x tinc's figure and 0.30 of the
+kernel's vxlan (or of whichever of them ran).
 
 The same two baselines run once more directly between the VMs
 (:func:`run_direct_baselines`: ``overlay.kernel_vxlan_direct.tcp`` and
@@ -90,6 +91,7 @@ from .devices import iperf_seconds, iperf_tcp
 from .devices import unavailable as devices_unavailable
 
 DEVICE_SECONDS = 5
+TINC_TARGET, KERNEL_TARGET = 3, 0.30   # the targets: at least 3x tinc and 0.30 of the kernel's vxlan, in the same run
 CLUSTER_NETWORK = "10.244.0.0/16"  # flannel's Network; node N leases 10.244.N.0/24
 UNDERLAY_MTU = 1500
 OVERLAY_MTU = 1450           # underlay - 50, flannel's vxlan MTU; the containers use it on every baseline
@@ -135,11 +137,15 @@ def run_vswitch(
                 stream = tcp_stream(topo, seconds, workdir, pids=pids)
             gbits = round(stream.bits_per_second / 1e9, 3)
             ratios: dict[str, Any] = {}
+            targets = []
             if kernel_vxlan:
                 ratios["ratio_to_kernel_vxlan"] = round(gbits / kernel_vxlan, 4)
+                targets.append((f">= {KERNEL_TARGET} of the kernel's vxlan", gbits >= KERNEL_TARGET * kernel_vxlan))
             if tinc:
-                ratios.update(ratio_to_tinc=round(gbits / tinc, 3), target=f">= tinc ({tinc} Gbit/s)",
-                              meets_target=gbits >= tinc)
+                ratios["ratio_to_tinc"] = round(gbits / tinc, 3)
+                targets.append((f">= {TINC_TARGET}x tinc", gbits >= TINC_TARGET * tinc))
+            if targets:
+                ratios.update(target=" and ".join(t for t, _ in targets), meets_target=all(met for _, met in targets))
             if kernel_vxlan_direct:
                 ratios["ratio_to_kernel_vxlan_direct"] = round(gbits / kernel_vxlan_direct, 4)
             if tinc_direct:

@@ -158,7 +158,8 @@ def test_overlay_vswitch_part_measures_both_backends_with_ratios() -> None:
     assert [line["name"] for line in lines] == ["overlay.vswitch_udp.tcp", "overlay.vswitch_vxlan.tcp"]
     for line in lines:
         assert line["ratio_to_tinc"] == round(line["value"] / 0.5, 3)
-        assert line["meets_target"] == (line["value"] >= 0.5)
+        assert line["ratio_to_kernel_vxlan"] == round(line["value"] / 10.0, 4)
+        assert line["meets_target"] == (line["value"] >= 3 * 0.5 and line["value"] >= 0.30 * 10.0)
     assert [line["mtu"] for line in lines] == [1472, 1450]
 
 
