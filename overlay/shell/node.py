@@ -11,7 +11,7 @@ from vswitch.overlay.core.backends import BACKENDS
 from vswitch.overlay.core.gro import segments_per_send
 from vswitch.overlay.core.peers import LeaseChanges
 from vswitch.overlay.core.tunnel import Overlay
-from vswitch.shell.netns import ip
+from vswitch.shell.netns import ip, limit_gso_segments
 
 
 def build_overlay(config: OverlayConfig, vtep_mac: bytes | None) -> Overlay:
@@ -42,7 +42,8 @@ async def configure_device(config: OverlayConfig, vtep_mac: bytes | None) -> Non
     name = device_name(config)
     if vtep_mac is not None:
         await ip("link", "set", "dev", name, "address", mac_to_str(vtep_mac))
-    await ip("link", "set", "dev", name, "mtu", str(config.mtu), "gso_max_segs", str(segments_per_send(config.mtu)))
+    await ip("link", "set", "dev", name, "mtu", str(config.mtu))
+    await limit_gso_segments(name, segments_per_send(config.mtu))
     await ip("addr", "replace", f"{ip_to_str(config.subnet.network)}/32", "dev", name)
     await ip("link", "set", "dev", name, "up")
     if config.backend == "udp":

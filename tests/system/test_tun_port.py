@@ -1,5 +1,8 @@
 """TUN and TAP ports carry raw IP packets and Ethernet frames to and from a real kernel stack."""
 
+import json
+import logging
+
 import trio
 from netkit import in_ns, requires_root, unique
 from scapy.all import ARP, Ether, raw
@@ -9,7 +12,7 @@ from vswitch.core.l2.bridge import Bridge
 from vswitch.core.wire import Icmp, Ipv4, build_echo, build_ipv4
 from vswitch.core.wire.icmp import ECHO_REQUEST
 from vswitch.core.wire.ipv4 import PROTO_ICMP
-from vswitch.shell.netns import configure_link
+from vswitch.shell.netns import configure_link, limit_gso_segments
 from vswitch.shell.ports import (
     Capabilities,
     Medium,
@@ -98,3 +101,23 @@ async def test_a_tap_recorded_to_pcap_keeps_its_fast_path(namespaces, tmp_path):
                 nursery.cancel_scope.cancel()
     finally:
         await port.aclose()   # the tap and the pcap (the switch closed them already if it ran)
+
+
+async def test_a_device_s_gso_max_segs_is_set_and_a_refusal_is_only_logged(namespaces, caplog):
+    """The overlay asks a container's device for super-frames that fit one UDP GSO send; where the kernel
+    will not (here: no such device), the device is left as it is and the start goes on, with a warning."""
+    caplog.set_level(logging.DEBUG, logger="vswitch.shell.netns")
+    ns = namespaces.create()
+    name = unique("tg")
+    port = TunTapPort.open(name, kind="tap", mtu=1450)
+    try:
+        with trio.fail_after(20):
+            await configure_link(name, netns=ns, mtu=1450, gso_max_segs=44)
+        (link,) = json.loads(in_ns(ns, "ip", "-d", "-j", "link", "show", "dev", name).stdout)
+        assert (link["gso_max_segs"], link["mtu"], "UP" in link["flags"]) == (44, 1450, True)
+        with trio.fail_after(20):
+            await limit_gso_segments(unique("gone"), 44, netns=ns)
+    finally:
+        await port.aclose()
+    assert any(record.levelname in ("WARNING", "DEBUG") and "keeps its super-frames' size" in record.message
+               for record in caplog.records)

@@ -83,9 +83,11 @@ async def configure_link(
         device = ifname
     if mac is not None:
         await ip("link", "set", "dev", device, "address", mac, netns=netns)
-    settings = [*(("mtu", str(mtu)) if mtu is not None else ()),
-                *(("gso_max_segs", str(gso_max_segs)) if gso_max_segs is not None else ())]
-    await ip("link", "set", "dev", device, *settings, "up", netns=netns)
+    if mtu is not None:
+        await ip("link", "set", "dev", device, "mtu", str(mtu), netns=netns)
+    if gso_max_segs is not None:
+        await limit_gso_segments(device, gso_max_segs, netns=netns)
+    await ip("link", "set", "dev", device, "up", netns=netns)
     if address is not None:
         await ip("addr", "replace", str(address), "dev", device, netns=netns)
     if gateway is not None:
@@ -94,3 +96,18 @@ async def configure_link(
     if netns is not None:
         await ip("link", "set", "dev", "lo", "up", netns=netns)
 
+
+_gso_refused = False   # a kernel that refuses to change gso_max_segs is told of once
+
+
+async def limit_gso_segments(device: str, segments: int, *, netns: str | None = None) -> None:
+    """Set ``device``'s ``gso_max_segs``: the most segments its stack puts in one super-frame. Only a speed-up
+    (the overlay then sends each in one UDP GSO send), so a kernel that refuses it is logged, once, and the
+    device works as it is."""
+    global _gso_refused
+    try:
+        await ip("link", "set", "dev", device, "gso_max_segs", str(segments), netns=netns)
+    except DeviceError as exc:
+        log.log(logging.DEBUG if _gso_refused else logging.WARNING,
+                "%s keeps its super-frames' size (each may take two sends to a peer): %s", device, exc)
+        _gso_refused = True
