@@ -449,8 +449,9 @@ class Router:
     ) -> DropReason | None:
         """Check, translate, deliver or forward one packet; a reason if it was dropped.
 
-        ``gso`` is the super-frame ``packet`` came in, if it did: the packet is then forwarded whole, once,
-        and leaves as a super-frame cut as ``gso`` is (see :meth:`_forward_super`).
+        ``gso`` is the super-frame ``packet`` came in, if it did (in its frame, or ``packet`` itself from an L3
+        interface: only its GSO type and size are read): the packet is then forwarded whole, once, and leaves
+        as a super-frame cut as ``gso`` is (see :meth:`_forward_super`).
         """
         size = len(packet)
         if size < _MIN_IHL:
