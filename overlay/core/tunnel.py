@@ -55,6 +55,7 @@ from vswitch.core.wire.offload import (
     SuperFrame,
     coalesce_ipv4,
     coalesce_tcp4,
+    first_segment,
     ipv4_segment_parts,
     segment,
 )
@@ -101,6 +102,17 @@ def _join(packets: list[bytes], joined_at: list[int], coalesce: Callable[..., tu
             out.append(packets[stop])
             start = stop + 1
     return out
+
+
+def _quoted(packet: bytes) -> bytes:
+    """What an ICMP error about ``packet`` quotes: a super-frame's first segment (what its sender sent at once,
+    as the router answers), or the packet."""
+    if type(packet) is SuperFrame:
+        try:
+            return first_segment(packet, packet.gso_size)
+        except WireError:
+            pass
+    return packet
 
 
 def _header_problem(packet: bytes, offset: int = 0) -> DropReason | None:
@@ -203,11 +215,11 @@ class Overlay:
                     continue
             peer = lookup(packet[dst])
             if peer is None:
-                result += self._undeliverable(INSIDE, packet, packet, icmp.DEST_UNREACHABLE, DropReason.NO_LEASE)
+                result += self._undeliverable(INSIDE, packet, _quoted(packet), icmp.DEST_UNREACHABLE, DropReason.NO_LEASE)
                 continue
             if udp:   # flannel's proxy takes a hop off the TTL; a super-frame's is taken in its segments' headers
                 if packet[ipv4.TTL] <= 1:
-                    result += self._undeliverable(INSIDE, packet, packet, icmp.TIME_EXCEEDED, DropReason.TTL_EXCEEDED)
+                    result += self._undeliverable(INSIDE, packet, _quoted(packet), icmp.TIME_EXCEEDED, DropReason.TTL_EXCEEDED)
                     continue
                 sent = packet if type(packet) is SuperFrame else decrement_ttl(packet)
                 prefix = peer.header

@@ -101,7 +101,7 @@ def test_the_mtu_bounds_the_segments_below_the_senders_mss():
 @pytest.mark.parametrize("ttl", [1, 2])
 def test_the_udp_backend_takes_a_super_frames_hop_in_each_segment_or_answers_for_its_first(ttl):
     """flannel's proxy takes a hop off every packet: a super-frame's is taken in its segments' headers, and one
-    that has none left is owed one ICMP time exceeded, and dropped whole."""
+    that has none left is owed one ICMP time exceeded, about its first segment, and dropped whole."""
     overlay = make_overlay("udp")
     frame, _ = super_packet(10000, gso_size=1400, ttl=ttl)
     actions = overlay.encapsulate([frame], 0.0)
@@ -110,8 +110,9 @@ def test_the_udp_backend_takes_a_super_frames_hop_in_each_segment_or_answers_for
         inners = [inner_of(d, "udp") for d in split(sent.frames)]
         assert len(inners) == 8 and all(inner.ttl == 1 and checksums_ok(inner) for inner in inners)
         return
-    unreachable, drop = actions
+    unreachable, drop = actions   # about the first segment, as the sender sent it
     assert type(unreachable) is Unreachable and (unreachable.type, unreachable.code) == (11, 0)
+    assert unreachable.packet == segment_ipv4(frame, 1400)[0]
     assert type(drop) is Drop and drop.reason is DropReason.TTL_EXCEEDED and drop.frame is frame
 
 

@@ -33,6 +33,7 @@ from vswitch.core.wire.offload import (
     coalesce_tcp4,
     complete_checksum,
     cut_super_frames,
+    first_segment,
     from_vnet,
     read_vnet,
     segment,
@@ -473,6 +474,12 @@ def test_segmenting_a_bare_ip_packet_behind_a_prefix_is_what_scapy_computes(case
         del check.chksum, check[TCP].chksum
         again = IP(raw(check))
         assert (again.chksum, again[TCP].chksum) == (parsed.chksum, parsed[TCP].chksum)
+
+
+@given(super_frames())
+def test_the_first_segment_alone_is_the_first_of_all_the_segments(case):
+    frame, mss = case
+    assert first_segment(frame[14:], mss) == segment_ipv4(frame[14:], mss)[0]
 
 
 @given(super_frames())

@@ -50,7 +50,7 @@ from vswitch.core.wire.checksum import fold, internet_checksum
 from vswitch.core.wire.errors import WireError
 from vswitch.core.wire.field import at
 from vswitch.core.wire.ipv4 import decrement_ttl
-from vswitch.core.wire.offload import SuperFrame, segment
+from vswitch.core.wire.offload import SuperFrame, first_segment, segment
 
 from .fragment import fragment
 from .icmp import ERROR_TTL, ErrorPolicy, error_name, error_packet
@@ -794,7 +794,7 @@ def _first_segment(gso: SuperFrame | None, packet: bytes) -> bytes:
     if gso is None:
         return packet
     try:
-        return segment(gso.like(_FRAME_HEADER_ROOM + packet))[0][_PAYLOAD:]
+        return first_segment(packet, gso.gso_size)
     except WireError:
         return packet
 

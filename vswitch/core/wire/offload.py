@@ -105,13 +105,22 @@ def segment_ipv4(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None =
     return [parts[i] + parts[i + 1] for i in range(0, len(parts), 2)]
 
 
+def first_segment(packet: bytes, mss: int) -> bytes:
+    """The first packet the IPv4/TCP super-packet ``packet`` (bare IP) is cut into at ``mss``, alone: what an
+    ICMP error or a reset about a super-frame answers (its sender learns about the first segment it sent,
+    once), for the cost of one segment, not of cutting them all. WireError if it cannot be cut."""
+    header, payload = ipv4_segment_parts(packet, mss, limit=1)
+    return header + payload
+
+
 def ipv4_segment_parts(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | None = None,
-                       hop: bool = False) -> list[bytes]:
+                       hop: bool = False, limit: int | None = None) -> list[bytes]:
     """The segments of the IPv4/TCP super-packet at ``packet[ip_at:]``, each carrying at most ``mss`` bytes
     behind ``prefix``, as their parts: each segment's headers, then its payload (a view of ``packet``), so a
     caller that sends them back to back (the overlay, with UDP GSO) joins them all in one copy. With ``hop``
     their TTL is one less than the super-packet's (which the caller has checked is above 1): a router's hop
-    taken in the segments' own headers, not in a copy of the whole.
+    taken in the segments' own headers, not in a copy of the whole. With ``limit``, only the first ``limit``
+    segments.
 
     As :func:`segment_tcp4` for any link header, or none (an L3 interface, a
     TUN); ``prefix`` lets a caller that wraps each segment (the overlay: the
@@ -184,6 +193,8 @@ def ipv4_segment_parts(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | 
         out.append(pack(head, ip_length, ident, ip_mid, ~ip_check & 0xFFFF, addresses, seq, tcp_ack, segment_flags,
                         tcp_window, ~tcp_check & 0xFFFF, tcp_tail))
         out.append(chunk)
+        if limit is not None and len(out) >= 2 * limit:
+            break
         ident = (ident + 1) & 0xFFFF
         seq = (seq + mss) & 0xFFFFFFFF
         segment_flags = flags & ~(FIN | PSH | _CWR)
