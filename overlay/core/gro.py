@@ -21,7 +21,7 @@ back as the datagrams they were.
 from collections.abc import Sequence
 
 from vswitch.core.wire import ipv4, tcp
-from vswitch.core.wire.ipv4 import PROTO_TCP
+from vswitch.core.wire.ipv4 import PROTO_TCP, decrement_ttl
 from vswitch.core.wire.offload import (
     GSO_TCPV4,
     SuperFrame,
@@ -173,7 +173,7 @@ def join_run(run: DatagramRun, ip_at: int, verify: bool, start: int = 0, hop: bo
         return None, 0   # more than one IPv4 packet holds
     ip_header = first[ip_at:tcp_at]
     if hop:
-        ip_header = b"".join((ip_header[:ipv4.TTL], bytes((ip_header[ipv4.TTL] - 1,)), ip_header[ipv4.TTL + 1:]))
+        ip_header = decrement_ttl(ip_header)   # its checksum is made again below
     headers = joined_headers(ip_header, first[tcp_at:head], ip_length, flags)
     view = memoryview(run)
     pieces = [view[at + head:at + size] for at in range(first_at, stop_at, size)]

@@ -19,7 +19,7 @@ from .checksum import internet_checksum, ones_complement_sum
 from .errors import Malformed, Truncated, WireError
 from .ethernet import ETH_P_IP, ETH_P_IPV6, Ethernet
 from .field import at
-from .ipv4 import PROTO_TCP, Ipv4, pseudo_header_sum
+from .ipv4 import PROTO_TCP, Ipv4, decrement_ttl, pseudo_header_sum
 from .tcp import FIN, PSH, Tcp
 
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -147,7 +147,7 @@ def ipv4_segment_parts(packet: bytes, mss: int, ip_at: int = 0, prefix: bytes | 
         prefix = bytes(packet[:ip_at])
     ip_header, tcp_header = bytes(packet[ip_at:tcp_at]), bytes(packet[tcp_at:headers_end])
     if hop:
-        ip_header = b"".join((ip_header[:ipv4.TTL], bytes((ip_header[ipv4.TTL] - 1,)), ip_header[ipv4.TTL + 1:]))
+        ip_header = decrement_ttl(ip_header)   # its checksum is made again below
     # The sums of what every segment shares: the IP header but its length, identification and checksum; the
     # pseudo-header but its length, and the TCP header but its sequence number, flags and checksum.
     ip_sum = int.from_bytes(ip_header[0:2] + ip_header[6:10] + ip_header[12:], "big") % 0xFFFF
