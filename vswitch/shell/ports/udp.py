@@ -138,13 +138,10 @@ class UdpPort(FdPort):
             self._write_run(frame)
             return 1
         key = frame[:ADDRESS_LEN]
-        if frame[6:8] == b"\0\0":
-            sock, sockaddr = self._sock, self._sockaddrs.get(key[:6]) or self._sockaddr_of(key)
-        else:
-            sock, sockaddr = self._flow_socket(key), None
-            if sock is None:
-                self._write_raw(frame)
-                return 1
+        sock, sockaddr = self._sender(key)
+        if sock is None:
+            self._write_raw(frame)
+            return 1
         end = start + 1
         if self.offloads:
             size, total, limit = len(frame), len(frame) - ADDRESS_LEN, min(len(frames), start + GSO_MAX_SEGMENTS)
@@ -164,12 +161,8 @@ class UdpPort(FdPort):
                 else:
                     sock.send(payload)
             else:
-                buffers = [memoryview(f)[ADDRESS_LEN:] for f in frames[start:end]]
-                control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(frame) - ADDRESS_LEN))]
-                if sockaddr:
-                    sock.sendmsg(buffers, control, 0, sockaddr)
-                else:
-                    sock.sendmsg(buffers, control)
+                _send_gso(sock, sockaddr, [memoryview(f)[ADDRESS_LEN:] for f in frames[start:end]],
+                          len(frame) - ADDRESS_LEN)
         except BlockingIOError:
             if sock is self._sock:
                 raise   # the port waits until the socket can take more
@@ -180,29 +173,29 @@ class UdpPort(FdPort):
         """Send a run of datagrams built back to back (a super-frame the overlay cut) with UDP GSO: as many
         as one ``sendmsg`` takes at a time (:data:`GSO_MAX_SEGMENTS`, :data:`GSO_MAX_BYTES`). From a flow's
         port without a socket for it, they leave one by one by the raw socket."""
-        header, size = run.header, run.size
-        if header[6:8] == b"\0\0":
-            sock, sockaddr = self._sock, self._sockaddrs.get(header[:6]) or self._sockaddr_of(header)
-        else:
-            sock, sockaddr = self._flow_socket(header), None
-            if sock is None:
-                for datagram in split_run(run):
-                    self._write_raw(datagram)
-                return
+        size = run.size
+        sock, sockaddr = self._sender(run.header)
+        if sock is None:
+            for datagram in split_run(run):
+                self._write_raw(datagram)
+            return
         step = size * max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
-        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
         view = memoryview(run)
         for at in range(0, len(run), step):
             try:
-                if sockaddr:
-                    sock.sendmsg([view[at:at + step]], control, 0, sockaddr)
-                else:
-                    sock.sendmsg([view[at:at + step]], control)
+                _send_gso(sock, sockaddr, [view[at:at + step]], size)
             except BlockingIOError:
                 if sock is self._sock and at == 0:
                     raise   # nothing sent yet: the port waits until the socket can take more
                 self._stats.tx_dropped += -(-(len(run) - at) // size)   # the rest is lost, as UDP may lose
                 return
+
+    def _sender(self, header: bytes) -> tuple[socket.socket | None, tuple[str, int] | None]:
+        """The socket a datagram with address ``header`` leaves by, and the address to send it to (None: the
+        socket is connected): the port's own for its own local port, else the flow's (None if it has none)."""
+        if header[6:8] == b"\0\0":
+            return self._sock, self._sockaddrs.get(header[:6]) or self._sockaddr_of(header)
+        return self._flow_socket(header), None
 
     def _sockaddr_of(self, header: bytes) -> tuple[str, int]:
         if len(self._sockaddrs) >= 4096:
@@ -256,6 +249,15 @@ class UdpPort(FdPort):
         for sock in self._flows.values():
             if sock is not None:
                 sock.close()
+
+
+def _send_gso(sock: socket.socket, sockaddr: tuple[str, int] | None, buffers: list, size: int) -> None:
+    """One ``sendmsg`` of datagrams back to back, each ``size`` bytes but the last: the kernel cuts them (UDP GSO)."""
+    control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+    if sockaddr:
+        sock.sendmsg(buffers, control, 0, sockaddr)
+    else:
+        sock.sendmsg(buffers, control)
 
 
 def split_gro(header: bytes, data: bytes, ancillary: list[tuple[int, int, bytes]]) -> list[bytes]:
